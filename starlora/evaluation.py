@@ -1,0 +1,23 @@
+"""Test-set evaluation: the model's own answers scored for accuracy, plus calibration on closed-set tasks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import metrics
+from .scoring import ScoringSettings, score
+
+
+def evaluate(model, tokenizer, task, examples, settings: ScoringSettings = ScoringSettings(), desc="evaluating"):
+    """Returns {'accuracy', 'ece', 'brier', 'wrong_confidence'} (calibration only for closed-set tasks)."""
+    scores = score(model, tokenizer, task, examples, passes=1, settings=settings, desc=desc)
+    correct = [task.correct(p, ex.gold) for p, ex in zip(scores.predictions, examples)]
+    result = {"accuracy": metrics.accuracy(correct), "n": len(examples)}
+    if task.closed:
+        labels = np.array([task.candidates.index(ex.gold) for ex in examples])
+        result |= {
+            "ece": metrics.ece(scores.probs, labels),
+            "brier": metrics.brier(scores.probs, labels),
+            "wrong_confidence": metrics.wrong_confidence(scores.probs, labels).round(4).tolist(),
+        }
+    return result

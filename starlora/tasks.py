@@ -1,0 +1,142 @@
+"""Tasks: how a row becomes a prompt, what its gold answer is, and how a prediction is scored.
+
+A closed-set task has a finite candidate list: the prediction is the most likely candidate. An open task generates
+its answer and an extractor turns the text into something comparable with the gold answer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import StarloraError
+
+_NUMBER = r"-?\$?\s?\d[\d,]*(?:\.\d+)?|-?\.\d+"
+
+
+def extract_number(text: str) -> str | None:
+    """The number after 'The final answer is' or '####', else the last number; commas and '$' removed."""
+    for marker in (r"the final answer is", r"####"):
+        found = re.findall(rf"{marker}\s*:?\s*({_NUMBER})", text, flags=re.IGNORECASE)
+        if found:
+            return _clean_number(found[-1])
+    found = re.findall(_NUMBER, text)
+    return _clean_number(found[-1]) if found else None
+
+
+def _clean_number(raw: str) -> str:
+    cleaned = raw.replace(",", "").replace("$", "").replace(" ", "")
+    return cleaned.rstrip(".")
+
+
+def numbers_equal(a: str | None, b: str | None) -> bool:
+    if a is None or b is None:
+        return False
+    try:
+        return abs(float(a) - float(b)) <= 1e-6 * max(1.0, abs(float(b)))
+    except ValueError:
+        return False
+
+
+def _normalise_text(text: str) -> str:
+    return " ".join(text.strip().rstrip(".").split()).casefold()
+
+
+@dataclass(frozen=True)
+class Task:
+    """name; prompt template over a row's fields; candidates for closed-set tasks (None: open task)."""
+
+    name: str
+    template: str
+    candidates: tuple[str, ...] | None = None
+    numeric: bool = False  # open task compared by the extracted number (GSM8K)
+
+    @property
+    def closed(self) -> bool:
+        return self.candidates is not None
+
+    def prompt(self, row: dict) -> str:
+        try:
+            return self.template.format(**row)
+        except KeyError as e:
+            raise StarloraError(f"prompt template {self.template!r} needs field {e.args[0]!r}") from None
+
+    def gold(self, answer: str) -> str:
+        """The canonical gold label of an answer text ('the correct answer is true' -> 'true'); ValueError if none."""
+        if self.closed:
+            return self._parse_candidate(answer)
+        if self.numeric:
+            number = extract_number(answer)
+            if number is None:
+                raise ValueError(f"no number in answer {answer[:60]!r}")
+            return number
+        if not answer.strip():
+            raise ValueError("empty answer")
+        return answer.strip()
+
+    def target(self, answer: str) -> str:
+        """The text the model is trained to continue the prompt with (without the leading space)."""
+        if self.closed:
+            return self.gold(answer)
+        if self.numeric:  # GSM8K: drop calculator annotations <<a*b=c>>, end on the canonical final-answer phrase
+            text = re.sub(r"<<[^>]*>>", "", answer).strip()
+            text = re.sub(r"\s*####\s*(.*)$", r"\nThe final answer is \1", text)
+            return text
+        return answer.strip()
+
+    def predict_text(self, generated: str) -> str | None:
+        """Open tasks: the comparable answer inside a generation."""
+        if self.numeric:
+            return extract_number(generated)
+        return generated.strip().split("\n")[0].strip()
+
+    def correct(self, prediction: str | None, gold: str) -> bool:
+        if prediction is None:
+            return False
+        if self.numeric:
+            return numbers_equal(prediction, gold)
+        return _normalise_text(prediction) == _normalise_text(gold)
+
+    def _parse_candidate(self, answer) -> str:
+        if isinstance(answer, bool):
+            answer = "true" if answer else "false"
+        text = _normalise_text(str(answer))
+        by_key = {_normalise_text(c): c for c in self.candidates}
+        synonyms = {"yes": "true", "no": "false"} if set(by_key) == {"true", "false"} else {}
+        if text in by_key:
+            return by_key[text]
+        if text in synonyms:
+            return by_key[synonyms[text]]
+        # The official STAR format: "the correct answer is true", "answer: (B)", ...
+        tail = re.search(r"answer\s*(?:is|:)\s*\(?(.+?)\)?$", text)
+        if tail and tail.group(1) in by_key:
+            return by_key[tail.group(1)]
+        words = re.findall(r"[^\s():.,'\"]+", text)
+        for word in reversed(words):
+            word = synonyms.get(word, word)
+            if word in by_key and (len(word) > 1 or re.search(r"answer\s*(is|:)", text)):
+                return by_key[word]
+        raise ValueError(f"answer {str(answer)[:60]!r} is not one of {list(self.candidates)}")
+
+
+BUILTIN = {
+    "boolq": Task("boolq", "Question: {question}?\nAnswer:", ("true", "false")),
+    "boolq-passage": Task("boolq-passage", "{passage}\nQuestion: {question}?\nAnswer:", ("true", "false")),
+    "obqa": Task("obqa", "Question: {question}\nAnswer:", ("A", "B", "C", "D")),
+    "gsm8k": Task("gsm8k", "Question: {question}\nAnswer:", numeric=True),
+}
+GENERIC = ("closed", "open")
+
+
+def get_task(name: str, candidates: list[str] | None = None, template: str | None = None) -> Task:
+    """A built-in task, or the generic 'closed' (needs candidates) / 'open' task for user data."""
+    if name in BUILTIN:
+        task = BUILTIN[name]
+        return Task(task.name, template, task.candidates, task.numeric) if template else task
+    if name == "closed":
+        if not candidates or len(candidates) < 2:
+            raise StarloraError("task 'closed' needs at least two --candidates, e.g. --candidates yes,no,maybe")
+        return Task("closed", template or "{question}", tuple(candidates))
+    if name == "open":
+        return Task("open", template or "{question}")
+    raise StarloraError(f"unknown task {name!r}: choose one of {', '.join([*BUILTIN, *GENERIC])}")

@@ -1,0 +1,51 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from starlora.cli import main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "starlora.cli", *args], capture_output=True, text=True)
+
+
+def test_help_lists_commands():
+    out = run("--help")
+    assert out.returncode == 0
+    for command in ("eval", "demo"):
+        assert command in out.stdout
+    sub = run("eval", "--help")
+    assert "--train-file" in sub.stdout and "--template" in sub.stdout and "--model" in sub.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--task", "nope"], "unknown task 'nope'"),
+    (["--task", "boolq", "--test-file", "{d}/missing.jsonl"], "missing.jsonl: no such file"),
+    (["--task", "boolq", "--test-file", "{d}/bad.jsonl"], "bad.jsonl:2: malformed JSON"),
+    (["--task", "boolq", "--test-file", "{d}/empty.jsonl"], "no examples"),
+    (["--task", "boolq", "--test-file", "{d}/nofield.jsonl"], "nofield.jsonl:1: missing field 'answer'"),
+    (["--task", "boolq", "--test-file", "{d}/good.jsonl", "--model", "{d}/nomodel"], "unknown model"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
+    (tmp_path / "bad.jsonl").write_text('{"question": "q", "answer": "true"}\n{oops\n')
+    (tmp_path / "empty.jsonl").write_text("")
+    (tmp_path / "nofield.jsonl").write_text('{"question": "q"}\n')
+    (tmp_path / "good.jsonl").write_text(json.dumps({"question": "q", "answer": "true"}) + "\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    out = run("eval", *[a.format(d=tmp_path) for a in args])
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("starlora: error: ") and message in lines[0]
+    assert "Traceback" not in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+def test_eval_on_tiny_model(tmp_path, capsys):
+    rows = [{"question": f"Question: is {i} even?\nAnswer:", "answer": f"the correct answer is {str(i % 2 == 0).lower()}"}
+            for i in range(6)]
+    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["eval", "--task", "boolq", "--test-file", str(tmp_path / "t.jsonl"), "--model", "tiny-random"]) == 0
+    out = capsys.readouterr().out
+    assert "zero-shot accuracy on boolq test:" in out and "(n=6" in out

@@ -1,0 +1,114 @@
+import json
+
+import pytest
+
+from starlora.data import content_id, hub_rows, load_data, load_files, make_examples
+from starlora.errors import StarloraError
+from starlora.tasks import get_task
+
+STAR_BOOLQ = [
+    {"question": "Question: is water wet?\nAnswer:", "answer": "the correct answer is true"},
+    {"question": "Question: is fire cold?\nAnswer:", "answer": "the correct answer is false"},
+]
+
+
+def jsonl(rows):
+    return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def test_star_jsonl_format_all_tasks(write):
+    boolq = get_task("boolq", template="{question}")
+    data = load_files(boolq, write("train.jsonl", jsonl(STAR_BOOLQ)), write("test.jsonl", jsonl(STAR_BOOLQ[:1])))
+    assert [e.gold for e in data.test] == ["true"]
+    assert [e.prompt for e in data.pool] == ["Question: is fire cold?\nAnswer:"]  # the overlap with test is dropped
+    obqa = make_examples([("x:1", {"question": "Q\nA. a\nB. b", "answer": "B"})], get_task("obqa", template="{question}"), "x")
+    assert obqa[0].gold == "B" and obqa[0].target == "B"
+    gsm = make_examples([("x:1", {"question": "2+2?", "answer": "2 + 2 = 4\n#### 4"})], get_task("gsm8k", template="{question}"), "x")
+    assert gsm[0].gold == "4" and gsm[0].target.endswith("The final answer is 4")
+
+
+def test_csv_with_custom_fields(write):
+    path = write("d.csv", "key,text,label\nr1,is it,yes\nr2,is it not,no\n")
+    task = get_task("boolq", template="{text}")
+    examples = make_examples(__import__("starlora.data", fromlist=["read_rows"]).read_rows(path), task, "d",
+                             id_field="key", answer_field="label")
+    assert [(e.id, e.prompt, e.gold) for e in examples] == [("r1", "is it", "true"), ("r2", "is it not", "false")]
+
+
+def test_stable_ids_hash_content_and_own_id_wins():
+    task = get_task("boolq", template="{question}")
+    a = make_examples([("f:1", {"question": "q1", "answer": "true"})], task, "f")
+    b = make_examples([("f:9", {"question": "q1", "answer": "true"})], task, "f")
+    assert a[0].id == b[0].id == content_id("q1", "true")
+    assert make_examples([("f:1", {"id": 7, "question": "q1", "answer": "true"})], task, "f")[0].id == "7"
+
+
+def test_duplicates_dropped_and_reported(capsys):
+    task = get_task("boolq", template="{question}")
+    rows = [("f:1", {"question": "q1", "answer": "true"}), ("f:2", {"question": "q1", "answer": "true"}),
+            ("f:3", {"id": "z", "question": "q1", "answer": "true"}), ("f:4", {"question": "q2", "answer": "no"})]
+    examples = make_examples(rows, task, "f")
+    assert [e.prompt for e in examples] == ["q1", "q2"]
+    assert "dropped 2 duplicate row(s)" in capsys.readouterr().err
+
+
+def test_same_id_different_content_is_an_error():
+    task = get_task("boolq", template="{question}")
+    rows = [("f:1", {"id": "a", "question": "q1", "answer": "true"}), ("f:2", {"id": "a", "question": "q2", "answer": "true"})]
+    with pytest.raises(StarloraError, match="f:2: id 'a' already used by a different row at f:1"):
+        make_examples(rows, task, "f")
+
+
+@pytest.mark.parametrize("content,message", [
+    (b'{"question": "q", "answer": "true"}\n{"question": \n', r"t.jsonl:2: malformed JSON"),
+    (b'{"question": "q", "answer": "true"}\n\xff\xfe\n', r"t.jsonl:2: not valid UTF-8"),
+    (b'{"question": "q"}\n', r"t.jsonl:1: missing field 'answer'"),
+    (b'[1, 2]\n', r"t.jsonl:1: expected a JSON object"),
+    (b'\n\n', r"no examples"),
+    (b'{"question": "q", "answer": "maybe"}\n', r"t.jsonl:1: answer 'maybe' is not one of"),
+    (b'{"text": "q", "answer": "true"}\n', r"t.jsonl:1: prompt template '\{question\}' needs field 'question'"),
+])
+def test_bad_files(write, content, message):
+    path = write("t.jsonl", content, mode="wb")
+    with pytest.raises(StarloraError, match=message):
+        load_files(get_task("boolq", template="{question}"), None, path)
+
+
+def test_missing_file_and_test_file_required(tmp_path):
+    task = get_task("boolq", template="{question}")
+    with pytest.raises(StarloraError, match="no such file"):
+        load_files(task, None, tmp_path / "missing.jsonl")
+    with pytest.raises(StarloraError, match="--train-file needs --test-file"):
+        load_data(task, train_file=tmp_path / "x.jsonl")
+
+
+def test_hub_mapping_offline():
+    """The hub path maps each dataset's rows; load_dataset is replaced so no network is needed."""
+    fake = {
+        ("google/boolq", "train"): [{"question": "is a", "answer": True, "passage": "p"}],
+        ("google/boolq", "validation"): [{"question": "is b", "answer": False, "passage": "p"}],
+        ("allenai/openbookqa", "train"): [{"id": "7-1", "question_stem": "Stem", "answerKey": "C",
+                                           "choices": {"label": ["A", "B", "C", "D"], "text": ["w", "x", "y", "z"]}}],
+    }
+    pool, test = hub_rows("boolq", lambda name, config, split: fake[(name, split)])
+    assert pool[0][1]["id"] == "boolq-train-00000" and test[0][1]["answer"] is False
+    task = get_task("obqa")
+    ex = make_examples(hub_rows("obqa", lambda n, c, split: fake[(n, "train")])[0], task, "hub")[0]
+    assert ex.prompt == "Question: Stem\nA. w\nB. x\nC. y\nD. z\nAnswer:" and ex.gold == "C" and ex.id == "7-1"
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network\nmore")
+
+    with pytest.raises(StarloraError, match=r"cannot load openai/gsm8k \(train\) from the hub: no network$"):
+        hub_rows("gsm8k", offline)
+
+
+def test_embedded_splits_are_deterministic_and_disjoint():
+    for name, n_pool, n_test in [("boolq", 2270, 1000), ("obqa", 500, 500), ("gsm8k", 1000, 319)]:
+        data = load_data(get_task(name))
+        assert (len(data.pool), len(data.test)) == (n_pool, n_test)
+        assert not {e.id for e in data.pool} & {e.id for e in data.test}
+    again = load_data(get_task("boolq"))
+    assert [e.id for e in again.test[:5]] == [e.id for e in load_data(get_task("boolq")).test[:5]]
+    ex = again.pool[0]
+    assert ex.prompt.startswith("Question: ") and ex.prompt.endswith("?\nAnswer:") and ex.gold in ("true", "false")
