@@ -1,0 +1,74 @@
+"""One round's acquisition: uncertainties of the candidates under the base model (cached) and the current model,
+combined by the strategy into the score that picks what to label next."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .scoring import ScoringSettings, score
+from .strategies import Strategy, measure_key
+
+REFERENCE_WARNING = ("starlora: warning: --target reference scores the GOLD answers of the unlabeled pool, as the "
+                     "official STAR code does; it reads labels a real pool does not have (simulation only)")
+
+
+class BaseCache:
+    """mu_b per example, keyed by model, task and example id, on disk in the run folder. The base model is frozen,
+    so each example is scored once per pool; `computed` counts examples actually scored (for tests and logs)."""
+
+    def __init__(self, path: str | os.PathLike | None, model_name: str, task_name: str):
+        self.path, self.prefix = (Path(path) if path else None), f"{model_name}|{task_name}|"
+        self.values: dict[str, dict[str, float]] = {}
+        if self.path and self.path.exists():
+            self.values = json.loads(self.path.read_text())
+        self.computed = 0
+
+    def get(self, model, tokenizer, task, examples, settings: ScoringSettings, reference=False) -> dict[str, np.ndarray]:
+        missing = [ex for ex in examples if self.prefix + ex.id not in self.values]
+        if missing:
+            from .scoring import base_model
+
+            with base_model(model):
+                scores = score(model, tokenizer, task, missing, passes=1, settings=settings, reference=reference,
+                               desc="base model")
+            for i, ex in enumerate(missing):
+                self.values[self.prefix + ex.id] = {k: float(v[i]) for k, v in scores.measures.items()}
+            self.computed += len(missing)
+            self._save()
+        rows = [self.values[self.prefix + ex.id] for ex in examples]
+        return {k: np.array([r[k] for r in rows]) for k in rows[0]} if rows else {}
+
+    def _save(self):
+        if self.path:
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.values))
+            os.replace(tmp, self.path)
+
+
+def acquisition_scores(strategy: Strategy, model, tokenizer, task, candidates, *, t: int, rounds: int,
+                       base_cache: BaseCache | None, passes: int = 3, length_norm=False, schedule="linear",
+                       normalisation="minmax", reference=False, seed=0,
+                       settings: ScoringSettings = ScoringSettings()) -> dict[str, np.ndarray]:
+    """{'mu_b', 'mu_f', 'mu'} over the candidates (mu_b is NaN when the strategy does not use the base model)."""
+    n = len(candidates)
+    if strategy.measure is None:
+        mu = np.random.default_rng([seed, t]).random(n)
+        return {"mu_b": np.full(n, np.nan), "mu_f": np.full(n, np.nan), "mu": mu}
+    if reference:
+        print(REFERENCE_WARNING, file=sys.stderr)
+    key = measure_key(strategy, length_norm)
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed * 1000 + t)  # MC dropout masks: reproducible per seed and round
+        lora = score(model, tokenizer, task, candidates, passes=passes if strategy.mc_dropout else 1,
+                     mc_dropout=strategy.mc_dropout, reference=reference, settings=settings, desc=f"scoring round {t}")
+    mu_f = lora.measures[key]
+    mu_b = base_cache.get(model, tokenizer, task, candidates, settings, reference)[key] if strategy.needs_base \
+        else np.full(n, np.nan)
+    return {"mu_b": mu_b, "mu_f": mu_f, "mu": strategy.scores(mu_b, mu_f, t, rounds, schedule, normalisation)}

@@ -1,0 +1,165 @@
+"""The method on the tiny random model: MC dropout only on the LoRA path, base-model passes, B-only decay, caching."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from starlora.acquisition import REFERENCE_WARNING, BaseCache, acquisition_scores
+from starlora.data import Example
+from starlora.models import tiny_random
+from starlora.scoring import ScoringSettings, answer_stats, base_model, lora_dropout, score
+from starlora.strategies import get_strategy
+from starlora.tasks import get_task
+from starlora.training import TrainSettings, attach_lora, make_optimizer, train
+
+BOOLQ = get_task("boolq", template="{question}")
+GSM = get_task("gsm8k", template="{question}")
+EXAMPLES = [Example(f"e{i}", f"Question: is {i} odd?\nAnswer:", t, t) for i, t in enumerate(["true", "false"] * 4)]
+SMALL = ScoringSettings(batch_size=3, max_new_tokens=6)
+
+
+def lora_model(dropout=0.1, seed=0):
+    base, tok = tiny_random()
+    model = attach_lora(base, TrainSettings(lora_r=4, lora_alpha=8, lora_dropout=dropout, seed=seed))
+    with torch.no_grad():  # B starts at zero; give the adapter an effect so dropout and disabling it are visible
+        g = torch.Generator().manual_seed(1)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g))
+    return model, tok
+
+
+def test_mc_dropout_only_in_lora_branch():
+    model, tok = lora_model()
+    with lora_dropout(model, True):
+        active = {n for n, m in model.named_modules() if m.training}
+        assert active and all("lora_dropout" in n for n in active)
+        attention = [m for n, m in model.named_modules() if n.endswith("self_attn")]
+        assert attention and not any(m.training for m in attention)  # attention_dropout=0.1 stays off
+    assert not any(m.training for m in model.modules())
+    pairs = [(tok(ex.prompt)["input_ids"], tok(" " + ex.target, add_special_tokens=False)["input_ids"]) for ex in EXAMPLES]
+    torch.manual_seed(0)
+    with lora_dropout(model, True):
+        a, _, _ = answer_stats(model, pairs, 4)
+        b, _, _ = answer_stats(model, pairs, 4)
+    assert not np.allclose(a, b)  # two MC passes differ
+
+
+def test_scores_repeat_exactly_without_stochasticity():
+    model, tok = lora_model()
+    one = score(model, tok, BOOLQ, EXAMPLES, passes=1, mc_dropout=True, settings=SMALL)
+    again = score(model, tok, BOOLQ, EXAMPLES, passes=1, mc_dropout=True, settings=SMALL)
+    assert np.array_equal(one.measures["me"], again.measures["me"])
+    no_dropout, tok = lora_model(dropout=0.0)
+    x = score(no_dropout, tok, BOOLQ, EXAMPLES, passes=3, mc_dropout=True, settings=SMALL)
+    y = score(no_dropout, tok, BOOLQ, EXAMPLES, passes=3, mc_dropout=True, settings=SMALL)
+    assert np.array_equal(x.measures["pe"], y.measures["pe"])
+    mc = score(model, tok, BOOLQ, EXAMPLES, passes=3, mc_dropout=True, settings=SMALL)
+    assert not np.allclose(mc.measures["pe"], one.measures["pe"])
+    assert mc.predictions == one.predictions  # y_hat is fixed by the deterministic pass
+
+
+def test_disabled_adapter_equals_the_base_model():
+    base, tok = tiny_random()
+    expected = score(base, tok, BOOLQ, EXAMPLES, settings=SMALL)
+    model, tok = lora_model()
+    with base_model(model):
+        got = score(model, tok, BOOLQ, EXAMPLES, settings=SMALL)
+    adapted = score(model, tok, BOOLQ, EXAMPLES, settings=SMALL)
+    for k in ("pe", "me", "entropy"):
+        np.testing.assert_allclose(got.measures[k], expected.measures[k], rtol=1e-6)
+        assert not np.allclose(adapted.measures[k], expected.measures[k])
+
+
+def test_batched_scoring_equals_one_at_a_time():
+    model, tok = lora_model()
+    batched = score(model, tok, BOOLQ, EXAMPLES, settings=ScoringSettings(batch_size=16))
+    single = score(model, tok, BOOLQ, EXAMPLES, settings=ScoringSettings(batch_size=1))
+    for k in batched.measures:
+        np.testing.assert_allclose(batched.measures[k], single.measures[k], rtol=1e-5, atol=1e-6)
+
+
+def test_open_task_scores_greedy_answer():
+    model, tok = lora_model()
+    gsm = [Example("g1", "Question: 1+1?\nAnswer:", "2\nThe final answer is 2", "2"),
+           Example("g2", "Question: what is 10 times 3?\nAnswer:", "The final answer is 30", "30")]
+    s = score(model, tok, GSM, gsm, passes=2, mc_dropout=True, settings=SMALL)
+    assert set(s.measures) == {"pe", "pe_norm", "me", "me_norm"} and np.isfinite(s.measures["me"]).all()
+    ref = score(model, tok, GSM, gsm, reference=True, settings=SMALL)
+    assert not np.allclose(ref.measures["pe"], score(model, tok, GSM, gsm, settings=SMALL).measures["pe"])
+
+
+def test_b_decay_shrinks_only_lora_b_by_the_decoupled_factor():
+    model, _ = lora_model()
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    lr, beta, steps = 0.1, 0.5, 3
+    opt = make_optimizer(model, lr, beta)
+    for _ in range(steps):
+        for p in model.parameters():
+            if p.requires_grad:
+                p.grad = torch.zeros_like(p)  # zero gradient: Adam's step is 0, only decay moves weights
+        opt.step()
+    factor = (1 - lr * beta) ** steps  # 0.95^3
+    for name, p in model.named_parameters():
+        if name in before:
+            expected = before[name] * factor if "lora_B" in name else before[name]
+            torch.testing.assert_close(p.detach(), expected)
+    assert any("lora_B" in n for n in before) and any("lora_A" in n for n in before)
+
+
+def test_training_is_seeded_and_masks_the_prompt():
+    def trained(seed):
+        base, tok = tiny_random()
+        model = attach_lora(base, TrainSettings(lora_r=4, seed=seed))
+        stats = train(model, tok, EXAMPLES, TrainSettings(lora_r=4, epochs=2, batch_size=3, lr=1e-2, seed=seed))
+        return model, stats
+
+    (m1, s1), (m2, s2), (m3, _) = trained(0), trained(0), trained(1)
+    assert s1["steps"] == 2 * 3 and s1["loss"] == s2["loss"]
+    w1, w2, w3 = ({n: p for n, p in m.named_parameters() if "lora_" in n} for m in (m1, m2, m3))
+    assert all(torch.equal(w1[n], w2[n]) for n in w1)
+    assert not all(torch.equal(w1[n], w3[n]) for n in w1)
+    from starlora.training import training_batch
+
+    ids, mask, labels = training_batch([([5, 6, 7], [8, 2]), ([5], [9, 9, 2])], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7, 8, 2], [5, 9, 9, 2, 0]]
+    assert labels.tolist() == [[-100, -100, -100, 8, 2], [-100, 9, 9, 2, -100]]  # EOS trained, pad and prompt masked
+    assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
+
+
+def test_base_cache_is_computed_once_across_rounds(tmp_path):
+    model, tok = lora_model()
+    calls = []
+    real_forward = model.get_decoder().forward
+
+    def counting(*args, **kwargs):
+        calls.append(torch.is_grad_enabled())
+        return real_forward(*args, **kwargs)
+
+    cache = BaseCache(tmp_path / "base.json", "tiny", "boolq")
+    star = get_strategy("star-me")
+    model.get_decoder().forward = counting
+    try:
+        for t in range(3):
+            before = cache.computed
+            out = acquisition_scores(star, model, tok, BOOLQ, EXAMPLES[t:], t=t, rounds=4, base_cache=cache,
+                                     passes=2, settings=SMALL)
+            assert np.isfinite(out["mu"]).all() and np.isfinite(out["mu_b"]).all()
+            assert cache.computed - before == (len(EXAMPLES) if t == 0 else 0)
+    finally:
+        model.get_decoder().forward = real_forward
+    assert cache.computed == len(EXAMPLES)
+    reloaded = BaseCache(tmp_path / "base.json", "tiny", "boolq")  # on disk: a resumed run does not recompute
+    reloaded.get(model, tok, BOOLQ, EXAMPLES, SMALL)
+    assert reloaded.computed == 0
+    assert BaseCache(tmp_path / "base.json", "other-model", "boolq").get(model, tok, BOOLQ, EXAMPLES[:1], SMALL)
+    assert calls  # the decoder really ran
+
+
+def test_reference_target_warns(capsys):
+    model, tok = lora_model()
+    acquisition_scores(get_strategy("pe"), model, tok, BOOLQ, EXAMPLES, t=0, rounds=3, base_cache=None,
+                       reference=True, settings=SMALL)
+    assert REFERENCE_WARNING in capsys.readouterr().err
