@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from .scoring import ScoringSettings, score
+from .files import write_atomic
+from .scoring import ScoringSettings, base_model, score
 from .strategies import Strategy, measure_key
 
 REFERENCE_WARNING = ("starlora: warning: --target reference scores the GOLD answers of the unlabeled pool, as the "
@@ -31,8 +33,6 @@ class BaseCache:
     def get(self, model, tokenizer, task, examples, settings: ScoringSettings, reference=False) -> dict[str, np.ndarray]:
         missing = [ex for ex in examples if self.prefix + ex.id not in self.values]
         if missing:
-            from .scoring import base_model
-
             with base_model(model):
                 scores = score(model, tokenizer, task, missing, passes=1, settings=settings, reference=reference,
                                desc="base model")
@@ -45,9 +45,7 @@ class BaseCache:
 
     def _save(self):
         if self.path:
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.values))
-            os.replace(tmp, self.path)
+            write_atomic(self.path, json.dumps(self.values))
 
 
 def acquisition_scores(strategy: Strategy, model, tokenizer, task, candidates, *, t: int, rounds: int,
@@ -62,8 +60,6 @@ def acquisition_scores(strategy: Strategy, model, tokenizer, task, candidates, *
     if reference:
         print(REFERENCE_WARNING, file=sys.stderr)
     key = measure_key(strategy, length_norm)
-    import torch
-
     with torch.random.fork_rng():
         torch.manual_seed(seed * 1000 + t)  # MC dropout masks: reproducible per seed and round
         lora = score(model, tokenizer, task, candidates, passes=passes if strategy.mc_dropout else 1,
