@@ -9,8 +9,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
-
 from .files import write_atomic
 from .scoring import ScoringSettings, base_model, score
 from .strategies import Strategy, measure_key
@@ -60,10 +58,9 @@ def acquisition_scores(strategy: Strategy, model, tokenizer, task, candidates, *
     if reference:
         print(REFERENCE_WARNING, file=sys.stderr)
     key = measure_key(strategy, length_norm)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed * 1000 + t)  # MC dropout masks: reproducible per seed and round
-        lora = score(model, tokenizer, task, candidates, passes=passes if strategy.mc_dropout else 1,
-                     mc_dropout=strategy.mc_dropout, reference=reference, settings=settings, desc=f"scoring round {t}")
+    lora = score(model, tokenizer, task, candidates, passes=passes if strategy.mc_dropout else 1,
+                 mc_dropout=strategy.mc_dropout, reference=reference, settings=settings, desc=f"scoring round {t}",
+                 seed=seed * 1000 + t)  # MC dropout masks: reproducible per seed and round, whatever the process split
     mu_f = lora.measures[key]
     mu_b = base_cache.get(model, tokenizer, task, candidates, settings, reference)[key] if strategy.needs_base \
         else np.full(n, np.nan)

@@ -92,6 +92,8 @@ RUN_HELP = {
     "max_answer_tokens": "answer token limit",
     "max_new_tokens": "generation limit for open tasks",
     "score_batch_size": "scoring batch size",
+    "group_by_length": "training batches of similar length (less padding; HF's group_by_length)",
+    "precision": "auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32), fp32 or bf16",
     "strategy": "random, pe, me, lc, margin, entropy, bald, star-pe, star-me, star-{pe,me}-subtract, "
                 "star-{pe,me}-no-{dynamic,decay,mcd}",
 }
@@ -111,7 +113,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
             continue
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
-            g.add_argument(flag, action="store_true", default=None, help=RUN_HELP[f.name])
+            g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{RUN_HELP[f.name]} (default {'on' if f.default else 'off'})")
         else:
             kind = type(f.default) if f.default is not None else int
             g.add_argument(flag, type=kind, help=RUN_HELP[f.name])
@@ -192,12 +195,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-batch-size", type=int, default=32, help="scoring batch size (default 32)")
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("bench", help="scoring and training throughput vs the official code's way and the roofline",
+                       description="Measures, in one run: STAR acquisition scoring (batched) and the official "
+                                   "one-at-a-time full-logit scoring, a training epoch (length-grouped) and the "
+                                   "official pad-to-384 epoch, this machine's matmul throughput, and peak memory.")
+    p.add_argument("--model", default="smollm2", help="model (default smollm2, the embedded one)")
+    p.add_argument("--cache-dir", help="where the converted embedded model is kept")
+    p.add_argument("--task", default="boolq", help="task (default boolq)")
+    p.add_argument("--train-file", help="examples to use instead of the task's embedded pool (JSONL or CSV)")
+    p.add_argument("--n", type=int, default=256, help="examples for the fast paths (default 256)")
+    p.add_argument("--naive-n", type=int, default=32, help="examples for the slow official-way paths (default 32)")
+    p.add_argument("--k", type=int, default=3, help="MC dropout passes (default 3)")
+    p.add_argument("--strategy", default="star-me", help="acquisition strategy scored (default star-me)")
+    p.add_argument("--score-batch-size", type=int, default=32, help="scoring batch size (default 32)")
+    p.add_argument("--precision", default="auto", help="auto, fp32 or bf16 (default auto)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.set_defaults(func=cmd_bench)
+
     p = sub.add_parser("demo", help="the offline demo: quick AL on embedded BoolQ, random vs star-me, with a report",
                        description="Runs the quick protocol on embedded BoolQ for random and star-me, then the report.")
     add_model_options(p)
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def cmd_bench(args) -> None:
+    import json
+
+    from .bench import bench
+
+    for name in ("n", "naive_n", "k", "score_batch_size"):
+        if getattr(args, name) < 1:
+            raise StarloraError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
+    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    result = bench(args.model, args.task, args.train_file, args.n, args.k, args.naive_n, args.score_batch_size,
+                   precision=args.precision, strategy=args.strategy, cache=args.cache_dir, log=log)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        width = max(map(len, result))
+        print("\n".join(f"{key:<{width}}  {value}" for key, value in result.items()))
 
 
 def cmd_demo(args) -> None:

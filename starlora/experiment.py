@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, metrics
+from . import __version__, metrics, parallel
 from .acquisition import BaseCache, acquisition_scores
 from .data import Example, load_data
 from .errors import StarloraError
 from .evaluation import evaluate
 from .files import read_jsonl, write_json, write_jsonl
+from .hardware import device, resolve_precision
 from .models import load_model
 from .scoring import ScoringSettings, base_model, score
 from .strategies import get_strategy, measure_key, select
@@ -66,6 +67,8 @@ class RunConfig:
     max_answer_tokens: int = 256
     max_new_tokens: int = 256
     score_batch_size: int = 32
+    group_by_length: bool = True  # training batches of similar length (HF group_by_length)
+    precision: str = "auto"  # bf16 autocast where the hardware has it (CUDA, AVX512-BF16/AMX CPUs), else fp32
 
 
 PROTOCOLS = {
@@ -95,6 +98,7 @@ def resolve(protocol: str = "paper", **overrides) -> RunConfig:
     if cfg.target not in ("own", "reference"):
         raise StarloraError(f"unknown --target {cfg.target!r}: choose own or reference")
     mixing_weight(0, cfg.rounds, cfg.schedule)  # validates the schedule string
+    resolve_precision(cfg.precision, device())  # validates the precision
     return cfg
 
 
@@ -103,25 +107,31 @@ def versions() -> dict:
     import transformers
 
     return {"starlora": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__}
+            "peft": peft.__version__, "device": str(device()), "processes": parallel.world()[1]}
 
 
 def prepare_folder(out: Path, cfg: RunConfig) -> list[dict]:
-    """Create or reopen a run folder; returns the finished rounds. A different configuration is refused."""
+    """Create or reopen a run folder; returns the finished rounds. A different configuration is refused.
+
+    Every process checks before any process writes (the barrier), so all of them raise the same error or none."""
     wanted = dataclasses.asdict(cfg)
     config_file = out / "config.json"
-    if config_file.exists():
+    exists = config_file.exists()
+    if exists:
         stored = json.loads(config_file.read_text())["config"]
         diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
         if diff:
             shown = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in diff[:4])
             raise StarloraError(f"{out} holds a run with another configuration ({shown}); use another --out")
-        return read_jsonl(out / "rounds.jsonl")
-    if out.exists() and any(out.iterdir()):
+    elif out.exists() and any(out.iterdir()):
         raise StarloraError(f"{out} is not empty and holds no starlora run; use another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(config_file, {"config": wanted, "versions": versions()})
-    return []
+    parallel.barrier()
+    if not exists:
+        if parallel.is_main():
+            out.mkdir(parents=True, exist_ok=True)
+            write_json(config_file, {"config": wanted, "versions": versions()})
+        parallel.barrier()
+    return read_jsonl(out / "rounds.jsonl")
 
 
 def fewshot_examples(examples: list[Example], demos: list[Example]) -> list[Example]:
@@ -133,6 +143,8 @@ def fewshot_examples(examples: list[Example], demos: list[Example]) -> list[Exam
 def run(cfg: RunConfig, out: str | Path, log=print) -> dict:
     """Run (or resume) one AL experiment into `out`; returns the summary."""
     out = Path(out)
+    if not parallel.is_main():
+        log = _quiet
     task = get_task(cfg.task, cfg.candidates, cfg.template or ("{question}" if cfg.test_file else None))
     strategy = get_strategy(cfg.strategy, task.closed)
     data = load_data(task, cfg.data, cfg.train_file, cfg.test_file, cfg.id_field, cfg.answer_field)
@@ -159,11 +171,14 @@ def run(cfg: RunConfig, out: str | Path, log=print) -> dict:
     rng = np.random.default_rng(cfg.seed)
     initial = [pool_ids[i] for i in rng.choice(len(pool_ids), cfg.init_size, replace=False)]
     probe_ids = [pool_ids[i] for i in rng.choice(len(pool_ids), min(cfg.probe_size, len(pool_ids)), replace=False)]
-    settings = ScoringSettings(cfg.score_batch_size, cfg.max_prompt_tokens, cfg.max_answer_tokens, cfg.max_new_tokens)
+    precision = resolve_precision(cfg.precision, device())
+    settings = ScoringSettings(cfg.score_batch_size, cfg.max_prompt_tokens, cfg.max_answer_tokens, cfg.max_new_tokens,
+                               precision)
     train_settings = TrainSettings(
         mode=cfg.mode, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lr=cfg.lr,
         epochs=cfg.epochs, batch_size=cfg.batch_size, b_decay=cfg.b_decay if use_decay and lora else 0.0,
-        seed=cfg.seed, max_prompt_tokens=cfg.max_prompt_tokens, max_answer_tokens=cfg.max_answer_tokens)
+        seed=cfg.seed, max_prompt_tokens=cfg.max_prompt_tokens, max_answer_tokens=cfg.max_answer_tokens,
+        group_by_length=cfg.group_by_length, precision=precision)
     cache = BaseCache(out / "base_scores.json", cfg.model, f"{task.name}|{cfg.target}")
     key = measure_key(strategy, cfg.length_norm) or ("me_norm" if cfg.length_norm else "me")
     (out / "scores").mkdir(exist_ok=True)
@@ -217,7 +232,7 @@ def run(cfg: RunConfig, out: str | Path, log=print) -> dict:
             write_jsonl(out / "scores" / f"round_{t}.jsonl",
                         [{"id": i, **{k: _num(v[j]) for k, v in mu.items()}} for j, i in enumerate(ids)])
             times["score_s"] = time.time() - start
-        if t == cfg.rounds - 1 and lora:
+        if t == cfg.rounds - 1 and lora and parallel.is_main():
             current.save_pretrained(out / "adapter")
         record = {"round": t, "n_labeled": len(labeled), "accuracy": result["accuracy"], "added": added,
                   "selected": selected, "lambda": lam, "train_loss": stats["loss"], **times,
@@ -246,6 +261,10 @@ def run(cfg: RunConfig, out: str | Path, log=print) -> dict:
     write_json(out / "summary.json", summary)
     log(f"{out}: AUC {summary['auc']:.2f}, final accuracy {summary['final_accuracy']:.1f}%")
     return summary
+
+
+def _quiet(*_):
+    pass
 
 
 def _num(x):

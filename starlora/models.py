@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .errors import StarloraError
+from .hardware import device
 
 EMBEDDED = "smollm2"
 EMBEDDED_ALIASES = {"smollm2", "smollm2-135m-instruct", "embedded"}
@@ -29,7 +30,7 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
 
 
 def load_model(name: str = EMBEDDED, cache: str | os.PathLike | None = None):
-    """Return (model, tokenizer) in eval mode, fp32, for a built-in name, a local folder or a hub id."""
+    """Return (model, tokenizer) in eval mode, fp32, on this process's device, for a built-in name, a local folder or a hub id."""
     if name in EMBEDDED_ALIASES:
         folder = cached_conversion(cache_dir(cache) / "models" / "smollm2-135m-instruct", _convert_embedded)
         return _from_pretrained(str(folder), name)
@@ -56,7 +57,7 @@ def _prepare(model, tokenizer):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    model.eval()
+    model.to(device()).eval()
     return model, tokenizer
 
 

@@ -15,8 +15,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import parallel
 from . import uncertainty as U
 from .errors import StarloraError
+from .hardware import autocast
 from .tasks import Task
 
 
@@ -26,6 +28,7 @@ class ScoringSettings:
     max_prompt_tokens: int = 128
     max_answer_tokens: int = 256
     max_new_tokens: int = 256
+    precision: str = "fp32"  # or "bf16" (autocast); resolved by hardware.resolve_precision
 
 
 @dataclass
@@ -36,8 +39,9 @@ class Scores:
     probs: np.ndarray | None = None  # closed-set: label distribution of the deterministic pass [N, C]
 
 
-def progress(iterable=None, **kwargs):
-    return tqdm(iterable, disable=bool(os.environ.get("STARLORA_NO_PROGRESS")), dynamic_ncols=True, **kwargs)
+def progress(iterable=None, disable: bool = False, **kwargs):
+    disable = disable or bool(os.environ.get("STARLORA_NO_PROGRESS"))
+    return tqdm(iterable, disable=disable, dynamic_ncols=True, **kwargs)
 
 
 # ---------------------------------------------------------------- dropout and adapters
@@ -80,76 +84,104 @@ def encode_answer(tokenizer, answer: str, limit: int, eos: bool = False) -> list
     return ids + [tokenizer.eos_token_id] if eos else ids
 
 
+def length_sorted_batches(lengths, batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), so padding to each batch's longest is cheap."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+
+
 @torch.no_grad()
-def answer_stats(model, sequences, batch_size: int, desc: str | None = None):
+def answer_stats(model, sequences, batch_size: int, desc: str | None = None, *, names=None, mask_seed=None,
+                 precision: str = "fp32", choices: list[int] | None = None):
     """For (prompt_ids, answer_ids) pairs: (sum log p(answer), sum of token entropies, answer length) per pair.
 
-    Batches hold similar lengths (sorted) and pad to their own longest; the LM head runs only on answer positions.
+    With `choices` (token ids) every answer is one token and log p is returned for each choice: [N, C].
+    Batches hold similar lengths and pad to their own longest; the LM head runs only on answer positions. Under
+    `accelerate launch` each process computes every world-th batch. With mask_seed, batch b draws its dropout masks
+    from seed (mask_seed, b): the same masks whichever process computes it. `names` (one per sequence) label errors.
     """
     n = len(sequences)
-    logp_sum, ent_sum = np.zeros(n), np.zeros(n)
-    lengths = np.array([len(a) for _, a in sequences])
-    order = sorted(range(n), key=lambda i: -(len(sequences[i][0]) + len(sequences[i][1])))
+    logp_sum, ent_sum = np.zeros((n, len(choices) if choices else 1)), np.zeros(n)
+    batches = length_sorted_batches([len(p) + len(a) for p, a in sequences], batch_size)
     device = next(model.parameters()).device
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
-    bar = progress(total=n, desc=desc, leave=False) if desc else None
-    for start in range(0, n, batch_size):
-        rows = order[start:start + batch_size]
-        width = max(len(sequences[i][0]) + len(sequences[i][1]) for i in rows)
-        ids = torch.zeros(len(rows), width, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        positions, targets, owner = [], [], []
-        for r, i in enumerate(rows):
-            prompt, answer = sequences[i]
-            seq = prompt + answer
-            ids[r, :len(seq)] = torch.tensor(seq)
-            mask[r, :len(seq)] = 1
-            positions += [(r, len(prompt) - 1 + j) for j in range(len(answer))]  # logits at p predict token p+1
-            targets += answer
-            owner += [i] * len(answer)
-        hidden = decoder(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
-        if positions:
-            rr, pp = zip(*positions)
-            logits = head(hidden[list(rr), list(pp)])
-            check_finite(logits, set(owner))
-            logp, ent = U.token_logprobs_and_entropies(logits, torch.tensor(targets, device=device))
-            owner_t = torch.tensor(owner)
-            logp_sum += np.bincount(owner_t, logp.double().cpu(), minlength=n)
-            ent_sum += np.bincount(owner_t, ent.double().cpu(), minlength=n)
-        if bar:
-            bar.update(len(rows))
-    if bar:
-        bar.close()
-    return logp_sum, ent_sum, lengths
+    bar = progress(total=n, desc=desc, leave=False, disable=not (desc and parallel.is_main()))
+    seeded = torch.random.fork_rng(devices=[device] if device.type == "cuda" else []) if mask_seed is not None \
+        else contextlib.nullcontext()  # per-batch seeds must not move the caller's random stream
+    with seeded:
+        for b in parallel.mine(len(batches)):
+            if mask_seed is not None:
+                torch.manual_seed(mask_seed * 1_000_003 + b)
+            owner, logp, ent = _batch_stats(model, [sequences[i] for i in batches[b]], device, precision, choices)
+            if owner:
+                rows = [batches[b][r] for r in owner]
+                check_finite(logp, ent, rows, names)
+                np.add.at(logp_sum, rows, logp)
+                np.add.at(ent_sum, rows, ent)
+            bar.update(len(batches[b]) * parallel.world()[1])
+    bar.close()
+    logp_sum, ent_sum = parallel.sum_across(logp_sum, ent_sum)
+    return logp_sum if choices else logp_sum[:, 0], ent_sum, np.array([len(a) for _, a in sequences])
 
 
-def check_finite(logits: torch.Tensor, rows) -> None:
-    if not torch.isfinite(logits).all():
-        raise StarloraError(f"the model produced non-finite logits (sequence indices {sorted(rows)[:10]})")
+def _batch_stats(model, pairs, device, precision, choices=None):
+    """One right-padded batch -> (row of each answer token, log p [M, C], entropy [M]) as flat arrays."""
+    width = max(len(p) + len(a) for p, a in pairs)
+    ids = torch.zeros(len(pairs), width, dtype=torch.long)
+    mask = torch.zeros(len(pairs), width, dtype=torch.long)
+    rows, positions, targets = [], [], []
+    for r, (prompt, answer) in enumerate(pairs):
+        ids[r, :len(prompt) + len(answer)] = torch.tensor(prompt + answer)
+        mask[r, :len(prompt) + len(answer)] = 1
+        positions += range(len(prompt) - 1, len(prompt) - 1 + len(answer))  # logits at p predict token p+1
+        rows += [r] * len(answer)
+        targets += [choices] * len(answer) if choices else [[t] for t in answer]
+    if not rows:
+        return [], None, None
+    with autocast(device, precision):
+        hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        logits = model.get_output_embeddings()(hidden[rows, positions])
+    logp, ent = U.token_logprobs_and_entropies(logits, torch.tensor(targets, device=device))
+    return rows, logp.double().cpu().numpy(), ent.double().cpu().numpy()
+
+
+def check_finite(logp: np.ndarray, ent: np.ndarray, owner: list[int], names=None) -> None:
+    """Stop on NaN/inf (from non-finite logits), naming the examples whose answer tokens produced them."""
+    bad = ~(np.isfinite(logp).all(-1) & np.isfinite(ent))
+    if bad.any():
+        found = sorted({owner[j] for j in np.flatnonzero(bad)})
+        shown = [names[i] for i in found] if names else found
+        more = f" and {len(shown) - 10} more" if len(shown) > 10 else ""
+        raise StarloraError(f"the model produced non-finite logits for example(s) {', '.join(map(str, shown[:10]))}"
+                            f"{more}; check the model weights, or try --precision fp32")
 
 
 @torch.no_grad()
-def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int, desc=None):
+def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int, desc=None,
+                   precision: str = "fp32"):
     """Greedy generations (token ids, ending with EOS when the model stopped) for left-padded prompt batches."""
     device = next(model.parameters()).device
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    out: list[list[int]] = [None] * len(prompts)  # type: ignore[list-item]
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    for start in progress(range(0, len(prompts), batch_size), desc=desc, leave=False):
-        rows = order[start:start + batch_size]
+    done = []
+    batches = length_sorted_batches([len(p) for p in prompts], batch_size)
+    for b in progress(parallel.mine(len(batches)), desc=desc, leave=False, disable=not (desc and parallel.is_main())):
+        rows = batches[b]
         width = max(len(prompts[i]) for i in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros(len(rows), width, dtype=torch.long)
         for r, i in enumerate(rows):
             ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
             mask[r, width - len(prompts[i]):] = 1
-        generated = model.generate(
-            input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-            do_sample=False, pad_token_id=pad, eos_token_id=eos,
-        )[:, width:].tolist()
+        with autocast(device, precision):
+            generated = model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                do_sample=False, pad_token_id=pad, eos_token_id=eos,
+            )[:, width:].tolist()
         for r, i in enumerate(rows):
             tokens = generated[r]
-            out[i] = tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
+            done.append((i, tokens[: tokens.index(eos) + 1] if eos in tokens else tokens))
+    out: list[list[int]] = [None] * len(prompts)  # type: ignore[list-item]
+    for i, tokens in parallel.gather(done):
+        out[i] = tokens
     return out
 
 
@@ -157,22 +189,33 @@ def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
 
 
 def score(model, tokenizer, task: Task, examples, *, passes: int = 1, mc_dropout: bool = False,
-          reference: bool = False, settings: ScoringSettings = ScoringSettings(), desc: str = "scoring") -> Scores:
+          reference: bool = False, settings: ScoringSettings = ScoringSettings(), desc: str = "scoring",
+          seed: int = 0) -> Scores:
     """Fix y_hat per example with dropout off, then average every measure over `passes` passes.
 
     With mc_dropout the passes sample masks in the LoRA dropout only; without it (or with passes=1) the deterministic
-    pass is the only one needed. reference=True scores the gold answer instead of y_hat (reads labels: simulation
-    of the official code only).
+    pass is the only one needed; `seed` fixes the dropout masks. reference=True scores the gold answer instead of
+    y_hat (reads labels: simulation of the official code only).
     """
     prompts = [encode_prompt(tokenizer, ex.prompt, settings.max_prompt_tokens) for ex in examples]
     stochastic = mc_dropout and passes > 1
     k = passes if stochastic else 1
+    run = dict(batch_size=settings.batch_size, precision=settings.precision)
     if task.closed:
         cands = [encode_answer(tokenizer, c, settings.max_answer_tokens) for c in task.candidates]
-        pairs = [(p, c) for p in prompts for c in cands]
         n, c = len(examples), len(cands)
+        if all(len(a) == 1 for a in cands):
+            # One-token candidates (true/false, A-D): one forward per prompt gives every candidate's log p at the
+            # last prompt position, and one MC dropout sample is evaluated on all candidates alike.
+            seqs, choices = [(p, cands[0]) for p in prompts], [a[0] for a in cands]
+            names = [ex.id for ex in examples]
+        else:
+            seqs, choices = [(p, a) for p in prompts for a in cands], None
+            names = [ex.id for ex in examples for _ in cands]
         with lora_dropout(model, False):
-            logp, ent, length = answer_stats(model, pairs, settings.batch_size, desc=f"{desc} (answers)")
+            logp, ent, length = answer_stats(model, seqs, desc=f"{desc} (answers)", names=names, choices=choices, **run)
+        if choices:
+            ent, length = np.repeat(ent[:, None], c, 1), np.ones((n, c), dtype=int)
         logp, ent, length = logp.reshape(n, 1, c), ent.reshape(n, 1, c), length.reshape(n, c)
         y_hat = logp[:, 0].argmax(-1)
         if reference:
@@ -180,9 +223,13 @@ def score(model, tokenizer, task: Task, examples, *, passes: int = 1, mc_dropout
         probs = U.label_distribution(logp[:, 0])
         if stochastic:
             with lora_dropout(model, True):
-                lp, en, _ = answer_stats(model, [pair for pair in pairs for _ in range(k)], settings.batch_size,
-                                         desc=f"{desc} ({k} MC passes)")
-            logp, ent = lp.reshape(n, c, k).transpose(0, 2, 1), en.reshape(n, c, k).transpose(0, 2, 1)
+                lp, en, _ = answer_stats(model, [s for s in seqs for _ in range(k)], desc=f"{desc} ({k} MC passes)",
+                                         names=[x for x in names for _ in range(k)], mask_seed=seed, choices=choices,
+                                         **run)
+            if choices:  # rows are (example, pass)
+                logp, ent = lp.reshape(n, k, c), np.repeat(en.reshape(n, k, 1), c, 2)
+            else:  # rows are (example, candidate, pass)
+                logp, ent = lp.reshape(n, c, k).transpose(0, 2, 1), en.reshape(n, c, k).transpose(0, 2, 1)
         rows = np.arange(n)
         y_logp, y_ent, y_len = logp[rows, :, y_hat], ent[rows, :, y_hat], length[rows, y_hat][:, None]
         p_passes = U.label_distribution(logp)  # [N, K, C]
@@ -196,12 +243,14 @@ def score(model, tokenizer, task: Task, examples, *, passes: int = 1, mc_dropout
             answers = [encode_answer(tokenizer, ex.target, settings.max_answer_tokens, eos=True) for ex in examples]
         else:
             with lora_dropout(model, False):
-                answers = greedy_answers(model, tokenizer, prompts, settings.max_new_tokens, settings.batch_size,
-                                         desc=f"{desc} (generating)")
+                answers = greedy_answers(model, tokenizer, prompts, settings.max_new_tokens, desc=f"{desc} (generating)",
+                                         **run)
         pairs = [(p, a) for p, a in zip(prompts, answers)]
         with lora_dropout(model, stochastic):
-            lp, en, ln = answer_stats(model, [pair for pair in pairs for _ in range(k)], settings.batch_size,
-                                      desc=f"{desc} ({k} pass{'es' if k > 1 else ''})")
+            lp, en, ln = answer_stats(model, [pair for pair in pairs for _ in range(k)],
+                                      desc=f"{desc} ({k} pass{'es' if k > 1 else ''})",
+                                      names=[ex.id for ex in examples for _ in range(k)],
+                                      mask_seed=seed if stochastic else None, **run)
         y_logp, y_ent, y_len = lp.reshape(-1, k), en.reshape(-1, k), ln.reshape(-1, k)
         measures, probs = {}, None
         predictions = [task.predict_text(tokenizer.decode(a, skip_special_tokens=True)) for a in answers]

@@ -1,21 +1,29 @@
 """Training one round: a fresh, seeded LoRA adapter (PEFT) or full fine-tuning, loss on the answer tokens only.
 
 STAR's regulariser is decoupled weight decay on the lora_B parameters only (AdamW parameter groups). The linear LR
-schedule is sized from the real number of optimiser steps, so the last round trains as hard as the first.
+schedule is sized from the real number of optimiser steps, so the last round trains as hard as the first. Batches
+group similar lengths and pad to their own longest. Under `accelerate launch` the model is wrapped in torch's
+DistributedDataParallel and each process takes rows of every batch; the loss is normalised by the whole batch's
+token count and the dropout masks are drawn for the whole batch, so N processes compute what one does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model
+from peft.tuners.lora import LoraLayer
 from transformers import get_linear_schedule_with_warmup
 
+from . import parallel
+from .hardware import autocast
 from .models import LORA_TARGETS
-from .scoring import encode_answer, encode_prompt, progress
+from .scoring import encode_answer, encode_prompt, lora_dropout, progress
 
 
 @dataclass(frozen=True)
@@ -32,6 +40,8 @@ class TrainSettings:
     seed: int = 0
     max_prompt_tokens: int = 128
     max_answer_tokens: int = 256
+    group_by_length: bool = True  # batches of similar length (less padding); False: plain random batches
+    precision: str = "fp32"  # or "bf16": autocast over fp32 master weights
 
 
 def attach_lora(base, settings: TrainSettings):
@@ -73,32 +83,107 @@ def encode_examples(tokenizer, examples, settings: TrainSettings):
              encode_answer(tokenizer, ex.target, settings.max_answer_tokens, eos=True)) for ex in examples]
 
 
+def batch_order(lengths: list[int], batch_size: int, generator: torch.Generator, group_by_length: bool = True):
+    """One epoch's batches. Grouped: shuffle, sort each run of 50 batches' worth by length, cut, shuffle the batches
+    (HF Trainer's group_by_length), so batches pad little and their order stays random."""
+    perm = torch.randperm(len(lengths), generator=generator).tolist()
+    if not group_by_length:
+        return [perm[s:s + batch_size] for s in range(0, len(perm), batch_size)]
+    batches, mega = [], 50 * batch_size
+    for start in range(0, len(perm), mega):
+        run = sorted(perm[start:start + mega], key=lambda i: -lengths[i])
+        batches += [run[s:s + batch_size] for s in range(0, len(run), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+class BatchDropout(torch.nn.Module):
+    """LoRA dropout drawing its mask for the whole batch and keeping this process's rows: the same masks on 1 or N
+    processes (nn.Dropout would draw one mask per process). Set `rows` and `total` before each step."""
+
+    def __init__(self, p: float, generator: torch.Generator):
+        super().__init__()
+        self.p, self.generator, self.rows, self.total = p, generator, slice(None), 0
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.empty((self.total, *x.shape[1:]), device=x.device).bernoulli_(1 - self.p, generator=self.generator)
+        return x * keep[self.rows] / (1 - self.p)
+
+
+@contextlib.contextmanager
+def batch_dropout(model, generator):
+    """Swap PEFT's LoRA dropout for BatchDropout during training; the originals come back afterwards."""
+    swapped = []
+    for layer in model.modules():
+        if isinstance(layer, LoraLayer):
+            for name, drop in layer.lora_dropout.items():
+                if isinstance(drop, torch.nn.Dropout) and drop.p > 0:
+                    layer.lora_dropout[name] = BatchDropout(drop.p, generator)
+                    swapped.append((layer, name, drop))
+    try:
+        yield [layer.lora_dropout[name] for layer, name, _ in swapped]
+    finally:
+        for layer, name, drop in swapped:
+            layer.lora_dropout[name] = drop
+
+
 def train(model, tokenizer, examples, settings: TrainSettings, desc: str = "training") -> dict:
-    """Train `model` in place (its trainable parameters) on examples; returns {'loss', 'steps', 'seconds'}."""
+    """Train `model` in place (its trainable parameters) on examples; returns {'loss', 'steps', 'seconds'}.
+
+    LoRA mode runs the frozen base as at inference (its own dropout off, as in MC scoring); only the LoRA dropout
+    samples. Full mode trains with every dropout of the model on."""
     pairs = encode_examples(tokenizer, examples, settings)
-    steps_per_epoch = math.ceil(len(pairs) / settings.batch_size)
-    total = steps_per_epoch * settings.epochs
+    lengths = [len(p) + len(a) for p, a in pairs]
+    rank, size = parallel.world()
+    order = torch.Generator().manual_seed(settings.seed)
+    epochs = [batch_order(lengths, settings.batch_size, order, settings.group_by_length)
+              for _ in range(settings.epochs)]
+    total = sum(len(e) for e in epochs)
     optimizer = make_optimizer(model, settings.lr, settings.b_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=0, num_training_steps=total)
-    generator = torch.Generator().manual_seed(settings.seed)
     device = next(model.parameters()).device
+    masks = torch.Generator(device=device).manual_seed(settings.seed)
+    net = model
+    if parallel.distributed():
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     start, losses = time.time(), []
-    model.train()
-    with torch.random.fork_rng():
-        torch.manual_seed(settings.seed)  # dropout masks during training
-        bar = progress(total=total, desc=desc, leave=False)
-        for _ in range(settings.epochs):
-            for idx in torch.randperm(len(pairs), generator=generator).split(settings.batch_size):
-                ids, mask, labels = training_batch([pairs[i] for i in idx], tokenizer.pad_token_id)
-                loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
-                loss.backward()
+    bar = progress(total=total, desc=desc, leave=False, disable=not parallel.is_main())
+    with batch_dropout(model, masks) as dropouts, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(settings.seed)  # any other dropout (full mode)
+        modes = lora_dropout(model, True) if settings.mode == "lora" else _train_mode(model)
+        with modes:
+            for batch in (b for epoch in epochs for b in epoch):
+                ids, mask, labels = training_batch([pairs[i] for i in batch], tokenizer.pad_token_id)
+                tokens = int((labels[:, 1:] != -100).sum())  # the tokens the loss averages over (shifted labels)
+                lo, hi = (len(batch) * rank) // size, (len(batch) * (rank + 1)) // size
+                share = 1.0 if hi > lo else 0.0  # a process with no rows still joins the gradient all-reduce
+                rows = slice(lo, hi) if hi > lo else slice(0, 1)
+                for drop in dropouts:
+                    drop.rows, drop.total = rows, len(batch)
+                with autocast(device, settings.precision):
+                    out = net(input_ids=ids[rows].to(device), attention_mask=mask[rows].to(device),
+                              labels=labels[rows].to(device), num_items_in_batch=max(tokens, 1))
+                (out.loss * size * share).backward()  # DDP averages gradients over processes: sum / tokens overall
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
-                losses.append(loss.item())
+                losses.append(out.loss.item() * share)
                 bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        bar.close()
+                bar.set_postfix(loss=f"{losses[-1] * size:.3f}")
+    bar.close()
+    del net
     model.eval()
-    return {"loss": sum(losses[-steps_per_epoch:]) / max(1, min(len(losses), steps_per_epoch)), "steps": total,
+    losses = parallel.sum_across(np.array(losses))[0]  # each process holds its rows' share of every batch's loss
+    last = losses[-len(epochs[-1]):] if epochs and epochs[-1] else losses
+    return {"loss": float(np.mean(last)) if len(last) else float("nan"), "steps": total,
             "seconds": time.time() - start}
+
+
+@contextlib.contextmanager
+def _train_mode(model):
+    model.train()
+    try:
+        yield
+    finally:
+        model.eval()

@@ -16,9 +16,14 @@ from .errors import StarloraError
 
 
 def token_logprobs_and_entropies(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For logits [..., V] and target ids [...]: log p(target) and the full-vocabulary entropy at each position."""
+    """For logits [..., V] and target ids [...] (or [..., C]): log p(target) and the full-vocabulary entropy at each
+    position."""
     logp = torch.log_softmax(logits.float(), dim=-1)
-    entropy = -(logp.exp() * logp).sum(-1)  # exp(-inf) * -inf would be nan; log_softmax of finite logits is finite
+    p = logp.exp()
+    entropy = -(p * logp.masked_fill(p == 0, 0.0)).sum(-1)  # 0 * log 0 = 0: a -inf logit (masked token) is fine
+    # NaN or +inf logits still give NaN here; scoring.check_finite stops on those and names the examples
+    if targets.dim() == logits.dim():  # several targets per position [..., C]: log p of each
+        return logp.gather(-1, targets), entropy
     return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1), entropy
 
 

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -67,3 +68,20 @@ def test_embedded_model_converts_once_then_loads_from_cache(tmp_path, monkeypatc
     assert len(calls) == 1
     assert model.config.num_hidden_layers == 30 and sum(p.numel() for p in again.parameters()) == 134_515_008
     assert torch.equal(model.lm_head.weight, again.lm_head.weight)
+
+    # BoolQ's " true"/" false" are one token each: scoring takes the one-forward path; it matches the official way
+    from starlora.bench import naive_answer_stats
+    from starlora.data import Example
+    from starlora.scoring import encode_answer, encode_prompt, score
+    from starlora.tasks import get_task
+
+    task = get_task("boolq")
+    assert all(len(encode_answer(tok, c, 8)) == 1 for c in task.candidates)
+    examples = [Example(str(i), task.prompt({"question": q}), "true", "true")
+                for i, q in enumerate(["is the sky blue", "can a fish climb a tree", "is paris in france"])]
+    fast = score(model, tok, task, examples)
+    naive = naive_answer_stats(model, [(encode_prompt(tok, ex.prompt, 128), encode_answer(tok, c, 8))
+                                       for ex in examples for c in task.candidates]).reshape(3, 2, 2)
+    y_hat = naive[:, :, 0].argmax(1)
+    assert fast.predictions == [task.candidates[j] for j in y_hat]
+    np.testing.assert_allclose(fast.measures["me"], naive[range(3), y_hat, 1], rtol=1e-4)

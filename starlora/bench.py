@@ -1,0 +1,236 @@
+"""`starlora bench`: throughput of one round's pool scoring and training, against the official code's way, and
+against this machine's matmul roofline, all measured in the same process.
+
+Naive scoring is the official STAR code's loop: one sequence at a time, logits at every position, a softmax per
+position. Naive training pads every example to 384 tokens in random batches. Both compute the same quantities as
+the fast paths (the report checks the deterministic numbers agree), so the ratios measure speed only.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import numpy as np
+import torch
+
+from .acquisition import BaseCache, acquisition_scores
+from .data import make_examples, read_rows
+from .hardware import autocast, device, resolve_precision
+from .models import load_model
+from .scoring import ScoringSettings, base_model, encode_answer, encode_prompt, lora_dropout
+from .strategies import get_strategy
+from .tasks import get_task
+from .training import TrainSettings, attach_lora, encode_examples, make_optimizer, train
+
+NAIVE_PAD = 384  # the official code's max_length
+
+
+def matmul_gflops(precision: str, dev: torch.device, size: int = 2048, seconds: float = 1.0) -> float:
+    """Sustained square-matmul throughput in this precision: the roofline the scoring is compared with."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(size, size, dtype=dtype, device=dev), torch.randn(size, size, dtype=dtype, device=dev)
+    a @ b  # warm-up (thread pool, kernel selection)
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        calls += 1
+    _sync(dev)
+    return 2 * size**3 * calls / (time.perf_counter() - start) / 1e9
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+class FlopCount:
+    """Counts matmul FLOPs of every nn.Linear call (forward hooks) and the decoder's real vs padded tokens, so the
+    achieved rate can leave padding out. Attention's score/value products are not counted (small at these lengths)."""
+
+    def __init__(self, model):
+        self.model, self.linear, self.head, self.tokens, self.padded = model, 0, 0, 0, 0
+
+    def __enter__(self):
+        head = self.model.get_output_embeddings()
+        self.hooks = [m.register_forward_hook(self._count_linear(m is head))
+                      for m in self.model.modules() if isinstance(m, torch.nn.Linear)]
+        self.hooks.append(self.model.get_decoder().register_forward_pre_hook(self._count_tokens, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.hooks:
+            h.remove()
+
+    def _count_linear(self, is_head):
+        def hook(module, inputs, output):
+            flops = 2 * inputs[0].numel() * module.out_features
+            if is_head:
+                self.head += flops
+            else:
+                self.linear += flops
+        return hook
+
+    def _count_tokens(self, module, args, kwargs):
+        ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+        if ids is not None:
+            self.padded += ids.numel()
+            self.tokens += int(mask[:, -ids.shape[1]:].sum()) if mask is not None else ids.numel()
+
+    @property
+    def useful(self) -> float:
+        return self.linear * self.tokens / max(self.padded, 1) + self.head
+
+
+# ---------------------------------------------------------------- the official code's way
+
+
+@torch.no_grad()
+def naive_answer_stats(model, pairs):
+    """One sequence per forward, logits at every position, log-softmax over the whole sequence."""
+    dev = next(model.parameters()).device
+    out = []
+    for prompt, answer in pairs:
+        logits = model(input_ids=torch.tensor([prompt + answer], device=dev)).logits[0].float()
+        logp_all = torch.log_softmax(logits, -1)
+        entropy_all = -(logp_all.exp() * logp_all).sum(-1)
+        at = torch.arange(len(prompt) - 1, len(prompt) - 1 + len(answer), device=dev)
+        logp = logp_all[at, torch.tensor(answer, device=dev)]
+        out.append((float(logp.sum()), float(entropy_all[at].sum())))
+    return np.array(out).reshape(len(pairs), 2)
+
+
+@torch.no_grad()
+def naive_generate(model, tokenizer, prompt, max_new_tokens):
+    dev = next(model.parameters()).device
+    tokens = model.generate(input_ids=torch.tensor([prompt], device=dev), max_new_tokens=max_new_tokens,
+                            do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                            eos_token_id=tokenizer.eos_token_id)[0, len(prompt):].tolist()
+    eos = tokenizer.eos_token_id
+    return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
+
+
+def naive_scoring(model, tokenizer, task, examples, k, settings):
+    """The same passes as STAR's acquisition (own answer, K MC-dropout passes, base model), example by example.
+    Returns the base model's ME per example (deterministic, so it can be compared with the fast path)."""
+    base_me = []
+    for ex in examples:
+        prompt = encode_prompt(tokenizer, ex.prompt, settings.max_prompt_tokens)
+
+        def answers():
+            if task.closed:
+                return [encode_answer(tokenizer, c, settings.max_answer_tokens) for c in task.candidates]
+            return [naive_generate(model, tokenizer, prompt, settings.max_new_tokens)]
+
+        with lora_dropout(model, False):
+            own = answers()
+            naive_answer_stats(model, [(prompt, a) for a in own])  # fixes y_hat (the fast path's first pass)
+        with lora_dropout(model, True):
+            for _ in range(k):
+                naive_answer_stats(model, [(prompt, a) for a in own])
+        with base_model(model), lora_dropout(model, False):
+            base = answers()
+            base_stats = naive_answer_stats(model, [(prompt, a) for a in base])
+        chosen = int(base_stats[:, 0].argmax()) if task.closed else 0
+        base_me.append(base_stats[chosen, 1])
+    return np.array(base_me)
+
+
+def naive_train(model, tokenizer, examples, settings: TrainSettings):
+    """One epoch, random batches, every example padded to 384 tokens (the official code's collator)."""
+    dev = next(model.parameters()).device
+    pairs = encode_examples(tokenizer, examples, settings)
+    optimizer = make_optimizer(model, settings.lr, settings.b_decay)
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(settings.seed)).tolist()
+    model.train()
+    for start in range(0, len(order), settings.batch_size):
+        batch = [pairs[i] for i in order[start:start + settings.batch_size]]
+        ids = torch.full((len(batch), NAIVE_PAD), tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full_like(ids, -100)
+        mask = torch.zeros_like(ids)
+        for r, (p, a) in enumerate(batch):
+            seq = (p + a)[:NAIVE_PAD]
+            ids[r, :len(seq)], mask[r, :len(seq)] = torch.tensor(seq), 1
+            labels[r, len(p):len(seq)] = torch.tensor(seq[len(p):])
+        with autocast(dev, settings.precision):
+            loss = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev)).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    model.eval()
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, naive_n=32, batch_size=32,
+          train_batch_size=8, precision="auto", strategy="star-me", cache=None, log=print) -> dict:
+    """Measure everything in one process; returns the JSON-able result."""
+    task = get_task(task_name, None, "{question}" if train_file else None)
+    if train_file:
+        examples = make_examples(read_rows(train_file), task, str(train_file))
+    else:
+        from .data import load_data
+
+        examples = load_data(task).pool
+    examples = examples[:n]
+    dev = device()
+    precision = resolve_precision(precision, dev)
+    model, tokenizer = load_model(model_name, cache)
+    model = attach_lora(model, TrainSettings())  # the paper's adapter: r 64, alpha 16, dropout 0.1
+    settings = ScoringSettings(batch_size=batch_size, precision=precision)
+    star = get_strategy(strategy, task.closed)
+    result = {"model": model_name, "task": task.name, "strategy": star.name, "n": len(examples), "k": k,
+              "naive_n": min(naive_n, len(examples)), "device": str(dev), "precision": precision,
+              "threads": torch.get_num_threads()}
+
+    log(f"matmul roofline ({precision}) ...")
+    result["matmul_gflops"] = matmul_gflops(precision, dev)
+
+    log(f"scoring {len(examples)} examples ({star.name}, K={k}, batched) ...")
+    cache_b = BaseCache(None, model_name, task.name)
+    with FlopCount(model) as flops:
+        start = time.perf_counter()
+        acquisition_scores(star, model, tokenizer, task, examples, t=0, rounds=10, base_cache=cache_b,
+                                  passes=k, settings=settings)
+        _sync(dev)
+        seconds = time.perf_counter() - start
+    result["scoring_examples_per_s"] = len(examples) / seconds
+    result["scoring_gflops"] = flops.useful / seconds / 1e9
+    result["scoring_padding_fraction"] = 1 - flops.tokens / max(flops.padded, 1)
+    result["scoring_roofline_fraction"] = result["scoring_gflops"] / result["matmul_gflops"]
+
+    sub = examples[: result["naive_n"]]
+    log(f"scoring {len(sub)} examples the official way (one at a time, full logits) ...")
+    with autocast(dev, precision):
+        start = time.perf_counter()
+        naive_me = naive_scoring(model, tokenizer, task, sub, k, settings)
+        _sync(dev)
+        seconds = time.perf_counter() - start
+    result["naive_scoring_examples_per_s"] = len(sub) / seconds
+    result["scoring_speedup"] = result["scoring_examples_per_s"] / result["naive_scoring_examples_per_s"]
+    fast_me = cache_b.get(model, tokenizer, task, sub, settings)["me"]
+    result["naive_vs_fast_max_abs_diff"] = float(np.max(np.abs(fast_me - naive_me))) if len(sub) else 0.0
+
+    log(f"training one epoch on {len(examples)} examples (length-grouped, dynamic padding) ...")
+    train_settings = TrainSettings(epochs=1, batch_size=train_batch_size, precision=precision)
+    start = time.perf_counter()
+    train(model, tokenizer, examples, train_settings, desc="bench training")
+    _sync(dev)
+    result["training_examples_per_s"] = len(examples) / (time.perf_counter() - start)
+    result["peak_rss_mb"] = peak_rss_mb()  # before the naive paths, whose 384-token batches need more
+    if dev.type == "cuda":
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+
+    log(f"training {len(sub)} examples the official way (padded to {NAIVE_PAD}) ...")
+    start = time.perf_counter()
+    naive_train(model, tokenizer, sub, train_settings)
+    _sync(dev)
+    result["naive_training_examples_per_s"] = len(sub) / (time.perf_counter() - start)
+    result["training_speedup"] = result["training_examples_per_s"] / result["naive_training_examples_per_s"]
+    result["peak_rss_mb_with_naive"] = peak_rss_mb()
+    return {key: round(v, 4) if isinstance(v, float) else v for key, v in result.items()}

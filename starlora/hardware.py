@@ -1,0 +1,46 @@
+"""Where the arithmetic runs: the device of this process and the precision of its matmuls.
+
+Weights always stay fp32 (the master copy the optimiser updates); bf16 enters only through autocast, so switching it
+off gives the exact fp32 numbers the tests pin down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from .errors import StarloraError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def device() -> torch.device:
+    """This process's accelerator (cuda:LOCAL_RANK under `accelerate launch`), else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def bf16_native(dev: torch.device) -> bool:
+    """True where bf16 matmuls run in hardware; on a CPU without AVX512-BF16/AMX they are emulated and slower."""
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def resolve_precision(name: str, dev: torch.device) -> str:
+    """'auto' -> bf16 where it is native, else fp32. Returns 'fp32' or 'bf16'."""
+    if name not in PRECISIONS:
+        raise StarloraError(f"unknown --precision {name!r}: choose {', '.join(PRECISIONS)}")
+    if name == "auto":
+        return "bf16" if bf16_native(dev) else "fp32"
+    return name
+
+
+def autocast(dev: torch.device, precision: str):
+    """bf16 autocast for forward passes (fp32 weights and reductions stay fp32); a no-op for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()

@@ -1,0 +1,149 @@
+"""The fast paths compute what the slow ones do: batching, one-token candidates, length-grouped batches, batch-wide
+dropout masks, bf16 autocast, 2 processes; and `starlora bench` reports every figure."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from starlora import bench as B
+from starlora.data import Example
+from starlora.errors import StarloraError
+from starlora.hardware import bf16_native, resolve_precision
+from starlora.models import tiny_random
+from starlora.scoring import ScoringSettings, answer_stats, encode_answer, encode_prompt, score
+from starlora.tasks import get_task
+from starlora.training import BatchDropout, TrainSettings, attach_lora, batch_order
+
+BOOLQ = get_task("boolq", template="{question}")
+EXAMPLES = [Example(f"e{i}", f"Question: is {i} odd?" + " really" * (i % 3) + "\nAnswer:", t, t)
+            for i, t in enumerate(["true", "false"] * 4)]
+
+
+@pytest.fixture(scope="module")
+def lora():
+    base, tok = tiny_random()
+    model = attach_lora(base, TrainSettings(lora_r=4, lora_alpha=8))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    return model, tok
+
+
+def test_batched_scoring_equals_the_official_one_at_a_time_full_logit_way(lora):
+    model, tok = lora
+    fast = score(model, tok, BOOLQ, EXAMPLES, settings=ScoringSettings(batch_size=16))
+    pairs = [(encode_prompt(tok, ex.prompt, 128), encode_answer(tok, c, 256)) for ex in EXAMPLES for c in ("true", "false")]
+    naive = B.naive_answer_stats(model, pairs).reshape(len(EXAMPLES), 2, 2)  # [example, candidate, (logp, entropy)]
+    y_hat = naive[:, :, 0].argmax(1)
+    assert [fast_p == ["true", "false"][j] for fast_p, j in zip(fast.predictions, y_hat)] == [True] * len(EXAMPLES)
+    rows = np.arange(len(EXAMPLES))
+    np.testing.assert_allclose(fast.measures["pe"], -naive[rows, y_hat, 0], rtol=1e-5)
+    np.testing.assert_allclose(fast.measures["me"], naive[rows, y_hat, 1], rtol=1e-5)
+
+
+def test_one_token_candidates_take_one_forward_and_match_the_pair_path(lora):
+    model, tok = lora
+    prompts = [encode_prompt(tok, ex.prompt, 128) for ex in EXAMPLES]
+    choices = [70, 71, 72]
+    joint, joint_ent, _ = answer_stats(model, [(p, [choices[0]]) for p in prompts], 3, choices=choices)
+    pairs, pair_ent, _ = answer_stats(model, [(p, [c]) for p in prompts for c in choices], 5)
+    np.testing.assert_allclose(joint, pairs.reshape(-1, 3), rtol=1e-5)
+    np.testing.assert_allclose(joint_ent, pair_ent.reshape(-1, 3)[:, 0], rtol=1e-5)
+    assert np.allclose(np.exp(joint).sum(1) < 1, True)  # three of 259 tokens: a part of the distribution
+
+
+def test_length_grouped_batches_cover_every_example_once_and_pad_little():
+    lengths = [5, 50, 6, 51, 7, 52, 8, 53, 9, 54]
+    g = torch.Generator().manual_seed(0)
+    grouped = batch_order(lengths, 2, g, group_by_length=True)
+    assert sorted(i for b in grouped for i in b) == list(range(10))
+    # one run of 50 batches' worth sorted by length, longest first, then cut into pairs
+    assert sorted(tuple(lengths[i] for i in b) for b in grouped) == [(6, 5), (8, 7), (50, 9), (52, 51), (54, 53)]
+    again = batch_order(lengths, 2, torch.Generator().manual_seed(0), group_by_length=True)
+    assert grouped == again
+    plain = batch_order(lengths, 2, torch.Generator().manual_seed(0), group_by_length=False)
+    assert [i for b in plain for i in b] == torch.randperm(10, generator=torch.Generator().manual_seed(0)).tolist()
+
+
+def test_batch_dropout_masks_do_not_depend_on_the_row_split():
+    x = torch.ones(4, 3, 5)
+
+    def masks(split):
+        drop = BatchDropout(0.5, torch.Generator().manual_seed(3)).train()
+        out = []
+        for rows in split:
+            drop.generator.manual_seed(3)  # every process starts from the same seed and draws the whole batch
+            drop.rows, drop.total = rows, 4
+            out.append(drop(x[rows]))
+        return torch.cat(out)
+
+    whole, halves = masks([slice(0, 4)]), masks([slice(0, 2), slice(2, 4)])
+    assert torch.equal(whole, halves)
+    assert set(whole.unique().tolist()) == {0.0, 2.0}  # inverted dropout: kept values scaled by 1 / (1 - p)
+
+
+def test_precision_switch(lora):
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if bf16_native(cpu) else "fp32")
+    assert resolve_precision("fp32", cpu) == "fp32"
+    with pytest.raises(StarloraError, match="--precision"):
+        resolve_precision("fp8", cpu)
+    model, tok = lora
+    fp32 = score(model, tok, BOOLQ, EXAMPLES, settings=ScoringSettings(batch_size=4))
+    bf16 = score(model, tok, BOOLQ, EXAMPLES, settings=ScoringSettings(batch_size=4, precision="bf16"))
+    assert np.isfinite(bf16.measures["me"]).all()
+    np.testing.assert_allclose(bf16.measures["me"], fp32.measures["me"], rtol=0.05)  # bf16 keeps ~3 digits
+
+
+def test_bench_reports_every_figure_on_the_tiny_model(write):
+    rows = "".join(json.dumps({"question": ex.prompt, "answer": ex.target}) + "\n" for ex in EXAMPLES)
+    result = B.bench("tiny-random", "boolq", write("pool.jsonl", rows), n=8, k=2, naive_n=4, batch_size=4,
+                     log=lambda _: None)
+    for key in ("scoring_examples_per_s", "naive_scoring_examples_per_s", "scoring_speedup", "training_examples_per_s",
+                "naive_training_examples_per_s", "training_speedup", "matmul_gflops", "scoring_roofline_fraction",
+                "peak_rss_mb"):
+        assert result[key] > 0, key
+    assert result["n"] == 8 and result["naive_n"] == 4 and result["precision"] in ("fp32", "bf16")
+    assert result["naive_vs_fast_max_abs_diff"] < 1e-4
+
+
+ARGS = ["run", "--model", "tiny-random", "--task", "boolq", "--strategy", "star-me", "--init-size", "8",
+        "--query-size", "8", "--rounds", "3", "--epochs", "2", "--lora-r", "4", "--probe-size", "12",
+        "--score-batch-size", "16", "--lr", "1e-2", "--batch-size", "3"]
+
+
+def test_two_processes_select_what_one_process_selects(tmp_path):
+    import random
+
+    rng = random.Random(0)
+    for name, n in (("train", 48), ("test", 12)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(
+            json.dumps({"question": f"Question: is item {i} {rng.choice(['red', 'blue'])}?\nAnswer:",
+                        "answer": rng.choice(["true", "false"])}) + "\n" for i in range(n)))
+    files = ["--train-file", str(tmp_path / "train.jsonl"), "--test-file", str(tmp_path / "test.jsonl")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "starlora", *ARGS, *files, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr
+    launcher = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
+    two = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "starlora", *ARGS, *files,
+                          "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = [json.loads(line) for line in (tmp_path / "one" / "rounds.jsonl").read_text().splitlines()]
+    b = [json.loads(line) for line in (tmp_path / "two" / "rounds.jsonl").read_text().splitlines()]
+    assert len(a) == len(b) == 3
+    for x, y in zip(a, b):
+        assert x["added"] == y["added"] and x["selected"] == y["selected"]
+        assert x["accuracy"] == y["accuracy"]
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5)
+        assert x["ece"] == pytest.approx(y["ece"], abs=1e-6)
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["versions"]["processes"] == 2
+    assert two.stdout.count("round 2:") == 1  # only the main process reports
