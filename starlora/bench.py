@@ -170,7 +170,7 @@ def peak_rss_mb() -> float:
 def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, naive_n=32, batch_size=32,
           train_batch_size=8, precision="auto", strategy="star-me", cache=None, log=print) -> dict:
     """Measure everything in one process; returns the JSON-able result."""
-    task = get_task(task_name, None, "{question}" if train_file else None)
+    task = get_task(task_name, user_files=bool(train_file))
     if train_file:
         examples = make_examples(read_rows(train_file), task, str(train_file))
     else:

@@ -41,10 +41,8 @@ def load_task_and_data(args):
     from .data import load_data
     from .tasks import get_task
 
-    files = bool(args.train_file or args.test_file)
     candidates = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
-    template = args.template or ("{question}" if files else None)
-    task = get_task(args.task, candidates, template)
+    task = get_task(args.task, candidates, args.template, user_files=bool(args.train_file or args.test_file))
     return task, load_data(task, args.data or "embedded", args.train_file, args.test_file, args.id_field or "id",
                            args.answer_field or "answer")
 
@@ -101,15 +99,19 @@ RUN_HELP = {
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """One flag per RunConfig field (default None: the protocol or the YAML config decides)."""
-    from .experiment import RunConfig
-
     g = p.add_argument_group("experiment (defaults: the chosen --protocol)")
     g.add_argument("--protocol", default="paper", help="paper (default), quick (offline demo), cpu (2 cores, ~1 h)")
     g.add_argument("--config", help="YAML file of configuration values; flags override it")
     g.add_argument("--seed", type=int, nargs="+", help="one or more seeds (several: one sub-folder each)")
     g.add_argument("--out", required=True, help="output folder (re-running the same command resumes it)")
+    add_config_flags(g, RUN_HELP)
+
+
+def add_config_flags(g, names) -> None:
+    from .experiment import RunConfig
+
     for f in dataclasses.fields(RunConfig):
-        if f.name not in RUN_HELP:
+        if f.name not in names:
             continue
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
@@ -163,6 +165,94 @@ def cmd_report(args) -> None:
     print(f"report written to {args.out} ({len(rows)} task x strategy rows)")
 
 
+# The human loop (project.py): the values that shape a project's scoring and training.
+PROJECT_FLAGS = ["rounds", "epochs", "batch_size", "lr", "lora_r", "lora_alpha", "lora_dropout", "b_decay", "k",
+                 "schedule", "normalisation", "length_norm", "max_prompt_tokens", "max_answer_tokens",
+                 "max_new_tokens", "score_batch_size", "precision"]
+
+
+def cmd_init(args) -> None:
+    from .experiment import resolve
+    from .project import init
+
+    values = {k: getattr(args, k) for k in PROJECT_FLAGS if getattr(args, k) is not None}
+    candidates = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
+    cfg = resolve("paper", task=args.task, model=args.model or "smollm2", strategy=args.strategy, seed=args.seed,
+                  template=args.template, candidates=candidates, id_field=args.id_field or "id",
+                  answer_field=args.answer_field or "answer", **values)
+    init(args.dir, cfg, args.pool, args.test)
+
+
+def cmd_query(args) -> None:
+    from .project import query
+
+    query(args.dir, args.n, args.format, random=args.random)
+
+
+def cmd_label(args) -> None:
+    from .project import label
+
+    label(args.dir, args.file)
+
+
+def cmd_train(args) -> None:
+    from .project import train
+
+    train(args.dir)
+
+
+def cmd_status(args) -> None:
+    from .project import status
+
+    print(status(args.dir))
+
+
+def add_project_commands(sub) -> None:
+    p = sub.add_parser("init", help="human loop: create a project folder from your unlabeled pool",
+                       description="Create a project folder holding your unlabeled pool, the labels to come, each "
+                                   "round's adapter, the cached base-model scores and the history.")
+    p.add_argument("dir", help="the new project folder")
+    p.add_argument("--task", required=True, help="boolq, boolq-passage, obqa, gsm8k, closed (with --candidates), open")
+    p.add_argument("--pool", required=True, help="unlabeled examples: JSON lines (.jsonl) or CSV (.csv)")
+    p.add_argument("--test", help="optional labeled held-out file: status shows each round's accuracy on it")
+    p.add_argument("--model", help="smollm2 (default), tiny-random, a local folder or an HF model id")
+    p.add_argument("--strategy", default="star-me", help="acquisition strategy (default star-me)")
+    p.add_argument("--seed", type=int, default=0, help="seed of adapters, dropout masks and tie-breaks (default 0)")
+    p.add_argument("--template", help="prompt template over the file's fields (default '{question}' verbatim)")
+    p.add_argument("--candidates", help="comma-separated answers for --task closed")
+    p.add_argument("--id-field", help="field holding each row's id (default id; absent: content hash)")
+    p.add_argument("--answer-field", help="field the answers go in (default answer)")
+    add_config_flags(p.add_argument_group("method (defaults: the paper's; --rounds is R in lambda(t))"),
+                     PROJECT_FLAGS)
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("query", help="human loop: choose the next examples to label and write them to a file",
+                       description="Choose the next N examples with the project's strategy (before any label: the "
+                                   "base model's uncertainty) and write them, with an empty answer, to a file.")
+    p.add_argument("dir", help="the project folder")
+    p.add_argument("-n", type=int, required=True, help="how many examples to ask for")
+    p.add_argument("--format", default="jsonl", choices=["jsonl", "csv", "labelstudio"],
+                   help="jsonl (default), csv, or labelstudio (tasks JSON plus labelstudio_config.xml)")
+    p.add_argument("--random", action="store_true", help="choose at random this time")
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("label", help="human loop: import answers for the last query",
+                       description="Import answers from JSON lines, CSV or a Label Studio JSON export. Every row is "
+                                   "checked first; if any is bad, all problems are listed and nothing is imported.")
+    p.add_argument("dir", help="the project folder")
+    p.add_argument("file", help="the filled-in query file, or a Label Studio export (.json)")
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("train", help="human loop: train this round's adapter on every label so far",
+                       description="Train a fresh LoRA adapter with STAR's regulariser on all labels so far.")
+    p.add_argument("dir", help="the project folder")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("status", help="human loop: rounds, counts, held-out accuracy, and what to do next")
+    p.add_argument("dir", help="the project folder")
+    p.set_defaults(func=cmd_status)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="starlora", description="Data-efficient LoRA fine-tuning with active learning (STAR, arXiv 2403.01165).")
@@ -194,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="evaluate only the first N test examples")
     p.add_argument("--score-batch-size", type=int, default=32, help="scoring batch size (default 32)")
     p.set_defaults(func=cmd_eval)
+
+    add_project_commands(sub)
 
     p = sub.add_parser("bench", help="scoring and training throughput vs the official code's way and the roofline",
                        description="Measures, in one run: STAR acquisition scoring (batched) and the official "

@@ -44,21 +44,25 @@ def content_id(prompt: str, target: str) -> str:
     return "h" + hashlib.sha1(f"{prompt}\x00{target}".encode()).hexdigest()[:12]
 
 
-def make_examples(rows, task: Task, source: str, id_field: str = "id", answer_field: str = "answer") -> list[Example]:
-    """rows: iterable of (where, dict) with `where` a 'file:line' string for messages."""
+def make_examples(rows, task: Task, source: str, id_field: str = "id", answer_field: str = "answer",
+                  labeled: bool = True) -> list[Example]:
+    """rows: iterable of (where, dict) with `where` a 'file:line' string for messages. With labeled=False the answer
+    field may be absent (an unlabeled pool: target '' and gold None)."""
     examples: dict[str, Example] = {}
     first_seen: dict[str, str] = {}
     seen_content: set[tuple[str, str]] = set()
     dropped: list[str] = []
     for where, row in rows:
-        if answer_field not in row or row[answer_field] is None:
+        if not labeled:
+            row = {**row, answer_field: None}
+        elif answer_field not in row or row[answer_field] is None:
             raise StarloraError(f"{where}: missing field {answer_field!r} (fields: {', '.join(row) or 'none'})")
         try:
             prompt = task.prompt(row)
         except StarloraError as e:
             raise StarloraError(f"{where}: {e}") from None
         try:
-            gold, target = task.gold(row[answer_field]), task.target(row[answer_field])
+            gold, target = (task.gold(row[answer_field]), task.target(row[answer_field])) if labeled else (None, "")
         except ValueError as e:
             raise StarloraError(f"{where}: {e}") from None
         raw_id = row.get(id_field)

@@ -134,6 +134,24 @@ def prepare_folder(out: Path, cfg: RunConfig) -> list[dict]:
     return read_jsonl(out / "rounds.jsonl")
 
 
+def method_settings(cfg: RunConfig, strategy) -> tuple[ScoringSettings, TrainSettings]:
+    """Scoring and training settings of a configuration (shared by `run` and the human-loop project)."""
+    precision = resolve_precision(cfg.precision, device())
+    decay = (strategy.b_decay or cfg.force_b_decay) and cfg.mode == "lora"
+    scoring = ScoringSettings(cfg.score_batch_size, cfg.max_prompt_tokens, cfg.max_answer_tokens, cfg.max_new_tokens,
+                              precision)
+    training = TrainSettings(
+        mode=cfg.mode, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lr=cfg.lr,
+        epochs=cfg.epochs, batch_size=cfg.batch_size, b_decay=cfg.b_decay if decay else 0.0, seed=cfg.seed,
+        max_prompt_tokens=cfg.max_prompt_tokens, max_answer_tokens=cfg.max_answer_tokens,
+        group_by_length=cfg.group_by_length, precision=precision)
+    return scoring, training
+
+
+def uses_mc_dropout(cfg: RunConfig, strategy) -> bool:
+    return strategy.mc_dropout and cfg.mode == "lora" and cfg.lora_dropout > 0
+
+
 def fewshot_examples(examples: list[Example], demos: list[Example]) -> list[Example]:
     """The test examples with labeled demonstrations prepended (base model prompted with a few labels)."""
     prefix = "".join(f"{d.prompt} {d.target}\n\n" for d in demos)
@@ -145,7 +163,7 @@ def run(cfg: RunConfig, out: str | Path, log=print) -> dict:
     out = Path(out)
     if not parallel.is_main():
         log = _quiet
-    task = get_task(cfg.task, cfg.candidates, cfg.template or ("{question}" if cfg.test_file else None))
+    task = get_task(cfg.task, cfg.candidates, cfg.template, user_files=bool(cfg.train_file or cfg.test_file))
     strategy = get_strategy(cfg.strategy, task.closed)
     data = load_data(task, cfg.data, cfg.train_file, cfg.test_file, cfg.id_field, cfg.answer_field)
     if cfg.init_size + cfg.query_size * (cfg.rounds - 1) > len(data.pool):
@@ -158,8 +176,7 @@ def run(cfg: RunConfig, out: str | Path, log=print) -> dict:
         log(f"{out}: all {cfg.rounds} rounds already finished")
         return json.loads((out / "summary.json").read_text())
     lora = cfg.mode == "lora"
-    use_decay = strategy.b_decay or cfg.force_b_decay
-    mc = strategy.mc_dropout and lora and cfg.lora_dropout > 0
+    mc = uses_mc_dropout(cfg, strategy)
     if not lora and (strategy.b_decay or strategy.mc_dropout):
         log("note: full fine-tuning: STAR's B decay and LoRA MC dropout do not apply (no LoRA); scoring is deterministic")
     if cfg.target == "reference":
@@ -171,14 +188,7 @@ def run(cfg: RunConfig, out: str | Path, log=print) -> dict:
     rng = np.random.default_rng(cfg.seed)
     initial = [pool_ids[i] for i in rng.choice(len(pool_ids), cfg.init_size, replace=False)]
     probe_ids = [pool_ids[i] for i in rng.choice(len(pool_ids), min(cfg.probe_size, len(pool_ids)), replace=False)]
-    precision = resolve_precision(cfg.precision, device())
-    settings = ScoringSettings(cfg.score_batch_size, cfg.max_prompt_tokens, cfg.max_answer_tokens, cfg.max_new_tokens,
-                               precision)
-    train_settings = TrainSettings(
-        mode=cfg.mode, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lr=cfg.lr,
-        epochs=cfg.epochs, batch_size=cfg.batch_size, b_decay=cfg.b_decay if use_decay and lora else 0.0,
-        seed=cfg.seed, max_prompt_tokens=cfg.max_prompt_tokens, max_answer_tokens=cfg.max_answer_tokens,
-        group_by_length=cfg.group_by_length, precision=precision)
+    settings, train_settings = method_settings(cfg, strategy)
     cache = BaseCache(out / "base_scores.json", cfg.model, f"{task.name}|{cfg.target}")
     key = measure_key(strategy, cfg.length_norm) or ("me_norm" if cfg.length_norm else "me")
     (out / "scores").mkdir(exist_ok=True)

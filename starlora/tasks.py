@@ -128,8 +128,11 @@ BUILTIN = {
 GENERIC = ("closed", "open")
 
 
-def get_task(name: str, candidates: list[str] | None = None, template: str | None = None) -> Task:
-    """A built-in task, or the generic 'closed' (needs candidates) / 'open' task for user data."""
+def get_task(name: str, candidates: list[str] | None = None, template: str | None = None,
+             user_files: bool = False) -> Task:
+    """A built-in task, or the generic 'closed' (needs candidates) / 'open' task for user data. With user_files the
+    default template is '{question}' used verbatim (the official STAR file format: the field holds the whole prompt)."""
+    template = template or ("{question}" if user_files else None)
     if name in BUILTIN:
         task = BUILTIN[name]
         return Task(task.name, template, task.candidates, task.numeric) if template else task

@@ -1,0 +1,368 @@
+"""The human loop on a project folder: init -> query -> label -> train, round after round, on any day.
+
+    project.json          the configuration (a RunConfig: task, model, strategy, R for lambda(t), training values)
+    pool.jsonl            the unlabeled examples: id, prompt, and the row's own fields (exported for labeling)
+    test.jsonl            optional held-out labeled examples (accuracy per trained round)
+    queries.jsonl         one record per query: round, ids, file; ids never come back in a later query
+    queries/round_T.*     the files handed out for labeling (JSON lines, CSV, or Label Studio tasks)
+    labels.jsonl          the confirmed labels: id, answer, round; `label` writes only this file, in one rename
+    adapters/round_T/     each trained adapter (plain PEFT) with train.json; written aside, then renamed into place
+    base_scores.json      the frozen base model's uncertainties, computed once per example
+
+Every file is replaced atomically, so a kill at any moment leaves the folder as before or after the command. Scoring
+and selection are the simulation's own functions (acquisition.py, strategies.select); round T's query uses the
+adapter of round T-1 with lambda(T-1), so lambda follows the project's round counter as in `starlora run`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .acquisition import BaseCache, acquisition_scores
+from .data import Example, content_id, make_examples, read_rows
+from .errors import StarloraError
+from .evaluation import evaluate
+from .experiment import RunConfig, method_settings, uses_mc_dropout, versions
+from .files import read_jsonl, write_atomic, write_json, write_jsonl
+from .models import load_model
+from .strategies import get_strategy, measure_key, select
+from .tasks import get_task
+from .training import attach_lora, train as train_adapter
+
+FORMATS = {"jsonl": ".jsonl", "csv": ".csv", "labelstudio": ".json"}
+
+
+@dataclasses.dataclass
+class Project:
+    folder: Path
+    cfg: RunConfig
+
+    @property
+    def task(self):
+        return get_task(self.cfg.task, self.cfg.candidates, self.cfg.template, user_files=True)
+
+    @property
+    def strategy(self):
+        return get_strategy(self.cfg.strategy, self.task.closed)
+
+    def pool(self) -> list[dict]:
+        return read_jsonl(self.folder / "pool.jsonl")
+
+    def test(self) -> list[Example]:
+        return [Example(**r) for r in read_jsonl(self.folder / "test.jsonl")]
+
+    def labels(self) -> list[dict]:
+        return read_jsonl(self.folder / "labels.jsonl")
+
+    def queries(self) -> list[dict]:
+        return read_jsonl(self.folder / "queries.jsonl")
+
+    def adapters(self) -> list[Path]:
+        """Trained rounds in order; a folder only counts once renamed into place (train.json inside)."""
+        found = []
+        while (self.folder / "adapters" / f"round_{len(found)}" / "train.json").exists():
+            found.append(self.folder / "adapters" / f"round_{len(found)}")
+        return found
+
+    def pending(self) -> list[str]:
+        """Ids of the last query that have no label yet."""
+        queries = self.queries()
+        labeled = {r["id"] for r in self.labels()}
+        return [i for i in queries[-1]["ids"] if i not in labeled] if queries else []
+
+
+def open_project(folder) -> Project:
+    folder = Path(folder)
+    if not (folder / "project.json").exists():
+        raise StarloraError(f"{folder} is not a starlora project (no project.json); create one with starlora init")
+    return Project(folder, RunConfig(**json.loads((folder / "project.json").read_text())["config"]))
+
+
+# ---------------------------------------------------------------- init
+
+
+def init(folder, cfg: RunConfig, pool_file, test_file=None, log=print) -> Project:
+    """Create a project from an unlabeled pool file (and optionally a labeled held-out file)."""
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise StarloraError(f"{folder} already exists and is not empty; choose a new project folder")
+    task = get_task(cfg.task, cfg.candidates, cfg.template, user_files=True)
+    get_strategy(cfg.strategy, task.closed)
+    rows = list(read_rows(pool_file))
+    examples = make_examples(rows, task, str(pool_file), cfg.id_field, cfg.answer_field, labeled=False)
+    fields = {}
+    for _, row in rows:  # the row behind each example, for the files handed out to label
+        raw = row.get(cfg.id_field)
+        key = str(raw) if raw not in (None, "") else content_id(task.prompt(row), "")
+        fields.setdefault(key, {k: v for k, v in row.items() if k not in (cfg.id_field, cfg.answer_field)})
+    test = make_examples(read_rows(test_file), task, str(test_file), cfg.id_field, cfg.answer_field) \
+        if test_file else []
+    tmp = folder.with_name(folder.name + ".init-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write_json(tmp / "project.json", {"config": dataclasses.asdict(cfg), "versions": versions(),
+                                      "pool_file": str(pool_file), "test_file": str(test_file) if test_file else None})
+    write_jsonl(tmp / "pool.jsonl", [{"id": ex.id, "prompt": ex.prompt, "fields": fields.get(ex.id, {})}
+                                     for ex in examples])
+    write_jsonl(tmp / "test.jsonl", [dataclasses.asdict(ex) for ex in test])
+    write_jsonl(tmp / "labels.jsonl", [])
+    write_jsonl(tmp / "queries.jsonl", [])
+    if folder.exists():
+        folder.rmdir()
+    tmp.rename(folder)  # the project exists whole or not at all
+    log(f"{folder}: project created: {len(examples)} unlabeled examples, {len(test)} held-out, task {task.name}, "
+        f"strategy {cfg.strategy}, model {cfg.model}")
+    return Project(folder, cfg)
+
+
+# ---------------------------------------------------------------- query
+
+
+def query(folder, n: int, fmt: str = "jsonl", random: bool = False, log=print) -> Path:
+    """Choose the next n examples to label and write them to a file (returned). See the module docstring."""
+    project = open_project(folder)
+    cfg, task, strategy = project.cfg, project.task, project.strategy
+    if fmt not in FORMATS:
+        raise StarloraError(f"unknown --format {fmt!r}: choose {', '.join(FORMATS)}")
+    if n < 1:
+        raise StarloraError(f"-n must be at least 1 (got {n})")
+    pending = project.pending()
+    if pending:
+        last = project.queries()[-1]
+        raise StarloraError(f"{len(pending)} example(s) of the last query ({last['file']}) have no label yet; "
+                            f"import them with starlora label {project.folder} FILE first")
+    labels, adapters, queries = project.labels(), project.adapters(), project.queries()
+    if labels and len(adapters) < len(queries):
+        raise StarloraError(f"the labels of round {len(queries) - 1} are not trained on yet; "
+                            f"run starlora train {project.folder} first")
+    asked = {i for q in queries for i in q["ids"]}
+    pool = project.pool()
+    candidates = [Example(r["id"], r["prompt"], "", None) for r in pool if r["id"] not in asked]
+    if not candidates:
+        raise StarloraError(f"every pool example has been asked already ({len(pool)}); nothing left to query")
+    if n > len(candidates):
+        print(f"starlora: warning: only {len(candidates)} unasked example(s) left; querying all of them "
+              f"instead of {n}", file=sys.stderr)
+        n = len(candidates)
+    t = len(queries)  # this query's round; round t-1's adapter is the current model
+    ids = [ex.id for ex in candidates]
+    settings, _ = method_settings(cfg, strategy)
+    if random or strategy.measure is None:
+        mu = np.random.default_rng([cfg.seed, t]).random(len(ids))
+        how = "random"
+    else:
+        model, tokenizer = load_model(cfg.model)
+        cache = BaseCache(project.folder / "base_scores.json", cfg.model, f"{task.name}|own")
+        key = measure_key(strategy, cfg.length_norm)
+        if not adapters:  # no labels yet: the base model is the only model, its uncertainty chooses
+            mu = cache.get(model, tokenizer, task, candidates, settings)[key]
+            how = f"base-model {key}"
+        else:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(adapters[-1])).eval()
+            r = min(t - 1, cfg.rounds - 1)  # past the planned R rounds lambda stays at its last value
+            mu = acquisition_scores(strategy, model, tokenizer, task, candidates, t=r, rounds=cfg.rounds,
+                                    base_cache=cache, passes=cfg.k if uses_mc_dropout(cfg, strategy) else 1,
+                                    length_norm=cfg.length_norm, schedule=cfg.schedule,
+                                    normalisation=cfg.normalisation, seed=cfg.seed, settings=settings)["mu"]
+            how = f"{strategy.name} with round {t - 1}'s adapter"
+    selected = select(ids, mu, n, asked, seed=cfg.seed * 1000 + t)
+    fields = {r["id"]: r for r in pool}
+    out = project.folder / "queries" / f"round_{t}{FORMATS[fmt]}"
+    out.parent.mkdir(exist_ok=True)
+    write_atomic(out, export(task, [fields[i] for i in selected], fmt, cfg.answer_field))
+    if fmt == "labelstudio":
+        write_atomic(out.with_name("labelstudio_config.xml"), labelstudio_config(task))
+    write_jsonl(project.folder / "queries.jsonl", queries + [{"round": t, "ids": selected, "file": str(out),
+                                                              "how": how}])
+    log(f"round {t}: {len(selected)} example(s) chosen by {how}; label them in:")
+    log(str(out))
+    return out
+
+
+def export(task, rows: list[dict], fmt: str, answer_field: str) -> str:
+    """The file a person fills in: id, the row's own fields, the prompt, and an empty answer."""
+    records = [{"id": r["id"], **r["fields"], "prompt": r["prompt"], answer_field: ""} for r in rows]
+    if fmt == "jsonl":
+        return "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
+    if fmt == "csv":
+        buf = io.StringIO()
+        columns = list(dict.fromkeys(k for rec in records for k in rec))
+        writer = csv.DictWriter(buf, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in rec.items()}
+                         for rec in records)
+        return buf.getvalue()
+    # Label Studio: a list of tasks, each with a "data" object; the labeling config names $prompt
+    return json.dumps([{"data": {k: v for k, v in rec.items() if k != answer_field}} for rec in records],
+                      indent=2, ensure_ascii=False) + "\n"
+
+
+def labelstudio_config(task) -> str:
+    """The labeling interface that goes with the exported tasks: choices for closed-set tasks, a text box otherwise."""
+    if task.closed:
+        choices = "".join(f'\n    <Choice value="{c}"/>' for c in task.candidates)
+        answer = f'  <Choices name="answer" toName="prompt" choice="single" required="true">{choices}\n  </Choices>'
+    else:
+        answer = '  <TextArea name="answer" toName="prompt" maxSubmissions="1" required="true"/>'
+    return f'<View>\n  <Text name="prompt" value="$prompt"/>\n{answer}\n</View>\n'
+
+
+# ---------------------------------------------------------------- label
+
+
+def read_answers(path, answer_field: str) -> list[tuple[str, str | None, str | None]]:
+    """(where, id, answer) from JSON lines, CSV or a Label Studio JSON export."""
+    path = Path(path)
+    if path.suffix.lower() != ".json":
+        return [(where, _text(row.get("id")), _text(row.get(answer_field))) for where, row in read_rows(path)]
+    try:
+        tasks = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise StarloraError(f"{path}: not a readable Label Studio JSON export ({e})") from None
+    if not isinstance(tasks, list):
+        raise StarloraError(f"{path}: a Label Studio export is a JSON list of tasks")
+    out = []
+    for n, item in enumerate(tasks, 1):
+        where = f"{path}: task {n}"
+        data = item.get("data", {}) if isinstance(item, dict) else {}
+        answer = None
+        for annotation in item.get("annotations", []) if isinstance(item, dict) else []:
+            if annotation.get("was_cancelled"):
+                continue
+            for result in annotation.get("result", []):
+                value = result.get("value", {})
+                found = value.get("choices") or value.get("text")
+                if found:
+                    answer = found[0]
+        out.append((where, _text(data.get("id")), answer))
+    return out
+
+
+def _text(value) -> str | None:
+    return None if value is None else str(value).strip()
+
+
+def label(folder, path, log=print) -> int:
+    """Import answers for the last query. Every row is checked first; any bad row: all are listed, none imported."""
+    project = open_project(folder)
+    task = project.task
+    answers = read_answers(path, project.cfg.answer_field)
+    if not answers:
+        raise StarloraError(f"{path}: no rows")
+    pool_ids = {r["id"] for r in project.pool()}
+    labels = project.labels()
+    already = {r["id"]: r["answer"] for r in labels}
+    queries = project.queries()
+    last = set(queries[-1]["ids"]) if queries else set()
+    problems, new, repeated, seen = [], [], 0, set()
+    for where, id_, answer in answers:
+        if not id_:
+            problems.append(f"{where}: no id")
+        elif id_ not in pool_ids:
+            problems.append(f"{where}: unknown id {id_!r} (not in the project's pool)")
+        elif id_ in seen:
+            problems.append(f"{where}: duplicate id {id_!r} (appears earlier in this file)")
+        elif id_ not in last:
+            problems.append(f"{where}: id {id_!r} was not in the last query (round {len(queries) - 1})"
+                            if queries else f"{where}: nothing has been queried yet")
+        elif not answer:
+            problems.append(f"{where}: empty answer for id {id_!r}")
+        else:
+            seen.add(id_)
+            try:
+                gold = task.gold(answer)
+            except ValueError as e:
+                problems.append(f"{where}: {e}")
+                continue
+            if id_ in already:
+                if task.gold(already[id_]) != gold:
+                    problems.append(f"{where}: id {id_!r} is already labeled {already[id_]!r}")
+                else:
+                    repeated += 1  # the same answer imported again (e.g. after a crash): nothing to do
+                continue
+            new.append({"id": id_, "answer": answer, "round": len(queries) - 1})
+    if problems:
+        shown = "\n  ".join(problems[:50]) + (f"\n  … and {len(problems) - 50} more" if len(problems) > 50 else "")
+        raise StarloraError(f"{path}: {len(problems)} bad row(s), nothing imported:\n  {shown}")
+    write_jsonl(project.folder / "labels.jsonl", labels + new)  # the one write: all of the file or none of it
+    left = len(project.pending())
+    log(f"{len(new)} label(s) imported" + (f", {repeated} already there" if repeated else "") +
+        (f"; {left} example(s) of the query still unlabeled" if left else "; the query is fully labeled") +
+        f"; {len(labels) + len(new)} labels in all")
+    return len(new)
+
+
+# ---------------------------------------------------------------- train
+
+
+def train(folder, log=print) -> Path:
+    """Train a fresh adapter (STAR's regulariser when the strategy has it) on every label so far."""
+    project = open_project(folder)
+    cfg, task, strategy = project.cfg, project.task, project.strategy
+    labels, adapters = project.labels(), project.adapters()
+    if not labels:
+        raise StarloraError(f"{project.folder} has no labels yet: starlora query, then starlora label, first")
+    trained = json.loads((adapters[-1] / "train.json").read_text())["n_labels"] if adapters else 0
+    if len(labels) == trained:
+        raise StarloraError(f"no new labels since round {len(adapters) - 1}'s adapter ({trained} labels)")
+    prompts = {r["id"]: r["prompt"] for r in project.pool()}
+    examples = [Example(r["id"], prompts[r["id"]], task.target(r["answer"]), task.gold(r["answer"])) for r in labels]
+    settings, train_settings = method_settings(cfg, strategy)
+    t = len(adapters)
+    model, tokenizer = load_model(cfg.model)
+    model = attach_lora(model, train_settings)
+    stats = train_adapter(model, tokenizer, examples, train_settings, desc=f"round {t} training")
+    record = {"round": t, "n_labels": len(labels), "train_loss": stats["loss"], "train_s": stats["seconds"]}
+    test = project.test()
+    if test:
+        result = evaluate(model, tokenizer, task, test, settings, desc=f"round {t} held-out")
+        record |= {k: result[k] for k in ("accuracy", "ece", "brier") if k in result}
+    final = project.folder / "adapters" / f"round_{t}"
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    write_json(tmp / "train.json", record)
+    shutil.rmtree(final, ignore_errors=True)  # a half-renamed leftover without train.json
+    tmp.rename(final)  # the round exists once this rename lands
+    extra = f", held-out accuracy {record['accuracy']:.1f}%" if "accuracy" in record else ""
+    log(f"round {t}: adapter trained on {len(labels)} labels (loss {stats['loss']:.3f}{extra}): {final}")
+    return final
+
+
+# ---------------------------------------------------------------- status
+
+
+def status(folder) -> str:
+    project = open_project(folder)
+    cfg = project.cfg
+    labels, queries, adapters, pool = project.labels(), project.queries(), project.adapters(), project.pool()
+    lines = [f"project {project.folder}: task {cfg.task}, strategy {cfg.strategy}, model {cfg.model}",
+             f"pool {len(pool)}, labeled {len(labels)}, asked {sum(len(q['ids']) for q in queries)}, "
+             f"awaiting labels {len(project.pending())}, held-out {len(project.test())}",
+             "round  queried  labels  trained-on  held-out accuracy"]
+    by_round = {r: sum(1 for x in labels if x["round"] == r) for r in range(len(queries))}
+    for t in range(max(len(queries), len(adapters))):
+        info = json.loads((adapters[t] / "train.json").read_text()) if t < len(adapters) else {}
+        acc = f"{info['accuracy']:.1f}%" if "accuracy" in info else ("n/a" if info else "-")
+        lines.append(f"{t:>5}  {len(queries[t]['ids']) if t < len(queries) else 0:>7}  {by_round.get(t, 0):>6}  "
+                     f"{info.get('n_labels', '-'):>10}  {acc}")
+    lines.append("next: " + next_step(project, labels, queries, adapters))
+    return "\n".join(lines)
+
+
+def next_step(project, labels, queries, adapters) -> str:
+    if project.pending():
+        return f"label the query: starlora label {project.folder} {queries[-1]['file']} (filled in)"
+    if labels and len(adapters) < len(queries):
+        return f"starlora train {project.folder}"
+    return f"starlora query {project.folder} -n N"

@@ -1,0 +1,179 @@
+"""The human loop end to end on the tiny model (init -> query -> label -> train, three rounds) and every rejection."""
+
+import csv
+import json
+
+import pytest
+from peft import PeftModel
+
+from starlora import project as P
+from starlora.cli import main
+from starlora.errors import StarloraError
+from starlora.models import tiny_random
+
+GOLD = {f"q{i}": ("true" if i % 3 else "false") for i in range(30)}
+
+
+@pytest.fixture
+def files(tmp_path):
+    pool = "".join(json.dumps({"id": i, "question": f"Is item {i[1:]} blue?\nAnswer:", "topic": "colour"}) + "\n"
+                   for i in GOLD)
+    test = "".join(json.dumps({"id": f"t{i}", "question": f"Is thing {i} blue?\nAnswer:", "answer": "true"}) + "\n"
+                   for i in range(6))
+    (tmp_path / "pool.jsonl").write_text(pool)
+    (tmp_path / "test.jsonl").write_text(test)
+    return tmp_path
+
+
+def cli(*args):
+    return main([str(a) for a in args])
+
+
+def init(files, *extra):
+    assert cli("init", files / "proj", "--task", "boolq", "--pool", files / "pool.jsonl", "--test",
+               files / "test.jsonl", "--model", "tiny-random", "--rounds", "3", "--epochs", "1", "--lora-r", "4",
+               "--score-batch-size", "8", *extra) == 0
+    return files / "proj"
+
+
+def answer_jsonl(query_file, out, gold=GOLD):
+    """The person: fill the answer field of every row from the gold labels."""
+    rows = [json.loads(line) for line in query_file.read_text().splitlines()]
+    out.write_text("".join(json.dumps({**r, "answer": gold[r["id"]]}) + "\n" for r in rows))
+    return [r["id"] for r in rows]
+
+
+def test_three_rounds_end_to_end(files, capsys):
+    proj = init(files)
+    asked = []
+    for t in range(3):
+        assert cli("query", proj, "-n", "4") == 0
+        query_file = proj / "queries" / f"round_{t}.jsonl"
+        assert capsys.readouterr().out.strip().splitlines()[-1] == str(query_file)
+        rows = [json.loads(line) for line in query_file.read_text().splitlines()]
+        assert all(r["answer"] == "" and r["topic"] == "colour" and "Answer:" in r["prompt"] for r in rows)
+        asked += answer_jsonl(query_file, files / f"answers{t}.jsonl")
+        assert cli("label", proj, files / f"answers{t}.jsonl") == 0
+        assert cli("train", proj) == 0
+        info = json.loads((proj / "adapters" / f"round_{t}" / "train.json").read_text())
+        assert info["n_labels"] == 4 * (t + 1) and 0 <= info["accuracy"] <= 100
+    assert len(asked) == len(set(asked)) == 12  # nobody is asked twice
+    labels = [json.loads(line) for line in (proj / "labels.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in labels] == [0] * 4 + [1] * 4 + [2] * 4
+    assert {r["id"]: r["answer"] for r in labels} == {i: GOLD[i] for i in asked}
+    queries = [json.loads(line) for line in (proj / "queries.jsonl").read_text().splitlines()]
+    assert queries[0]["how"].startswith("base-model") and "round 1's adapter" in queries[2]["how"]
+    base = json.loads((proj / "base_scores.json").read_text())
+    assert len(base) == 30  # every pool example scored once by the base model, reused in later rounds
+    cli("status", proj)
+    out = capsys.readouterr().out
+    assert "labeled 12, asked 12, awaiting labels 0, held-out 6" in out and "next: starlora query" in out
+    # the adapter is plain PEFT
+    base_model, _ = tiny_random()
+    loaded = PeftModel.from_pretrained(base_model, str(proj / "adapters" / "round_2"))
+    assert any("lora_B" in n for n, _ in loaded.named_parameters())
+
+
+def test_csv_and_label_studio_round_trip(files):
+    proj = init(files)
+    out = P.query(proj, 3, "csv", log=lambda *_: None)
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["answer"] for r in rows] == ["", "", ""] and set(rows[0]) == {"id", "question", "topic", "prompt",
+                                                                            "answer"}
+    with open(files / "filled.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({**r, "answer": GOLD[r["id"]]} for r in rows)
+    assert P.label(proj, files / "filled.csv", log=lambda *_: None) == 3
+    P.train(proj, log=lambda *_: None)
+    out = P.query(proj, 2, "labelstudio", log=lambda *_: None)
+    tasks = json.loads(out.read_text())
+    assert [set(t) for t in tasks] == [{"data"}] * 2 and "prompt" in tasks[0]["data"]
+    config = (out.parent / "labelstudio_config.xml").read_text()
+    assert '<Choice value="true"/>' in config and 'value="$prompt"' in config
+    export = [{"id": 100 + n, "data": t["data"], "annotations": [
+        {"was_cancelled": False, "result": [{"type": "choices", "value": {"choices": [GOLD[t["data"]["id"]]]}}]}]}
+        for n, t in enumerate(tasks)]
+    (files / "export.json").write_text(json.dumps(export))
+    assert P.label(proj, files / "export.json", log=lambda *_: None) == 2
+
+
+def bad_label(proj, path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    before = (proj / "labels.jsonl").read_bytes()
+    with pytest.raises(StarloraError) as e:
+        P.label(proj, path, log=lambda *_: None)
+    assert (proj / "labels.jsonl").read_bytes() == before  # nothing imported
+    return str(e.value)
+
+
+def test_every_bad_label_row_is_listed_and_nothing_is_imported(files):
+    proj = init(files)
+    asked = [json.loads(line)["id"] for line in P.query(proj, 3, log=lambda *_: None).read_text().splitlines()]
+    other = next(i for i in GOLD if i not in asked)
+    message = bad_label(proj, files / "bad.jsonl", [
+        {"id": asked[0], "answer": "true"},  # fine on its own
+        {"id": "nope", "answer": "true"},
+        {"id": other, "answer": "true"},
+        {"id": asked[1], "answer": ""},
+        {"id": asked[2], "answer": "maybe"},
+        {"id": asked[0], "answer": "false"},
+    ])
+    assert "5 bad row(s), nothing imported" in message
+    assert "bad.jsonl:2: unknown id 'nope'" in message
+    assert f"bad.jsonl:3: id '{other}' was not in the last query" in message
+    assert f"bad.jsonl:4: empty answer for id '{asked[1]}'" in message
+    assert "bad.jsonl:5:" in message and "maybe" in message
+    assert f"bad.jsonl:6: duplicate id '{asked[0]}'" in message
+
+
+def test_labels_already_imported_are_not_imported_twice(files):
+    proj = init(files)
+    query_file = P.query(proj, 3, log=lambda *_: None)
+    answer_jsonl(query_file, files / "a.jsonl")
+    assert P.label(proj, files / "a.jsonl", log=lambda *_: None) == 3
+    assert P.label(proj, files / "a.jsonl", log=lambda *_: None) == 0  # re-run after a crash: a no-op
+    rows = [json.loads(line) for line in (files / "a.jsonl").read_text().splitlines()]
+    flipped = {**rows[0], "answer": "false" if rows[0]["answer"] == "true" else "true"}
+    assert "is already labeled" in bad_label(proj, files / "flip.jsonl", [flipped])
+    assert len((proj / "labels.jsonl").read_text().splitlines()) == 3
+
+
+def test_order_of_the_loop_is_enforced(files):
+    proj = init(files)
+    with pytest.raises(StarloraError, match="no labels yet"):
+        P.train(proj, log=lambda *_: None)
+    query_file = P.query(proj, 2, log=lambda *_: None)
+    with pytest.raises(StarloraError, match="have no label yet"):
+        P.query(proj, 2, log=lambda *_: None)
+    answer_jsonl(query_file, files / "a.jsonl")
+    P.label(proj, files / "a.jsonl", log=lambda *_: None)
+    with pytest.raises(StarloraError, match="not trained on yet"):
+        P.query(proj, 2, log=lambda *_: None)
+    P.train(proj, log=lambda *_: None)
+    with pytest.raises(StarloraError, match="no new labels"):
+        P.train(proj, log=lambda *_: None)
+
+
+def test_query_larger_than_what_is_left_is_clamped_with_a_warning(files, capsys):
+    proj = init(files, "--strategy", "random")
+    out = P.query(proj, 100, log=lambda *_: None)
+    assert len(out.read_text().splitlines()) == 30
+    assert "only 30 unasked example(s) left" in capsys.readouterr().err
+    answer_jsonl(out, files / "a.jsonl")
+    P.label(proj, files / "a.jsonl", log=lambda *_: None)
+    P.train(proj, log=lambda *_: None)
+    with pytest.raises(StarloraError, match="nothing left to query"):
+        P.query(proj, 1, log=lambda *_: None)
+
+
+def test_init_refusals(files, capsys):
+    init(files)
+    assert cli("init", files / "proj", "--task", "boolq", "--pool", files / "pool.jsonl") == 2
+    assert "already exists and is not empty" in capsys.readouterr().err
+    (files / "empty.jsonl").write_text("")
+    assert cli("init", files / "p2", "--task", "boolq", "--pool", files / "empty.jsonl") == 2
+    assert "no examples" in capsys.readouterr().err and not (files / "p2").exists()
+    assert cli("query", files / "nowhere", "-n", "2") == 2
+    assert "not a starlora project" in capsys.readouterr().err
