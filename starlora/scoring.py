@@ -149,7 +149,7 @@ def check_finite(logp: np.ndarray, ent: np.ndarray, owner: list[int], names=None
     bad = ~(np.isfinite(logp).all(-1) & np.isfinite(ent))
     if bad.any():
         found = sorted({owner[j] for j in np.flatnonzero(bad)})
-        shown = [names[i] for i in found] if names else found
+        shown = list(dict.fromkeys(names[i] for i in found)) if names else found  # an example may own several rows
         more = f" and {len(shown) - 10} more" if len(shown) > 10 else ""
         raise StarloraError(f"the model produced non-finite logits for example(s) {', '.join(map(str, shown[:10]))}"
                             f"{more}; check the model weights, or try --precision fp32")

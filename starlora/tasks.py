@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .errors import StarloraError
 
-_NUMBER = r"-?\$?\s?\d[\d,]*(?:\.\d+)?|-?\.\d+"
+_NUMBER = r"-?\$? ?\d[\d,]*(?:\.\d+)?|-?\.\d+"  # "$ 5": a plain space only (\s would take control characters)
 
 
 def extract_number(text: str) -> str | None:

@@ -42,9 +42,10 @@ def mean_entropy(entropy_sum, length=None):
 def label_distribution(logliks) -> np.ndarray:
     """Candidates' sequence log-likelihoods [..., C] renormalised into a distribution over labels."""
     x = np.asarray(logliks, dtype=np.float64)
-    x = x - x.max(-1, keepdims=True)
-    p = np.exp(x)
-    return p / p.sum(-1, keepdims=True)
+    top = x.max(-1, keepdims=True)
+    p = np.exp(x - np.where(np.isfinite(top), top, 0.0))  # every candidate at log 0 = -inf: no NaN from -inf - -inf
+    total = p.sum(-1, keepdims=True)
+    return np.where(total > 0, p / np.where(total > 0, total, 1.0), 1.0 / x.shape[-1])  # ... but a uniform guess
 
 
 def least_confidence(p) -> np.ndarray:

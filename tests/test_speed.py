@@ -145,5 +145,9 @@ def test_two_processes_select_what_one_process_selects(tmp_path):
         assert x["accuracy"] == y["accuracy"]
         assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-5)
         assert x["ece"] == pytest.approx(y["ece"], abs=1e-6)
+    from safetensors.torch import load_file
+
+    w1, w2 = (load_file(tmp_path / d / "adapter" / "adapter_model.safetensors") for d in ("one", "two"))
+    assert w1.keys() == w2.keys() and all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)  # same adapter
     assert json.loads((tmp_path / "two" / "config.json").read_text())["versions"]["processes"] == 2
     assert two.stdout.count("round 2:") == 1  # only the main process reports
