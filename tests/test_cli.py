@@ -14,7 +14,7 @@ def run(*args):
 def test_help_lists_commands():
     out = run("--help")
     assert out.returncode == 0
-    for command in ("eval", "demo"):
+    for command in ("run", "report", "eval", "demo", "bench", "init", "query", "label", "train", "status"):
         assert command in out.stdout
     sub = run("eval", "--help")
     assert "--train-file" in sub.stdout and "--template" in sub.stdout and "--model" in sub.stdout
@@ -40,6 +40,18 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("starlora: error: ") and message in lines[0]
     assert "Traceback" not in out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+
+
+@pytest.mark.parametrize("args,message", [
+    (["bench", "--n", "0"], "--n must be at least 1"),
+    (["bench", "--model", "tiny-random", "--precision", "fp8"], "unknown --precision 'fp8'"),
+    (["run", "--model", "tiny-random", "--precision", "fp8", "--out", "{d}/r"], "unknown --precision 'fp8'"),
+    (["status", "{d}"], "is not a starlora project"),
+])
+def test_other_commands_reject_bad_options_in_one_line(tmp_path, args, message):
+    out = run(*[a.format(d=tmp_path) for a in args])
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and message in out.stderr
+    assert not (tmp_path / "r").exists()
 
 
 def test_eval_on_tiny_model(tmp_path, capsys):

@@ -69,17 +69,16 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(data,
     whole_s = time.time() - start
     rng = random.Random(7)
     killed = 0
-    out = tmp_path / "killed"
-    for _ in range(6):  # kill at random moments (import, training, scoring, writing) until a run gets through
-        if kill_after(cli("run", *RUN, *files, "--out", out), rng.uniform(0.3, whole_s)):
-            break
-        killed += 1
-    subprocess.run(cli("run", *RUN, *files, "--out", out), check=True, capture_output=True)
-    assert killed >= 2
-    assert strip(read_jsonl(out / "rounds.jsonl")) == strip(read_jsonl(tmp_path / "whole" / "rounds.jsonl"))
-    summary = lambda p: json.loads((p / "summary.json").read_text())  # noqa: E731
-    assert summary(out) == summary(tmp_path / "whole")
-    assert not list(out.rglob(".*.tmp"))  # no temporary file survives a finished run
+    for attempt in range(3):  # three runs, each killed at a random moment, its resume killed again, then finished
+        out = tmp_path / f"killed{attempt}"
+        for _ in range(2):
+            killed += not kill_after(cli("run", *RUN, *files, "--out", out), rng.uniform(0.3, 0.9 * whole_s))
+        subprocess.run(cli("run", *RUN, *files, "--out", out), check=True, capture_output=True)
+        assert strip(read_jsonl(out / "rounds.jsonl")) == strip(read_jsonl(tmp_path / "whole" / "rounds.jsonl"))
+        summary = lambda p: json.loads((p / "summary.json").read_text())  # noqa: E731
+        assert summary(out) == summary(tmp_path / "whole")
+    assert killed >= 3  # the first kill of each run lands before its end
+    assert not list(tmp_path.rglob(".*.tmp"))  # no temporary file survives a finished run
 
 
 def test_same_seed_same_everything_run_after_run(data, tmp_path):
