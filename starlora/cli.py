@@ -21,7 +21,8 @@ def add_data_options(p: argparse.ArgumentParser, task_required: bool = True) -> 
                         "offline) or the full datasets from the HF hub")
     g.add_argument("--train-file", help="your pool: JSON lines (.jsonl) or CSV (.csv)")
     g.add_argument("--test-file", help="your held-out test set, same format")
-    g.add_argument("--template", help="prompt template over the file's fields, e.g. '{passage}\\nQ: {question}\\nA:'; "
+    g.add_argument("--template", help="prompt template over the file's fields, e.g. '{passage}\\nQ: {question}\\nA:' "
+                                      "(\\n and \\t become a newline and a tab); "
                                       "default for files: '{question}' used verbatim (the official STAR format)")
     g.add_argument("--candidates", help="comma-separated answer candidates for --task closed")
     g.add_argument("--id-field", help="field holding each row's id (default id; absent: content hash)")
@@ -350,6 +351,8 @@ def main(argv=None) -> int:
 
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     args = build_parser().parse_args(argv)
+    if getattr(args, "template", None):  # a shell cannot easily pass a newline: --template 'Q: {question}\nA:'
+        args.template = args.template.replace("\\n", "\n").replace("\\t", "\t")
     try:
         args.func(args)
     except StarloraError as e:

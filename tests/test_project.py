@@ -177,3 +177,10 @@ def test_init_refusals(files, capsys):
     assert "no examples" in capsys.readouterr().err and not (files / "p2").exists()
     assert cli("query", files / "nowhere", "-n", "2") == 2
     assert "not a starlora project" in capsys.readouterr().err
+
+
+def test_template_from_the_shell_turns_backslash_n_into_a_newline(files):
+    (files / "raw.jsonl").write_text(json.dumps({"id": "a", "q": "is it"}) + "\n")
+    assert cli("init", files / "p", "--task", "boolq", "--pool", files / "raw.jsonl", "--template",
+               r"Question: {q}?\nAnswer:", "--model", "tiny-random") == 0
+    assert json.loads((files / "p" / "pool.jsonl").read_text())["prompt"] == "Question: is it?\nAnswer:"
