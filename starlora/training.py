@@ -10,7 +10,6 @@ token count and the dropout masks are drawn for the whole batch, so N processes 
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass
 

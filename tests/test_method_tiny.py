@@ -1,9 +1,6 @@
 """The method on the tiny random model: MC dropout only on the LoRA path, base-model passes, B-only decay, caching."""
 
-import copy
-
 import numpy as np
-import pytest
 import torch
 
 from starlora.acquisition import REFERENCE_WARNING, BaseCache, acquisition_scores
