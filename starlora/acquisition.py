@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
 from .files import write_atomic
 from .scoring import ScoringSettings, base_model, score
 from .strategies import Strategy, measure_key
@@ -46,6 +47,11 @@ class BaseCache:
             write_atomic(self.path, json.dumps(self.values))
 
 
+def random_scores(n: int, seed: int, t: int) -> np.ndarray:
+    """The random strategy's scores: seeded per (seed, round), so a resumed run draws the same."""
+    return np.random.default_rng([seed, t]).random(n)
+
+
 def acquisition_scores(strategy: Strategy, model, tokenizer, task, candidates, *, t: int, rounds: int,
                        base_cache: BaseCache | None, passes: int = 3, length_norm=False, schedule="linear",
                        normalisation="minmax", reference=False, seed=0,
@@ -53,8 +59,7 @@ def acquisition_scores(strategy: Strategy, model, tokenizer, task, candidates, *
     """{'mu_b', 'mu_f', 'mu'} over the candidates (mu_b is NaN when the strategy does not use the base model)."""
     n = len(candidates)
     if strategy.measure is None:
-        mu = np.random.default_rng([seed, t]).random(n)
-        return {"mu_b": np.full(n, np.nan), "mu_f": np.full(n, np.nan), "mu": mu}
+        return {"mu_b": np.full(n, np.nan), "mu_f": np.full(n, np.nan), "mu": random_scores(n, seed, t)}
     if reference:
         print(REFERENCE_WARNING, file=sys.stderr)
     key = measure_key(strategy, length_norm)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .acquisition import BaseCache, acquisition_scores
-from .data import make_examples, read_rows
+from .data import load_data, make_examples, read_rows
 from .hardware import autocast, device, resolve_precision
 from .models import load_model
 from .scoring import ScoringSettings, base_model, encode_answer, encode_prompt, lora_dropout
@@ -174,8 +174,6 @@ def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, 
     if train_file:
         examples = make_examples(read_rows(train_file), task, str(train_file))
     else:
-        from .data import load_data
-
         examples = load_data(task).pool
     examples = examples[:n]
     dev = device()

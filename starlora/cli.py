@@ -38,11 +38,16 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
                                        "(default $STARLORA_CACHE, else ~/.cache/starlora)")
 
 
+def parse_candidates(text: str | None) -> list[str] | None:
+    """--candidates 'yes, no,maybe' -> ['yes', 'no', 'maybe']."""
+    return [c.strip() for c in text.split(",") if c.strip()] if text else None
+
+
 def load_task_and_data(args):
     from .data import load_data
     from .tasks import get_task
 
-    candidates = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
+    candidates = parse_candidates(args.candidates)
     task = get_task(args.task, candidates, args.template, user_files=bool(args.train_file or args.test_file))
     return task, load_data(task, args.data or "embedded", args.train_file, args.test_file, args.id_field or "id",
                            args.answer_field or "answer")
@@ -145,7 +150,7 @@ def run_config(args):
     flags |= {k: getattr(args, k) for k in ("task", "model", "train_file", "test_file", "template", "id_field",
                                             "answer_field", "data") if getattr(args, k) is not None}
     if args.candidates:
-        flags["candidates"] = [c.strip() for c in args.candidates.split(",") if c.strip()]
+        flags["candidates"] = parse_candidates(args.candidates)
     return resolve(protocol, **{**values, **flags}), [int(s) for s in seeds]
 
 
@@ -177,7 +182,7 @@ def cmd_init(args) -> None:
     from .project import init
 
     values = {k: getattr(args, k) for k in PROJECT_FLAGS if getattr(args, k) is not None}
-    candidates = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
+    candidates = parse_candidates(args.candidates)
     cfg = resolve("paper", task=args.task, model=args.model or "smollm2", strategy=args.strategy, seed=args.seed,
                   template=args.template, candidates=candidates, id_field=args.id_field or "id",
                   answer_field=args.answer_field or "answer", **values)

@@ -44,6 +44,12 @@ def content_id(prompt: str, target: str) -> str:
     return "h" + hashlib.sha1(f"{prompt}\x00{target}".encode()).hexdigest()[:12]
 
 
+def row_id(row: dict, id_field: str, prompt: str, target: str) -> str:
+    """A row's own id when it has one, else a hash of its content."""
+    raw = row.get(id_field)
+    return str(raw) if raw not in (None, "") else content_id(prompt, target)
+
+
 def make_examples(rows, task: Task, source: str, id_field: str = "id", answer_field: str = "answer",
                   labeled: bool = True) -> list[Example]:
     """rows: iterable of (where, dict) with `where` a 'file:line' string for messages. With labeled=False the answer
@@ -65,8 +71,7 @@ def make_examples(rows, task: Task, source: str, id_field: str = "id", answer_fi
             gold, target = (task.gold(row[answer_field]), task.target(row[answer_field])) if labeled else (None, "")
         except ValueError as e:
             raise StarloraError(f"{where}: {e}") from None
-        raw_id = row.get(id_field)
-        ex = Example(str(raw_id) if raw_id not in (None, "") else content_id(prompt, target), prompt, target, gold)
+        ex = Example(row_id(row, id_field, prompt, target), prompt, target, gold)
         if ex.id in examples:
             if examples[ex.id] != ex:
                 raise StarloraError(f"{where}: id {ex.id!r} already used by a different row at {first_seen[ex.id]}")

@@ -30,7 +30,7 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
 
 
 def load_model(name: str = EMBEDDED, cache: str | os.PathLike | None = None):
-    """Return (model, tokenizer) in eval mode, fp32, on this process's device, for a built-in name, a local folder or a hub id."""
+    """(model, tokenizer) in eval mode, fp32, on this process's device: a built-in name, a local folder or a hub id."""
     if name in EMBEDDED_ALIASES:
         folder = cached_conversion(cache_dir(cache) / "models" / "smollm2-135m-instruct", _convert_embedded)
         return _from_pretrained(str(folder), name)

@@ -24,10 +24,9 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 
-from .acquisition import BaseCache, acquisition_scores
-from .data import Example, content_id, make_examples, read_rows
+from .acquisition import BaseCache, acquisition_scores, random_scores
+from .data import Example, make_examples, read_rows, row_id
 from .errors import StarloraError
 from .evaluation import evaluate
 from .experiment import RunConfig, method_settings, uses_mc_dropout, versions
@@ -72,11 +71,11 @@ class Project:
             found.append(self.folder / "adapters" / f"round_{len(found)}")
         return found
 
-    def pending(self) -> list[str]:
-        """Ids of the last query that have no label yet."""
-        queries = self.queries()
-        labeled = {r["id"] for r in self.labels()}
-        return [i for i in queries[-1]["ids"] if i not in labeled] if queries else []
+
+def pending(queries: list[dict], labels: list[dict]) -> list[str]:
+    """Ids of the last query that have no label yet."""
+    labeled = {r["id"] for r in labels}
+    return [i for i in queries[-1]["ids"] if i not in labeled] if queries else []
 
 
 def open_project(folder) -> Project:
@@ -100,9 +99,8 @@ def init(folder, cfg: RunConfig, pool_file, test_file=None, log=print) -> Projec
     examples = make_examples(rows, task, str(pool_file), cfg.id_field, cfg.answer_field, labeled=False)
     fields = {}
     for _, row in rows:  # the row behind each example, for the files handed out to label
-        raw = row.get(cfg.id_field)
-        key = str(raw) if raw not in (None, "") else content_id(task.prompt(row), "")
-        fields.setdefault(key, {k: v for k, v in row.items() if k not in (cfg.id_field, cfg.answer_field)})
+        fields.setdefault(row_id(row, cfg.id_field, task.prompt(row), ""),
+                          {k: v for k, v in row.items() if k not in (cfg.id_field, cfg.answer_field)})
     test = make_examples(read_rows(test_file), task, str(test_file), cfg.id_field, cfg.answer_field) \
         if test_file else []
     tmp = folder.with_name(folder.name + ".init-tmp")
@@ -134,12 +132,11 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False, log=print) -
         raise StarloraError(f"unknown --format {fmt!r}: choose {', '.join(FORMATS)}")
     if n < 1:
         raise StarloraError(f"-n must be at least 1 (got {n})")
-    pending = project.pending()
-    if pending:
-        last = project.queries()[-1]
-        raise StarloraError(f"{len(pending)} example(s) of the last query ({last['file']}) have no label yet; "
-                            f"import them with starlora label {project.folder} FILE first")
     labels, adapters, queries = project.labels(), project.adapters(), project.queries()
+    waiting = pending(queries, labels)
+    if waiting:
+        raise StarloraError(f"{len(waiting)} example(s) of the last query ({queries[-1]['file']}) have no label yet; "
+                            f"import them with starlora label {project.folder} FILE first")
     if labels and len(adapters) < len(queries):
         raise StarloraError(f"the labels of round {len(queries) - 1} are not trained on yet; "
                             f"run starlora train {project.folder} first")
@@ -156,7 +153,7 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False, log=print) -
     ids = [ex.id for ex in candidates]
     settings, _ = method_settings(cfg, strategy)
     if random or strategy.measure is None:
-        mu = np.random.default_rng([cfg.seed, t]).random(len(ids))
+        mu = random_scores(len(ids), cfg.seed, t)
         how = "random"
     else:
         model, tokenizer = load_model(cfg.model)
@@ -295,7 +292,7 @@ def label(folder, path, log=print) -> int:
         shown = "\n  ".join(problems[:50]) + (f"\n  … and {len(problems) - 50} more" if len(problems) > 50 else "")
         raise StarloraError(f"{path}: {len(problems)} bad row(s), nothing imported:\n  {shown}")
     write_jsonl(project.folder / "labels.jsonl", labels + new)  # the one write: all of the file or none of it
-    left = len(project.pending())
+    left = len(pending(queries, labels + new))
     log(f"{len(new)} label(s) imported" + (f", {repeated} already there" if repeated else "") +
         (f"; {left} example(s) of the query still unlabeled" if left else "; the query is fully labeled") +
         f"; {len(labels) + len(new)} labels in all")
@@ -348,7 +345,7 @@ def status(folder) -> str:
     labels, queries, adapters, pool = project.labels(), project.queries(), project.adapters(), project.pool()
     lines = [f"project {project.folder}: task {cfg.task}, strategy {cfg.strategy}, model {cfg.model}",
              f"pool {len(pool)}, labeled {len(labels)}, asked {sum(len(q['ids']) for q in queries)}, "
-             f"awaiting labels {len(project.pending())}, held-out {len(project.test())}",
+             f"awaiting labels {len(pending(queries, labels))}, held-out {len(project.test())}",
              "round  queried  labels  trained-on  held-out accuracy"]
     by_round = {r: sum(1 for x in labels if x["round"] == r) for r in range(len(queries))}
     for t in range(max(len(queries), len(adapters))):
@@ -361,7 +358,7 @@ def status(folder) -> str:
 
 
 def next_step(project, labels, queries, adapters) -> str:
-    if project.pending():
+    if pending(queries, labels):
         return f"label the query: starlora label {project.folder} {queries[-1]['file']} (filled in)"
     if labels and len(adapters) < len(queries):
         return f"starlora train {project.folder}"
