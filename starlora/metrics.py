@@ -1,4 +1,5 @@
-"""Evaluation metrics: accuracy, learning-curve AUC, RIPL, and calibration (ECE, Brier, confidence when wrong)."""
+"""Evaluation metrics: accuracy, learning-curve AUC, RIPL, calibration (ECE, Brier, confidence when wrong), statistics
+over seeds (mean ± CI, paired differences) and the probe's correlations."""
 
 from __future__ import annotations
 
@@ -64,3 +65,38 @@ def mean_std_ci(values) -> dict:
     std = float(x.std(ddof=1))
     return {"mean": float(x.mean()), "std": std, "ci95": float(t.ppf(0.975, x.size - 1) * std / np.sqrt(x.size)),
             "n": int(x.size)}
+
+
+def paired_delta(a, b) -> dict:
+    """Paired comparison over seeds: d_i = a_i - b_i (a strategy's and random's AUC with the same seed, hence the same
+    initial labeled set). Mean, 95% paired t-interval mean ± t(0.975, n-1)·sd/√n (NaN with fewer than two pairs),
+    n, and wins = the number of pairs with d_i > 0."""
+    from scipy.stats import t
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired values need equal lengths (got {a.size} and {b.size})")
+    d = a - b
+    mean = float(d.mean()) if d.size else float("nan")
+    half = float(t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
+    return {"mean": mean, "low": mean - half, "high": mean + half, "n": int(d.size), "wins": int((d > 0).sum()),
+            "deltas": d.tolist()}
+
+
+def correlations(rows) -> dict[str, np.ndarray]:
+    """Pearson and Spearman correlation between every pair of rows (the probe: base model, round 0, ...). A correlation
+    with a constant (or non-finite) row is undefined, so NaN rather than a made-up 1; a defined row has 1 on the
+    diagonal."""
+    from scipy.stats import pearsonr, spearmanr
+
+    m = np.asarray(rows, dtype=np.float64)
+    n = len(m)
+    defined = [bool(row.size and np.isfinite(row).all() and (row != row[0]).any()) for row in m]
+    out = {"pearson": np.full((n, n), np.nan), "spearman": np.full((n, n), np.nan)}
+    for i in range(n):
+        for j in range(i, n):
+            if defined[i] and defined[j]:
+                p, s = (1.0, 1.0) if i == j else (pearsonr(m[i], m[j])[0], spearmanr(m[i], m[j])[0])
+                out["pearson"][i, j] = out["pearson"][j, i] = p
+                out["spearman"][i, j] = out["spearman"][j, i] = s
+    return out

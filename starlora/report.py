@@ -1,10 +1,15 @@
-"""`starlora report`: tables (Markdown, CSV) and plots over finished runs, grouped by task x strategy."""
+"""`starlora report`: tables (Markdown, CSV) and plots over finished runs, one row per comparable group x strategy.
+
+Runs are compared only within a group: the same resolved configuration (config.json) apart from strategy and seed.
+Each strategy is measured against the random runs of its own group: RIPL against their mean AUC, and ΔAUC seed by seed
+(a strategy's run with seed s starts from the same initial labeled set as the random run with seed s)."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
-from collections import defaultdict
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +17,9 @@ import numpy as np
 from . import metrics
 from .errors import StarloraError
 from .files import read_jsonl, write_atomic
+
+VARIED = ("strategy", "seed")  # what may differ inside a group; everything else in config.json must agree
+NO_RANDOM = "n/a (no random runs)"
 
 
 def find_runs(paths) -> list[Path]:
@@ -31,126 +39,255 @@ def load_runs(paths) -> list[dict]:
     runs = []
     for folder in find_runs(paths):
         summary = json.loads((folder / "summary.json").read_text())
-        runs.append({**summary, "folder": folder, "rounds": read_jsonl(folder / "rounds.jsonl")})
+        config = folder / "config.json"
+        runs.append({**summary, "folder": folder, "rounds": read_jsonl(folder / "rounds.jsonl"),
+                     "config": json.loads(config.read_text())["config"] if config.exists() else None})
     return runs
 
 
-def table(runs) -> list[dict]:
-    """One row per task x strategy: final accuracy, AUC, RIPL (mean, std, 95% CI over seeds)."""
-    groups = defaultdict(list)
+def group_key(run) -> dict:
+    """What must agree for two runs to be compared; runs without config.json (older versions) say task and model."""
+    if run["config"] is None:
+        return {"task": run["task"], "model": run.get("model"), "config.json": False}
+    return {k: v for k, v in run["config"].items() if k not in VARIED}
+
+
+def group_runs(runs) -> list[dict]:
+    """Runs split into comparable groups, each with a label (the configuration values that differ between the groups
+    present; task has its own column) and a slug for file names. Sorted by task, then label."""
+    by_key = {}
     for r in runs:
-        groups[(r["task"], r["strategy"])].append(r)
-    random_auc = {task: np.mean([r["auc"] for r in rs]) for (task, s), rs in groups.items() if s == "random"}
+        key = group_key(r)
+        by_key.setdefault(json.dumps(key, sort_keys=True), (key, []))[1].append(r)
+    keys = [key for key, _ in by_key.values()]
+    labels = _labels(keys, short=True)
+    if len({(k["task"], label) for k, label in zip(keys, labels)}) < len(keys):  # shortened paths collided
+        labels = _labels(keys, short=False)
+    groups = []
+    for (text, (key, rs)), label in zip(by_key.items(), labels):
+        slug = re.sub(r"[^\w.-]+", "-", key["task"] + (f"_{label}" if label else "")).strip("-")
+        if len(slug) > 80 or slug in {g["slug"] for g in groups}:  # keep file names short and unique
+            slug = f"{slug[:60]}-{hashlib.sha1(text.encode()).hexdigest()[:8]}"
+        groups.append({"task": key["task"], "label": label, "slug": slug, "runs": rs})
+    return sorted(groups, key=lambda g: (g["task"], g["label"]))
+
+
+def _labels(keys, short: bool) -> list[str]:
+    full = [k for k in keys if k.get("config.json", True)]
+    differ = sorted({name for k in full for name in k if name != "task"
+                     and len({json.dumps(f.get(name)) for f in full}) > 1})
+    old = len(full) < len(keys)
+
+    def show(value):
+        if isinstance(value, list):
+            return ",".join(map(str, value))
+        return Path(value).name if short and isinstance(value, str) and "/" in value else str(value)
+
+    return [", ".join(f"{name}={show(k.get(name))}" for name in differ) or ("with config.json" if old else "")
+            if k.get("config.json", True) else f"model={k['model']}, no config.json" for k in keys]
+
+
+def table(runs) -> list[dict]:
+    """One row per group x strategy: final accuracy, AUC, RIPL (mean, std, 95% CI over seeds) and ΔAUC against the
+    random run of the same seed in the same group (mean, paired 95% CI, wins). Random rows first in each group."""
     rows = []
-    for (task, strategy), rs in sorted(groups.items()):
-        row = {"task": task, "strategy": strategy, "seeds": len(rs),
-               "final_accuracy": metrics.mean_std_ci([r["final_accuracy"] for r in rs]),
-               "auc": metrics.mean_std_ci([r["auc"] for r in rs])}
-        row["ripl"] = (metrics.mean_std_ci([metrics.ripl(r["auc"], random_auc[task]) for r in rs])
-                       if task in random_auc else None)
-        rows.append(row)
+    for g in group_runs(runs):
+        baseline = [r for r in g["runs"] if r["strategy"] == "random"]
+        random_auc = np.mean([r["auc"] for r in baseline]) if baseline else None
+        for strategy in sorted({r["strategy"] for r in g["runs"]}, key=lambda s: (s != "random", s)):
+            rs = [r for r in g["runs"] if r["strategy"] == strategy]
+            row = {"task": g["task"], "group": g["label"], "slug": g["slug"], "strategy": strategy, "seeds": len(rs),
+                   "final_accuracy": metrics.mean_std_ci([r["final_accuracy"] for r in rs]),
+                   "auc": metrics.mean_std_ci([r["auc"] for r in rs]), "ripl": None, "delta_auc": None}
+            if baseline:
+                row["ripl"] = metrics.mean_std_ci([metrics.ripl(r["auc"], random_auc) for r in rs])
+            if baseline and strategy != "random":
+                mine, theirs = _auc_by_seed(rs), _auc_by_seed(baseline)
+                seeds = sorted(mine.keys() & theirs.keys())
+                row["delta_auc"] = metrics.paired_delta([mine[s] for s in seeds], [theirs[s] for s in seeds])
+            rows.append(row)
     return rows
+
+
+def _auc_by_seed(runs) -> dict[int, float]:
+    """AUC per seed; the same seed twice (a copied run folder) counts once, as the mean."""
+    by_seed = {}
+    for r in runs:
+        by_seed.setdefault(r["seed"], []).append(r["auc"])
+    return {s: float(np.mean(v)) for s, v in by_seed.items()}
 
 
 def _fmt(stat) -> str:
     if stat is None:
-        return "n/a (no random runs)"
+        return NO_RANDOM
     ci = "" if np.isnan(stat["ci95"]) else f" [±{stat['ci95']:.2f}]"
     return f"{stat['mean']:.2f} ± {stat['std']:.2f}{ci}"
 
 
+def _fmt_delta(row) -> tuple[str, str]:
+    """(ΔAUC mean [95% CI], wins) cells of a row."""
+    d = row["delta_auc"]
+    if row["strategy"] == "random":
+        return "—", "—"
+    if d is None:
+        return NO_RANDOM, "—"
+    if d["n"] == 0:
+        return "n/a (no seed shared with random)", "—"
+    ci = "" if np.isnan(d["low"]) else f" [{d['low']:+.2f}, {d['high']:+.2f}]"
+    return f"{d['mean']:+.2f}{ci}", f"{d['wins']}/{d['n']}"
+
+
 def write_tables(rows, out: Path) -> None:
-    lines = ["| task | strategy | seeds | final accuracy (%) | AUC | RIPL (%) |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['task']} | {r['strategy']} | {r['seeds']} | {_fmt(r['final_accuracy'])} | {_fmt(r['auc'])} | "
-              f"{_fmt(r['ripl'])} |" for r in rows]
-    note = ("\nValues are mean ± std over seeds, [± half-width of the 95% t-interval]. RIPL = (AUC − AUC_random) / "
-            "(100 − AUC_random) × 100 against the random runs of the same task.\n")
+    grouped = any(r["group"] for r in rows)  # a group column only where some task has runs of several groups
+    head = ["task"] + ["group"] * grouped + ["strategy", "seeds", "final accuracy (%)", "AUC", "RIPL (%)",
+                                             "ΔAUC vs random [95% CI]", "wins"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = ([r["task"]] + [r["group"]] * grouped +
+                 [r["strategy"], str(r["seeds"]), _fmt(r["final_accuracy"]), _fmt(r["auc"]), _fmt(r["ripl"]),
+                  *_fmt_delta(r)])
+        lines.append("| " + " | ".join(cells) + " |")
+    groups = ("Runs are compared only within a group: the same task and configuration (config.json) apart from "
+              "strategy and seed; runs without config.json are grouped by task and model."
+              + (" The group column shows the configuration values that differ between the groups." if grouped else ""))
+    baseline = ("RIPL = (AUC − AUC_random) / (100 − AUC_random) × 100 against the mean AUC of the random runs of the "
+                "same group. ΔAUC = AUC − AUC_random of the same seed in the same group (same initial labeled set): "
+                "mean [paired 95% t-interval] over the seeds both have (no interval with one pair); wins = seeds where "
+                f"the strategy's AUC is higher / seeds paired. {NO_RANDOM}: the group has no random runs to compare "
+                "with.")
+    note = f"\nValues are mean ± std over seeds, [± half-width of the 95% t-interval]. {groups}\n\n{baseline}\n"
     write_atomic(out / "report.md", "# starlora report\n\n" + "\n".join(lines) + "\n" + note)
     with open(out / "report.csv", "w", newline="") as f:
         w = csv.writer(f)
-        cols = ["final_accuracy", "auc", "ripl"]
-        w.writerow(["task", "strategy", "seeds"] + [f"{c}_{s}" for c in cols for s in ("mean", "std", "ci95")])
+        cols, delta = ["final_accuracy", "auc", "ripl"], ["mean", "low", "high", "n", "wins"]
+        w.writerow(["task", "strategy", "seeds"] + [f"{c}_{s}" for c in cols for s in ("mean", "std", "ci95")] +
+                   ["delta_auc_mean", "delta_auc_low", "delta_auc_high", "pairs", "wins", "group"])
         for r in rows:
             w.writerow([r["task"], r["strategy"], r["seeds"]] +
-                       [("" if r[c] is None else r[c][s]) for c in cols for s in ("mean", "std", "ci95")])
+                       [("" if r[c] is None else r[c][s]) for c in cols for s in ("mean", "std", "ci95")] +
+                       [("" if r["delta_auc"] is None else r["delta_auc"][s]) for s in delta] + [r["group"]])
 
 
-def plot(runs, out: Path) -> list[Path]:
+def plot(runs, rows, out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from scipy.stats import pearsonr, spearmanr
 
     written = []
-    for task in sorted({r["task"] for r in runs}):
-        task_runs = [r for r in runs if r["task"] == task]
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for strategy in sorted({r["strategy"] for r in task_runs}):
-            rs = [r for r in task_runs if r["strategy"] == strategy]
-            n = min(len(r["curve"]) for r in rs)
-            curves = np.array([r["curve"][:n] for r in rs])
-            x = rs[0]["n_labeled"][:n]
-            ax.plot(x, curves.mean(0), marker="o", label=f"{strategy} (n={len(rs)})")
-            if len(rs) > 1:
-                ax.fill_between(x, curves.mean(0) - curves.std(0), curves.mean(0) + curves.std(0), alpha=0.2)
-        ax.set(xlabel="labeled examples", ylabel="test accuracy (%)", title=f"{task}: learning curves (mean ± std)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        written.append(_save(fig, out / f"learning_curves_{task}.png"))
-
-        confidences = {f"{r['strategy']} (fine-tuned)": [] for r in task_runs if r["rounds"] and
-                       "wrong_confidence" in r["rounds"][-1]}
-        for r in task_runs:
-            if r["rounds"] and "wrong_confidence" in r["rounds"][-1]:
-                confidences[f"{r['strategy']} (fine-tuned)"] += r["rounds"][-1]["wrong_confidence"]
-        few = [c for r in task_runs if "fewshot" in r for c in r["fewshot"]["wrong_confidence"]]
-        if few:
-            confidences["base model, few-shot"] = few
-        if confidences:
-            fig, ax = plt.subplots(figsize=(6, 4))
-            bins = np.linspace(0, 1, 21)
-            for name, values in confidences.items():
-                if values:
-                    ax.hist(values, bins=bins, density=True, histtype="step", linewidth=2, label=f"{name}, n={len(values)}")
-            ax.set(xlabel="confidence of wrong predictions", ylabel="density",
-                   title=f"{task}: confidence when wrong (final round)")
-            ax.legend()
-            written.append(_save(fig, out / f"wrong_confidence_{task}.png"))
-
-    for r in runs:  # the uncertainty-gap probe, one heatmap and one scatter per run
-        probe = _probe(r["folder"])
-        if len(probe) < 2:
-            continue
-        names = list(probe)
-        ids = list(probe["base"])
-        matrix = np.array([[probe[a][i] for i in ids] for a in names])
-        label = f"{r['task']}_{r['strategy']}_seed{r['seed']}"
-        corr = {"pearson": np.ones((len(names), len(names))), "spearman": np.ones((len(names), len(names)))}
-        for i in range(len(names)):
-            for j in range(len(names)):
-                if i != j and np.std(matrix[i]) > 0 and np.std(matrix[j]) > 0:
-                    corr["pearson"][i, j] = pearsonr(matrix[i], matrix[j])[0]
-                    corr["spearman"][i, j] = spearmanr(matrix[i], matrix[j])[0]
-        write_atomic(out / f"probe_correlations_{label}.json",
-                     json.dumps({"rounds": names, **{k: v.round(4).tolist() for k, v in corr.items()}}, indent=1))
-        fig, ax = plt.subplots(figsize=(5, 4))
-        im = ax.imshow(corr["spearman"], vmin=-1, vmax=1, cmap="coolwarm")
-        ax.set_xticks(range(len(names)), names, rotation=45)
-        ax.set_yticks(range(len(names)), names)
-        for i in range(len(names)):
-            for j in range(len(names)):
-                ax.text(j, i, f"{corr['spearman'][i, j]:.2f}", ha="center", va="center", fontsize=7)
-        fig.colorbar(im, ax=ax, label="Spearman correlation")
-        ax.set_title(f"uncertainty gap ({r.get('probe_measure', '')}): {label}", fontsize=9)
-        written.append(_save(fig, out / f"probe_heatmap_{label}.png"))
-        fig, ax = plt.subplots(figsize=(5, 4))
-        for name in names[1:]:
-            ax.scatter(matrix[0], matrix[names.index(name)], s=10, alpha=0.6, label=name)
-        ax.set(xlabel="base model uncertainty", ylabel="LoRA model uncertainty", title=f"base vs rounds: {label}")
-        ax.legend(fontsize=7)
-        written.append(_save(fig, out / f"probe_scatter_{label}.png"))
+    for g in group_runs(runs):
+        title = g["task"] + (f" ({g['label']})" if g["label"] else "")
+        written.append(_learning_curves(plt, g["runs"], title, out / f"learning_curves_{g['slug']}.png"))
+        written += _wrong_confidence(plt, g["runs"], title, out / f"wrong_confidence_{g['slug']}.png")
+        written += _delta_auc(plt, [r for r in rows if r["slug"] == g["slug"] and r["delta_auc"]
+                                    and r["delta_auc"]["n"]], title, out / f"delta_auc_{g['slug']}.png")
+        for r in g["runs"]:
+            written += _probe_plots(plt, r, f"{g['slug']}_{r['strategy']}_seed{r['seed']}", out)
     return written
+
+
+def _learning_curves(plt, runs, title, path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for strategy in sorted({r["strategy"] for r in runs}):
+        rs = [r for r in runs if r["strategy"] == strategy]
+        n = min(len(r["curve"]) for r in rs)
+        curves = np.array([r["curve"][:n] for r in rs])
+        x = rs[0]["n_labeled"][:n]
+        ax.plot(x, curves.mean(0), marker="o", label=f"{strategy} (n={len(rs)})")
+        if len(rs) > 1:
+            ax.fill_between(x, curves.mean(0) - curves.std(0), curves.mean(0) + curves.std(0), alpha=0.2)
+    ax.set(xlabel="labeled examples", ylabel="test accuracy (%)")
+    ax.set_title(f"{title}: learning curves (mean ± std)", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def _wrong_confidence(plt, runs, title, path) -> list[Path]:
+    confidences = {}
+    for r in runs:
+        if r["rounds"] and "wrong_confidence" in r["rounds"][-1]:
+            confidences.setdefault(f"{r['strategy']} (fine-tuned)", []).extend(r["rounds"][-1]["wrong_confidence"])
+    few = [c for r in runs if "fewshot" in r for c in r["fewshot"]["wrong_confidence"]]
+    if few:
+        confidences["base model, few-shot"] = few
+    if not confidences:
+        return []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(0, 1, 21)
+    for name, values in sorted(confidences.items()):
+        if values:
+            ax.hist(values, bins=bins, density=True, histtype="step", linewidth=2, label=f"{name}, n={len(values)}")
+    ax.set(xlabel="confidence of wrong predictions", ylabel="density")
+    ax.set_title(f"{title}: confidence when wrong (final round)", fontsize=9)
+    ax.legend()
+    return [_save(fig, path)]
+
+
+def _delta_auc(plt, rows, title, path) -> list[Path]:
+    """ΔAUC against random per strategy: the mean with its paired 95% interval, and each seed's difference as a dot."""
+    if not rows:
+        return []
+    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows) + 2), 4))
+    for x, r in enumerate(rows):
+        d = r["delta_auc"]
+        ax.scatter([x - 0.15] * d["n"], d["deltas"], s=12, color="grey", alpha=0.6, zorder=2)
+        err = None if np.isnan(d["low"]) else [[d["mean"] - d["low"]], [d["high"] - d["mean"]]]
+        ax.errorbar([x], [d["mean"]], yerr=err, fmt="o", capsize=5, color="C0", zorder=3)
+    ax.axhline(0, color="black", linewidth=1)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.set_xticks(range(len(rows)), [f"{r['strategy']}\n{r['delta_auc']['wins']}/{r['delta_auc']['n']} wins"
+                                     for r in rows])
+    ax.set(ylabel="ΔAUC vs random (AUC points)")
+    ax.set_title(f"{title}: ΔAUC vs random, same seed (mean, 95% CI)", fontsize=9)
+    ax.grid(alpha=0.3, axis="y")
+    return [_save(fig, path)]
+
+
+def _probe_plots(plt, run, label, out: Path) -> list[Path]:
+    """The uncertainty-gap probe (paper Fig. 3): correlations between rounds as JSON and a heatmap, and a scatter."""
+    probe = _probe(run["folder"])
+    if len(probe) < 2:
+        return []
+    names = list(probe)
+    ids = list(probe["base"])
+    matrix = np.array([[probe[a][i] for i in ids] for a in names])
+    corr = metrics.correlations(matrix)
+    # NaN is not valid JSON: an undefined correlation (a constant uncertainty vector) is written as null
+    write_atomic(out / f"probe_correlations_{label}.json", json.dumps(
+        {"rounds": names, **{k: [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in m]
+                             for k, m in corr.items()},
+         "null": "undefined: one of the two uncertainty vectors is constant"}, indent=1))
+    fig, ax = plt.subplots(figsize=(5, 4))
+    im = heatmap(ax, names, corr["spearman"])
+    fig.colorbar(im, ax=ax, label="Spearman correlation")
+    ax.set_title(f"uncertainty gap ({run.get('probe_measure', '')}): {label}", fontsize=9)
+    written = [_save(fig, out / f"probe_heatmap_{label}.png")]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name in names[1:]:
+        ax.scatter(matrix[0], matrix[names.index(name)], s=10, alpha=0.6, label=name)
+    ax.set(xlabel="base model uncertainty", ylabel="LoRA model uncertainty", title=f"base vs rounds: {label}")
+    ax.legend(fontsize=7)
+    return written + [_save(fig, out / f"probe_scatter_{label}.png")]
+
+
+def heatmap(ax, names, values):
+    """A correlation matrix with its values written in; undefined (NaN) cells are hatched and left without a number."""
+    from matplotlib.patches import Rectangle
+
+    im = ax.imshow(np.ma.masked_invalid(values), vmin=-1, vmax=1, cmap="coolwarm")
+    ax.set_xticks(range(len(names)), names, rotation=45)
+    ax.set_yticks(range(len(names)), names)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if np.isnan(values[i, j]):
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="grey",
+                                       linewidth=0))
+            else:
+                ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7)
+    if np.isnan(values).any():
+        ax.set_xlabel("hatched: undefined (constant uncertainty)", fontsize=7)
+    return im
 
 
 def _probe(folder: Path) -> dict[str, dict[str, float]]:
@@ -180,5 +317,5 @@ def report(paths, out) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     rows = table(runs)
     write_tables(rows, out)
-    plot(runs, out)
+    plot(runs, rows, out)
     return rows
