@@ -3,6 +3,7 @@ combined by the strategy into the score that picks what to label next."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -19,32 +20,45 @@ REFERENCE_WARNING = ("starlora: warning: --target reference scores the GOLD answ
 
 
 class BaseCache:
-    """mu_b per example, keyed by model, task and example id, on disk in the run folder. The base model is frozen,
-    so each example is scored once per pool; `computed` counts examples actually scored (for tests and logs)."""
+    """mu_b per example, on disk in the run or project folder. The base model is frozen, so each example is scored
+    once per pool. An entry's key covers everything that changes mu_b: the model, the task (name, candidates,
+    answer format), the target, the token limits and the precision, and the example's id and prompt (the gold answer
+    too with reference=True); `computed` counts examples actually scored (for tests and logs)."""
 
-    def __init__(self, path: str | os.PathLike | None, model_name: str, task_name: str):
-        self.path, self.prefix = (Path(path) if path else None), f"{model_name}|{task_name}|"
+    def __init__(self, path: str | os.PathLike | None, model_name: str, task, settings: ScoringSettings,
+                 reference: bool = False):
+        self.path, self.task, self.settings, self.reference = (Path(path) if path else None), task, settings, reference
+        identity = [model_name, task.name, task.candidates, task.numeric, reference, settings.max_prompt_tokens,
+                    settings.max_answer_tokens, settings.max_new_tokens, settings.precision]
+        self.prefix = _digest(json.dumps(identity)) + "|"
         self.values: dict[str, dict[str, float]] = {}
         if self.path and self.path.exists():
             self.values = json.loads(self.path.read_text())
         self.computed = 0
 
-    def get(self, model, tokenizer, task, examples, settings: ScoringSettings, reference=False) -> dict[str, np.ndarray]:
-        missing = [ex for ex in examples if self.prefix + ex.id not in self.values]
+    def key(self, ex) -> str:
+        return f"{self.prefix}{ex.id}|{_digest(ex.prompt + (chr(0) + ex.target if self.reference else ''))}"
+
+    def get(self, model, tokenizer, examples) -> dict[str, np.ndarray]:
+        missing = [ex for ex in examples if self.key(ex) not in self.values]
         if missing:
             with base_model(model):
-                scores = score(model, tokenizer, task, missing, passes=1, settings=settings, reference=reference,
-                               desc="base model")
+                scores = score(model, tokenizer, self.task, missing, passes=1, settings=self.settings,
+                               reference=self.reference, desc="base model")
             for i, ex in enumerate(missing):
-                self.values[self.prefix + ex.id] = {k: float(v[i]) for k, v in scores.measures.items()}
+                self.values[self.key(ex)] = {k: float(v[i]) for k, v in scores.measures.items()}
             self.computed += len(missing)
             self._save()
-        rows = [self.values[self.prefix + ex.id] for ex in examples]
+        rows = [self.values[self.key(ex)] for ex in examples]
         return {k: np.array([r[k] for r in rows]) for k in rows[0]} if rows else {}
 
     def _save(self):
         if self.path:
             write_atomic(self.path, json.dumps(self.values))
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
 def random_scores(n: int, seed: int, t: int) -> np.ndarray:
@@ -67,6 +81,6 @@ def acquisition_scores(strategy: Strategy, model, tokenizer, task, candidates, *
                  mc_dropout=strategy.mc_dropout, reference=reference, settings=settings, desc=f"scoring round {t}",
                  seed=seed * 1000 + t)  # MC dropout masks: reproducible per seed and round, whatever the process split
     mu_f = lora.measures[key]
-    mu_b = base_cache.get(model, tokenizer, task, candidates, settings, reference)[key] if strategy.needs_base \
+    mu_b = base_cache.get(model, tokenizer, candidates)[key] if strategy.needs_base \
         else np.full(n, np.nan)
     return {"mu_b": mu_b, "mu_f": mu_f, "mu": strategy.scores(mu_b, mu_f, t, rounds, schedule, normalisation)}

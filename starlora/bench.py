@@ -18,7 +18,7 @@ from .acquisition import BaseCache, acquisition_scores
 from .data import load_data, make_examples, read_rows
 from .hardware import autocast, device, resolve_precision
 from .models import load_model
-from .scoring import ScoringSettings, base_model, encode_answer, encode_prompt, lora_dropout
+from .scoring import ScoringSettings, answer_prefix, base_model, encode_answer, encode_prompt, lora_dropout
 from .strategies import get_strategy
 from .tasks import get_task
 from .training import TrainSettings, attach_lora, encode_examples, make_optimizer, train
@@ -119,7 +119,8 @@ def naive_scoring(model, tokenizer, task, examples, k, settings):
 
         def answers():
             if task.closed:
-                return [encode_answer(tokenizer, c, settings.max_answer_tokens) for c in task.candidates]
+                return [encode_answer(tokenizer, c, settings.max_answer_tokens, prefix=answer_prefix(ex.prompt))
+                        for c in task.candidates]
             return [naive_generate(model, tokenizer, prompt, settings.max_new_tokens)]
 
         with lora_dropout(model, False):
@@ -190,7 +191,7 @@ def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, 
     result["matmul_gflops"] = matmul_gflops(precision, dev)
 
     log(f"scoring {len(examples)} examples ({star.name}, K={k}, batched) ...")
-    cache_b = BaseCache(None, model_name, task.name)
+    cache_b = BaseCache(None, model_name, task, settings)
     with FlopCount(model) as flops:
         start = time.perf_counter()
         acquisition_scores(star, model, tokenizer, task, examples, t=0, rounds=10, base_cache=cache_b,

@@ -110,6 +110,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", help="YAML file of configuration values; flags override it")
     g.add_argument("--seed", type=int, nargs="+", help="one or more seeds (several: one sub-folder each)")
     g.add_argument("--out", required=True, help="output folder (re-running the same command resumes it)")
+    g.add_argument("--dry-run", action="store_true",
+                   help="check the configuration, data, model and output folder, print the resolved configuration, "
+                        "and stop without writing anything")
     add_config_flags(g, RUN_HELP)
 
 
@@ -146,12 +149,16 @@ def run_config(args):
     protocol = values.pop("protocol", None) or args.protocol
     seeds = args.seed or values.pop("seeds", None) or [values.pop("seed", 0)]
     values.pop("seed", None)
+    seeds = seeds if isinstance(seeds, list) else [seeds]
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad or not seeds:
+        raise StarloraError(f"--seed takes non-negative integers (got {bad[0]!r})" if bad else "--seed needs a value")
     flags = {k: v for k, v in vars(args).items() if v is not None and k in RUN_HELP}
     flags |= {k: getattr(args, k) for k in ("task", "model", "train_file", "test_file", "template", "id_field",
                                             "answer_field", "data") if getattr(args, k) is not None}
     if args.candidates:
         flags["candidates"] = parse_candidates(args.candidates)
-    return resolve(protocol, **{**values, **flags}), [int(s) for s in seeds]
+    return resolve(protocol, **{**values, **flags, "seed": seeds[0]}), seeds
 
 
 def cmd_run(args) -> None:
@@ -160,7 +167,7 @@ def cmd_run(args) -> None:
     if args.cache_dir:
         os.environ["STARLORA_CACHE"] = args.cache_dir
     cfg, seeds = run_config(args)
-    run_seeds(cfg, seeds, args.out)
+    run_seeds(cfg, seeds, args.out, dry_run=args.dry_run)
 
 
 def cmd_report(args) -> None:

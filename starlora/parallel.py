@@ -2,7 +2,7 @@
 
 The split never changes a result: scoring hands out whole batches round-robin and seeds each batch's dropout by its
 index, and training gives each process rows of one globally padded batch with the batch's dropout masks drawn whole
-(lora_masks.py). So 1 and N processes select the same examples from the same seed.
+(masks.py). So 1 and N processes select the same examples from the same seed.
 """
 
 from __future__ import annotations

@@ -152,15 +152,15 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False, log=print) -
     t = len(queries)  # this query's round; round t-1's adapter is the current model
     ids = [ex.id for ex in candidates]
     settings, _ = method_settings(cfg, strategy)
-    if random or strategy.measure is None:
-        mu = random_scores(len(ids), cfg.seed, t)
+    if random or strategy.measure is None or (not adapters and strategy.measure == "bald"):
+        mu = random_scores(len(ids), cfg.seed, t)  # BALD of the base model alone is 0 everywhere: say it is random
         how = "random"
     else:
         model, tokenizer = load_model(cfg.model)
-        cache = BaseCache(project.folder / "base_scores.json", cfg.model, f"{task.name}|own")
+        cache = BaseCache(project.folder / "base_scores.json", cfg.model, task, settings)
         key = measure_key(strategy, cfg.length_norm)
         if not adapters:  # no labels yet: the base model is the only model, its uncertainty chooses
-            mu = cache.get(model, tokenizer, task, candidates, settings)[key]
+            mu = cache.get(model, tokenizer, candidates)[key]
             how = f"base-model {key}"
         else:
             from peft import PeftModel
@@ -353,8 +353,22 @@ def status(folder) -> str:
         acc = f"{info['accuracy']:.1f}%" if "accuracy" in info else ("n/a" if info else "-")
         lines.append(f"{t:>5}  {len(queries[t]['ids']) if t < len(queries) else 0:>7}  {by_round.get(t, 0):>6}  "
                      f"{info.get('n_labels', '-'):>10}  {acc}")
+    lines += [f"round {t} query: {q.get('how', '?')}" for t, q in enumerate(queries)]
+    if not queries:
+        lines.append(f"first query: {first_query_rule(project.strategy)}")
     lines.append("next: " + next_step(project, labels, queries, adapters))
     return "\n".join(lines)
+
+
+def first_query_rule(strategy) -> str:
+    """How the first query chooses, said once for status and the README: before any label the adapter would be the
+    base model (B = 0), so the base model's uncertainty chooses; the simulation's round 0 is random instead."""
+    if strategy.measure is None:
+        return "random (the strategy is random)"
+    if strategy.measure == "bald":
+        return "random in effect: BALD needs MC dropout on a trained adapter, so the base model's BALD is 0 for all"
+    return (f"the base model's {strategy.measure.upper()} (a fresh adapter is the base model); "
+            f"add --random to choose at random, as starlora run's round 0 does")
 
 
 def next_step(project, labels, queries, adapters) -> str:

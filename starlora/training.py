@@ -16,13 +16,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from peft import LoraConfig, get_peft_model
-from peft.tuners.lora import LoraLayer
 from transformers import get_linear_schedule_with_warmup
 
 from . import parallel
 from .hardware import autocast
+from .masks import BatchDropout, swap_lora_dropout
 from .models import LORA_TARGETS
-from .scoring import encode_answer, encode_prompt, lora_dropout, progress
+from .scoring import answer_prefix, encode_answer, encode_prompt, lora_dropout, progress
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,8 @@ def training_batch(pairs, pad_id: int):
 
 def encode_examples(tokenizer, examples, settings: TrainSettings):
     return [(encode_prompt(tokenizer, ex.prompt, settings.max_prompt_tokens),
-             encode_answer(tokenizer, ex.target, settings.max_answer_tokens, eos=True)) for ex in examples]
+             encode_answer(tokenizer, ex.target, settings.max_answer_tokens, eos=True, prefix=answer_prefix(ex.prompt)))
+            for ex in examples]
 
 
 def batch_order(lengths: list[int], batch_size: int, generator: torch.Generator, group_by_length: bool = True):
@@ -93,38 +94,6 @@ def batch_order(lengths: list[int], batch_size: int, generator: torch.Generator,
         run = sorted(perm[start:start + mega], key=lambda i: -lengths[i])
         batches += [run[s:s + batch_size] for s in range(0, len(run), batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-
-
-class BatchDropout(torch.nn.Module):
-    """LoRA dropout drawing its mask for the whole batch and keeping this process's rows: the same masks on 1 or N
-    processes (nn.Dropout would draw one mask per process). Set `rows` and `total` before each step."""
-
-    def __init__(self, p: float, generator: torch.Generator):
-        super().__init__()
-        self.p, self.generator, self.rows, self.total = p, generator, slice(None), 0
-
-    def forward(self, x):
-        if not self.training or self.p == 0:
-            return x
-        keep = torch.empty((self.total, *x.shape[1:]), device=x.device).bernoulli_(1 - self.p, generator=self.generator)
-        return x * keep[self.rows] / (1 - self.p)
-
-
-@contextlib.contextmanager
-def batch_dropout(model, generator):
-    """Swap PEFT's LoRA dropout for BatchDropout during training; the originals come back afterwards."""
-    swapped = []
-    for layer in model.modules():
-        if isinstance(layer, LoraLayer):
-            for name, drop in layer.lora_dropout.items():
-                if isinstance(drop, torch.nn.Dropout) and drop.p > 0:
-                    layer.lora_dropout[name] = BatchDropout(drop.p, generator)
-                    swapped.append((layer, name, drop))
-    try:
-        yield [layer.lora_dropout[name] for layer, name, _ in swapped]
-    finally:
-        for layer, name, drop in swapped:
-            layer.lora_dropout[name] = drop
 
 
 def train(model, tokenizer, examples, settings: TrainSettings, desc: str = "training") -> dict:
@@ -148,7 +117,8 @@ def train(model, tokenizer, examples, settings: TrainSettings, desc: str = "trai
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     start, losses = time.time(), []
     bar = progress(total=total, desc=desc, leave=False, disable=not parallel.is_main())
-    with batch_dropout(model, masks) as dropouts, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    whole_batch = swap_lora_dropout(model, lambda p: BatchDropout(p, masks))
+    with whole_batch as dropouts, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(settings.seed)  # any other dropout (full mode)
         modes = lora_dropout(model, True) if settings.mode == "lora" else _train_mode(model)
         with modes:

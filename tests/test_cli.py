@@ -47,8 +47,17 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
     (["bench", "--model", "tiny-random", "--precision", "fp8"], "unknown --precision 'fp8'"),
     (["run", "--model", "tiny-random", "--precision", "fp8", "--out", "{d}/r"], "unknown --precision 'fp8'"),
     (["status", "{d}"], "is not a starlora project"),
+    (["run", "--model", "tiny-random", "--lr", "-1", "--out", "{d}/r"], "--lr must be positive"),
+    (["run", "--model", "tiny-random", "--task", "boolq", "--train-file", "{d}/p.jsonl", "--test-file", "{d}/t.jsonl",
+      "--init-size", "1", "--query-size", "1", "--rounds", "1", "--probe-size", "0", "--out", "{d}/p.jsonl"],
+     "is a file, not a folder"),
+    (["run", "--model", "tiny-random", "--task", "boolq", "--train-file", "{d}/p.jsonl", "--test-file", "{d}/t.jsonl",
+      "--init-size", "1", "--query-size", "1", "--rounds", "1", "--probe-size", "0", "--out", "/proc/starlora/r"],
+     "--out /proc/starlora/r: cannot"),
 ])
 def test_other_commands_reject_bad_options_in_one_line(tmp_path, args, message):
+    (tmp_path / "p.jsonl").write_text(json.dumps({"question": "q", "answer": "true"}) + "\n")
+    (tmp_path / "t.jsonl").write_text(json.dumps({"question": "q2", "answer": "false"}) + "\n")
     out = run(*[a.format(d=tmp_path) for a in args])
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and message in out.stderr
     assert not (tmp_path / "r").exists()

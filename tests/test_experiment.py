@@ -77,7 +77,7 @@ def test_run_writes_every_file_and_keeps_the_invariants(files, tmp_path):
     assert set(rounds[1]["added"]) | set(rounds[2]["added"]) <= pool_ids  # queried from the scored candidates
     assert rounds[0]["lambda"] == pytest.approx(1 - 1 / 3) and rounds[1]["lambda"] == pytest.approx(1 - 2 / 3)
     scores = [json.loads(line) for line in (out / "scores/round_0.jsonl").read_text().splitlines()]
-    assert len(scores) == 48 - 8 and {"id", "mu_b", "mu_f", "mu"} <= set(scores[0])
+    assert len(scores) == 48 - 8 - 12 and {"id", "mu_b", "mu_f", "mu"} <= set(scores[0])  # the probe is no candidate
     assert summary["auc"] == pytest.approx(metrics.auc(summary["curve"]))
     config = json.loads((out / "config.json").read_text())
     assert config["config"]["k"] == 3 and "transformers" in config["versions"]
@@ -147,3 +147,53 @@ def test_cli_run_with_yaml_and_flags(files, tmp_path):
     other = cmd[:cmd.index("--seed")] + ["--query-size", "5", "--seed", "0", "--out", str(tmp_path / "o" / "seed0")]
     bad = subprocess.run(other, capture_output=True, text=True)
     assert bad.returncode == 2 and "another configuration" in bad.stderr
+
+
+def test_the_probe_is_never_labeled(files, tmp_path):
+    out = tmp_path / "run"
+    run(tiny_cfg(files, init_size=8, query_size=8, rounds=3, probe_size=24), out, quiet)  # 24 + 24 = the pool
+    probe = set(json.loads((out / "probe" / "base.json").read_text()))
+    labeled = {i for r in read_jsonl(out / "rounds.jsonl") for i in r["added"] + r["selected"]}
+    assert len(probe) == 24 and len(labeled) == 24 and not probe & labeled
+    scored = {json.loads(line)["id"] for t in range(2) for line in (out / f"scores/round_{t}.jsonl").open()}
+    assert not probe & scored  # never even a candidate
+    with pytest.raises(StarloraError, match="besides the --probe-size 25 probe"):
+        run(tiny_cfg(files, init_size=8, query_size=8, rounds=3, probe_size=25), tmp_path / "x", quiet)
+
+
+def test_a_failed_start_does_not_lock_the_folder(files, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(StarloraError, match="unknown model 'nope'"):
+        run(tiny_cfg(files, model="nope"), out, quiet)
+    assert not out.exists()  # nothing written before the model loaded
+    run(tiny_cfg(files, rounds=1, query_size=4), out, quiet)
+    (out / "rounds.jsonl").unlink()  # a folder with no finished round ...
+    (out / "summary.json").unlink()
+    run(tiny_cfg(files, rounds=1, query_size=5), out, quiet)  # ... is taken over by a changed configuration
+    assert json.loads((out / "config.json").read_text())["config"]["query_size"] == 5
+    assert len(read_jsonl(out / "rounds.jsonl")) == 1
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(lr=-1.0), "--lr must be positive"), (dict(lr=float("nan")), "--lr must be a finite number"),
+    (dict(lora_dropout=1.0), r"--lora-dropout must be in \[0, 1\)"), (dict(b_decay=-0.1), "--b-decay must be at"),
+    (dict(max_new_tokens=0), "--max-new-tokens must be at least 1"), (dict(init_size="8"), "--init-size must be int"),
+    (dict(schedule="exp:2:0.5"), r"lambda\(0\) = 2, outside"), (dict(schedule="constant:x"), "parameters must be"),
+    (dict(candidate_subsample=4, query_size=8), "--candidate-subsample 4 is smaller than --query-size 8"),
+    (dict(strategy="bald", k=1), "bald needs MC dropout"), (dict(strategy="bald", lora_dropout=0.0), "bald needs"),
+    (dict(strategy="bald", mode="full"), "bald needs MC dropout"), (dict(probe_size=-1), "--probe-size must be at"),
+    (dict(normalisation="zscore"), "unknown --normalisation"), (dict(strategy="nope"), "unknown --strategy"),
+])
+def test_bad_values_are_refused_naming_the_option(files, bad, message):
+    with pytest.raises(StarloraError, match=message):
+        tiny_cfg(files, **bad)
+
+
+def test_precision_is_stored_resolved(files, tmp_path):
+    cfg = tiny_cfg(files, rounds=1, precision="auto")
+    assert cfg.precision in ("fp32", "bf16")
+    run(cfg, tmp_path / "run", quiet)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["precision"] == cfg.precision
+    other = "bf16" if cfg.precision == "fp32" else "fp32"
+    with pytest.raises(StarloraError, match=f"precision: '{cfg.precision}' -> '{other}'"):
+        run(tiny_cfg(files, rounds=1, precision=other), tmp_path / "run", quiet)

@@ -1,6 +1,8 @@
 """Property tests (hypothesis): the loaders never crash on arbitrary bytes, answer extraction never raises and
 round-trips numbers, the metrics and uncertainty formulas stay in their ranges and never return NaN."""
 
+import contextlib
+import io
 import json
 import tempfile
 from pathlib import Path
@@ -115,3 +117,51 @@ def test_label_measures_are_finite_and_in_range(ll):
 def test_normalised_and_mixed_scores_are_finite_and_in_the_unit_interval(x, method, lam):
     for values in (U.normalise(x, method), U.star_mix(x, x[::-1], lam, method)):
         assert np.isfinite(values).all() and (values >= 0).all() and (values <= 1 + 1e-12).all()
+
+
+# ---------------------------------------------------------------- the run command's options
+
+OPTIONS = ["--init-size", "--query-size", "--rounds", "--epochs", "--batch-size", "--lr", "--lora-r", "--lora-alpha",
+           "--lora-dropout", "--b-decay", "--k", "--schedule", "--normalisation", "--max-new-tokens",
+           "--max-prompt-tokens", "--candidate-subsample", "--probe-size", "--fewshot", "--test-size", "--precision",
+           "--strategy", "--mode", "--target", "--seed", "--protocol"]
+option_value = st.one_of(
+    st.integers(-3, 70).map(str), st.floats(allow_nan=True, allow_infinity=True).map(str),
+    st.sampled_from(["linear", "exp:2:0.5", "constant:1.5", "cosine", "rank", "bf16", "fp8", "bald", "star-me",
+                     "full", "reference", "quick", "cpu", "paper", "", "1e-3", "-0"]),
+    st.text(max_size=6))
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(OPTIONS), option_value), max_size=4), st.sampled_from(["new", "file", "proc"]))
+def test_run_options_exit_0_or_2_in_one_line_and_write_nothing(options, out_kind):
+    """Arbitrary option values through the real parser, resolve and the dry run (data, model and folder checked):
+    exit 0 or 2, a one-line message, never a traceback, and nothing written."""
+    from starlora.cli import main
+
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        rows = [{"question": f"Question: is {i} even?\nAnswer:", "answer": str(i % 2 == 0).lower()} for i in range(40)]
+        (d / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:30]))
+        (d / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[30:]))
+        (d / "file").write_text("x")
+        out = {"new": str(d / "out"), "file": str(d / "file"), "proc": "/proc/starlora-no-such/out"}[out_kind]
+        before = sorted(p.name for p in d.iterdir())
+        argv = ["run", "--model", "tiny-random", "--task", "boolq", "--train-file", str(d / "pool.jsonl"),
+                "--test-file", str(d / "test.jsonl"), "--init-size", "4", "--query-size", "4", "--rounds", "2",
+                "--probe-size", "4", "--dry-run", "--out", out]
+        for flag, value in options:
+            argv += [f"{flag}={value}"]  # '=' keeps values like '-3' from reading as flags
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                code = main(argv)
+            except SystemExit as e:  # argparse: a value of the wrong type
+                code = e.code
+        err = err.getvalue()
+        assert code in (0, 2), err
+        assert "Traceback" not in err
+        if code == 2:
+            assert err.strip().splitlines()[-1].startswith(("starlora: error:", "usage:")) or "error:" in err
+            assert len([line for line in err.splitlines() if "error" in line]) == 1
+        assert sorted(p.name for p in d.iterdir()) == before  # a dry run, or a refusal, writes nothing
