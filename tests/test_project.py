@@ -184,3 +184,15 @@ def test_template_from_the_shell_turns_backslash_n_into_a_newline(files):
     assert cli("init", files / "p", "--task", "boolq", "--pool", files / "raw.jsonl", "--template",
                r"Question: {q}?\nAnswer:", "--model", "tiny-random") == 0
     assert json.loads((files / "p" / "pool.jsonl").read_text())["prompt"] == "Question: is it?\nAnswer:"
+
+
+@pytest.mark.parametrize("strategy, extra, rule, how", [
+    ("star-me", [], "the base model's ME", "base-model me"), ("star-me", ["--random"], "the base model's ME", "random"),
+    ("bald", [], "random in effect", "random"), ("random", [], "random", "random"),
+])
+def test_the_first_query_rule_is_stated_and_followed(files, strategy, extra, rule, how):
+    proj = init(files, "--strategy", strategy)
+    assert f"first query: {rule}" in P.status(proj)
+    assert cli("query", proj, "-n", "4", *extra) == 0
+    assert json.loads((proj / "queries.jsonl").read_text().splitlines()[0])["how"] == how
+    assert f"round 0 query: {how}" in P.status(proj)
