@@ -170,6 +170,28 @@ def cmd_run(args) -> None:
     run_seeds(cfg, seeds, args.out, dry_run=args.dry_run)
 
 
+def cmd_sweep(args) -> None:
+    from .sweep import plan, read_grid, sweep
+
+    if args.cache_dir:
+        os.environ["STARLORA_CACHE"] = args.cache_dir
+    blocks = read_grid(args.grid) if args.grid else [{}]
+    listed = {"tasks": parse_candidates(args.tasks) or ([args.task] if args.task else None), "strategies": parse_candidates(args.strategies),
+              "seeds": args.seeds, "protocol": args.protocol}
+    blocks = [{**block, **{k: v for k, v in listed.items() if v}} for block in blocks]
+    flags = {k: v for k, v in vars(args).items() if v is not None and k in RUN_HELP and k != "strategy"}
+    flags |= {k: getattr(args, k) for k in ("model", "train_file", "test_file", "template", "id_field",
+                                            "answer_field", "data") if getattr(args, k) is not None}
+    if args.candidates:
+        flags["candidates"] = parse_candidates(args.candidates)
+    jobs = plan(blocks, args.out, flags)
+    print(f"sweep: {len(jobs)} run(s) into {args.out}")
+    sweep(jobs, args.workers, parse_candidates(args.devices))
+    if not args.no_report:
+        args.runs, args.out = [str(j.folder) for j in jobs], str(Path(args.out) / "report")
+        cmd_report(args)
+
+
 def cmd_report(args) -> None:
     from .report import report
 
@@ -281,6 +303,27 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p)
     add_run_options(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("sweep", help="a grid of tasks x strategies x seeds, one run each (resumable), then the report",
+                       description="Run every task x strategy x seed of a grid into OUT/TASK/STRATEGY/seedN, "
+                                   "resuming unfinished runs and skipping finished ones, then write the report to "
+                                   "OUT/report. The grid comes from flags or a YAML file (one block, or a list of "
+                                   "blocks, with keys tasks, strategies, seeds, protocol, config); flags win.")
+    p.add_argument("--grid", help="YAML grid file")
+    p.add_argument("--tasks", help="comma-separated tasks, e.g. sst2,boolq")
+    p.add_argument("--strategies", help="comma-separated strategies, e.g. random,me,star-me")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds, e.g. 0 1 2 3 4")
+    p.add_argument("--protocol", help="paper, quick, cpu or sst2 (default paper, or the grid file's)")
+    p.add_argument("--out", required=True, help="sweep folder (re-running the same command resumes it)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="runs side by side in worker processes (default 1; CPU threads are shared among them)")
+    p.add_argument("--devices", help="one worker per device, e.g. cuda:0,cuda:1 (overrides --workers)")
+    p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    add_data_options(p, task_required=False)
+    add_model_options(p)
+    add_config_flags(p.add_argument_group("configuration (defaults: the protocol; flags win over the grid file)"),
+                     [k for k in RUN_HELP if k != "strategy"])
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="AUC/RIPL tables and plots over finished runs",
                        description="Markdown and CSV tables per task x strategy (mean ± std and 95%% interval over "

@@ -19,7 +19,7 @@ from .errors import StarloraError
 from .tasks import Task
 
 # Embedded split sizes (rows ordered by sha256 of their id; the first n_test form the test set, the rest the pool).
-EMBEDDED_TEST_SIZE = {"boolq": 1000, "boolq-passage": 1000, "gsm8k": 319}
+EMBEDDED_TEST_SIZE = {"boolq": 1000, "boolq-passage": 1000, "gsm8k": 319, "sst2": 272}
 
 
 @dataclass(frozen=True)
@@ -210,7 +210,15 @@ def embedded_rows(task_name: str):
         rows = [(f"embedded gsm8k row {d['id']}", {"id": f"gsm8k-{d['id']:04d}", "question": d["question"],
                                                    "answer": d["answer"]}) for d in docs]
         return _split_by_hash(rows, EMBEDDED_TEST_SIZE[task_name])
+    if task_name == "sst2":
+        ds = datasets.load_from_disk(str(root / "hf_datasets/glue/sst2/validation"))
+        rows = [(f"embedded sst2 row {i}", _sst2_row(r)) for i, r in enumerate(ds)]
+        return _split_by_hash(rows, EMBEDDED_TEST_SIZE[task_name])
     raise StarloraError(f"task {task_name!r} has no embedded data: give --train-file and --test-file")
+
+
+def _sst2_row(r: dict) -> dict:
+    return {"id": f"sst2-{r['idx']:04d}", "sentence": r["sentence"].strip(), "answer": ("negative", "positive")[r["label"]]}
 
 
 def _obqa_row(r: dict) -> dict:
@@ -225,6 +233,7 @@ HUB = {  # task -> (dataset, config, pool split, test split)
     "boolq-passage": ("google/boolq", None, "train", "validation"),
     "obqa": ("allenai/openbookqa", "main", "train", "test"),
     "gsm8k": ("openai/gsm8k", "main", "train", "test"),
+    "sst2": ("nyu-mll/glue", "sst2", "train", "validation"),  # GLUE's test labels are hidden
 }
 
 
@@ -245,6 +254,8 @@ def hub_rows(task_name: str, load_dataset=None):
         for i, r in enumerate(ds):
             if task_name == "obqa":
                 row = _obqa_row(r)
+            elif task_name == "sst2":  # idx restarts in every split: the split goes into the id
+                row = {**_sst2_row(r), "id": f"sst2-{split}-{i:05d}"}
             else:
                 row = {"id": f"{task_name.split('-')[0]}-{split}-{i:05d}", **r}
             rows.append((f"{name} {split} row {i}", row))

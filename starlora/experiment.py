@@ -82,6 +82,9 @@ PROTOCOLS = {
     # Meaningful on 2 cores in about an hour per strategy and seed.
     "cpu": dict(init_size=64, query_size=64, rounds=6, epochs=3, lr=5e-4, lora_r=32, candidate_subsample=768,
                 test_size=1000, max_new_tokens=128),
+    # The committed study (results/): embedded SST-2, 16 -> 80 labels, a few minutes per run on 2 cores.
+    "sst2": dict(task="sst2", init_size=16, query_size=16, rounds=5, epochs=3, lr=1e-3, lora_r=16,
+                 candidate_subsample=256, probe_size=64),
 }
 
 
@@ -251,9 +254,9 @@ def fewshot_examples(examples: list[Example], demos: list[Example]) -> list[Exam
     return [dataclasses.replace(ex, prompt=prefix + ex.prompt) for ex in examples]
 
 
-def run(cfg: RunConfig, out: str | Path, log=print, dry_run: bool = False) -> dict | None:
+def run(cfg: RunConfig, out: str | Path, log=print, dry_run: bool = False, on_round=None) -> dict | None:
     """Run (or resume) one AL experiment into `out`; returns the summary. dry_run: check everything (data, model,
-    folder) and return None having written nothing."""
+    folder) and return None having written nothing. on_round() is called after each finished round."""
     out = Path(out)
     if not parallel.is_main():
         log = _quiet
@@ -348,6 +351,8 @@ def run(cfg: RunConfig, out: str | Path, log=print, dry_run: bool = False) -> di
                   **{k: result[k] for k in ("ece", "brier", "wrong_confidence", "truncated") if k in result}}
         records.append(record)
         write_jsonl(out / "rounds.jsonl", records)  # the round is finished once this rename lands
+        if on_round:
+            on_round()
         extra = f", ECE {result['ece']:.3f}" if "ece" in result else ""
         log(f"round {t}: {len(labeled)} labeled, accuracy {result['accuracy']:.1f}%{extra}, loss {stats['loss']:.3f}, "
             f"{sum(times.values()):.0f}s")

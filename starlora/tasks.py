@@ -12,16 +12,40 @@ from dataclasses import dataclass
 from .errors import StarloraError
 
 _NUMBER = r"-?\$? ?\d[\d,]*(?:\.\d+)?|-?\.\d+"  # "$ 5": a plain space only (\s would take control characters)
+_FINAL = r"the final answer is\s*:?\s*"  # the phrase GSM8K targets end with (Task.target)
+_BINARY_MINUS = re.compile(r"[\d)\]}] *$")  # what stands before the '-' of "8 - 5", "10-3", "(2+6) - 5"
 
 
 def extract_number(text: str) -> str | None:
-    """The number after 'The final answer is' or '####', else the last number; commas and '$' removed."""
-    for marker in (r"the final answer is", r"####"):
-        found = re.findall(rf"{marker}\s*:?\s*({_NUMBER})", text, flags=re.IGNORECASE)
+    """The number after 'The final answer is' or '####', else the last number; commas and '$' removed.
+
+    In the last-number fallback a '-' after a digit or a closing bracket is a subtraction, not a sign:
+    "8 - 5" gives 5 (its result is not written), never -5."""
+    for marker in (_FINAL, r"####\s*:?\s*"):
+        found = re.findall(rf"{marker}({_NUMBER})", text, flags=re.IGNORECASE)
         if found:
             return _clean_number(found[-1])
-    found = re.findall(_NUMBER, text)
-    return _clean_number(found[-1]) if found else None
+    last = None
+    for last in re.finditer(_NUMBER, text):
+        pass
+    if last is None:
+        return None
+    number = _clean_number(last.group())
+    binary = number.startswith("-") and _BINARY_MINUS.search(text, 0, last.start())
+    return number[1:] if binary else number
+
+
+def final_answer_complete(text: str) -> bool:
+    """Whether a generation holds a finished final-answer line, "The final answer is N" followed by a character
+    that cannot extend N: more text could not change the number extract_number reads, so generation may stop.
+
+    "... is 18" may go on to 185 and "... is 18." to 18.5: neither is finished; "... is 18.\n" and "... is 18 " are.
+    """
+    for found in re.finditer(rf"{_FINAL}(?:{_NUMBER})", text, flags=re.IGNORECASE):
+        rest = text[found.end():]  # the greedy match already took every digit, ',' and '.d' that belong to N
+        if rest and rest != ".":
+            return True
+    return False
 
 
 def _clean_number(raw: str) -> str:
@@ -84,6 +108,11 @@ class Task:
             return text
         return answer.strip()
 
+    @property
+    def stop(self):
+        """Open tasks: the rule (text -> bool) that ends a generation before EOS, or None (EOS and max_new_tokens)."""
+        return final_answer_complete if self.numeric else None
+
     def predict_text(self, generated: str) -> str | None:
         """Open tasks: the comparable answer inside a generation."""
         if self.numeric:
@@ -124,6 +153,8 @@ BUILTIN = {
     "boolq-passage": Task("boolq-passage", "{passage}\nQuestion: {question}?\nAnswer:", ("true", "false")),
     "obqa": Task("obqa", "Question: {question}\nAnswer:", ("A", "B", "C", "D")),
     "gsm8k": Task("gsm8k", "Question: {question}\nAnswer:", numeric=True),
+    # Not a paper task: the one the embedded 135M model learns within a few rounds on a CPU (README, Data)
+    "sst2": Task("sst2", "Review: {sentence}\nSentiment:", ("negative", "positive")),
 }
 GENERIC = ("closed", "open")
 
