@@ -82,8 +82,9 @@ PROTOCOLS = {
     # Meaningful on 2 cores in about an hour per strategy and seed.
     "cpu": dict(init_size=64, query_size=64, rounds=6, epochs=3, lr=5e-4, lora_r=32, candidate_subsample=768,
                 test_size=1000, max_new_tokens=128),
-    # The committed study (results/): embedded SST-2, 16 -> 80 labels, a few minutes per run on 2 cores.
-    "sst2": dict(task="sst2", init_size=16, query_size=16, rounds=5, epochs=3, lr=1e-3, lora_r=16,
+    # The committed study (results/): embedded SST-2, 8 -> 48 labels, where the 135M model's curve still rises
+    # (measured: 66% at 16 labels, 82% at 32); a few minutes per run on 2 cores.
+    "sst2": dict(task="sst2", init_size=8, query_size=8, rounds=6, epochs=3, lr=1e-3, lora_r=16,
                  candidate_subsample=256, probe_size=64),
 }
 

@@ -53,7 +53,8 @@ def read_grid(path) -> list[dict]:
 
 
 def plan(blocks: list[dict], out, overrides: dict | None = None) -> list[Job]:
-    """Every run of the grid, resolved and validated before any starts: OUT/TASK/STRATEGY/seedN. `overrides`
+    """Every run of the grid, resolved and validated before any starts: OUT/TASK/STRATEGY/seedN, seed by seed.
+    `overrides`
     (command-line flags) win over a block's config, as flags win over a config file in `run`."""
     jobs, seen = [], set()
     for block in blocks:
@@ -62,8 +63,8 @@ def plan(blocks: list[dict], out, overrides: dict | None = None) -> list[Job]:
             if not isinstance(block.get(name), list) or not block[name]:
                 raise StarloraError(f"the grid needs a non-empty list of {name} (--{name} or the grid file)")
         for task in block["tasks"]:
-            for strategy in block["strategies"]:
-                for seed in block["seeds"]:
+            for seed in block["seeds"]:  # seed by seed: a half-finished sweep already holds whole comparisons
+                for strategy in block["strategies"]:
                     cfg = resolve(block.get("protocol") or "paper", **{**config, "task": task, "strategy": strategy,
                                                                           "seed": seed})
                     folder = Path(out) / str(task) / str(strategy) / f"seed{seed}"
