@@ -360,8 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("demo", help="the offline demo: quick AL on embedded BoolQ, random vs star-me, with a report",
-                       description="Runs the quick protocol on embedded BoolQ for random and star-me, then the report.")
+    p = sub.add_parser("demo", help="the offline demo: quick AL on embedded SST-2, random vs me vs star-me, with a report",
+                       description="Runs the quick protocol (8 -> 32 labels) on an embedded task (SST-2, which the "
+                                   "embedded model learns in a few rounds) for random, me and star-me with one seed, "
+                                   "then prints the report.")
+    p.add_argument("--task", default="sst2", help="embedded task (default sst2; boolq, boolq-passage, obqa, gsm8k)")
     add_model_options(p)
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.set_defaults(func=cmd_demo)
@@ -386,6 +389,9 @@ def cmd_bench(args) -> None:
         print("\n".join(f"{key:<{width}}  {value}" for key, value in result.items()))
 
 
+DEMO_STRATEGIES = ("random", "me", "star-me")  # one seed: the same initial set, three ways to grow it
+
+
 def cmd_demo(args) -> None:
     from .experiment import resolve, run
 
@@ -393,10 +399,11 @@ def cmd_demo(args) -> None:
         os.environ["STARLORA_CACHE"] = args.cache_dir
     start = time.time()
     out = Path(args.out)
-    for strategy in ("random", "star-me"):
-        print(f"== {strategy} ==")
-        run(resolve("quick", task="boolq", strategy=strategy, model=args.model or "smollm2"), out / f"boolq-{strategy}")
-    args.runs, args.out = [str(out / "boolq-random"), str(out / "boolq-star-me")], str(out / "report")
+    runs = [out / f"{args.task}-{strategy}" for strategy in DEMO_STRATEGIES]
+    for strategy, folder in zip(DEMO_STRATEGIES, runs):
+        print(f"== {args.task}: {strategy} ==")
+        run(resolve("quick", task=args.task, strategy=strategy, model=args.model or "smollm2"), folder)
+    args.runs, args.out = [str(r) for r in runs], str(out / "report")
     cmd_report(args)
     print(f"demo finished in {time.time() - start:.0f}s")
 

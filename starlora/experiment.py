@@ -77,8 +77,8 @@ class RunConfig:
 PROTOCOLS = {
     "paper": {},
     # The offline demo: minutes on 2 CPU cores with the embedded model.
-    "quick": dict(init_size=32, query_size=32, rounds=4, epochs=2, lr=1e-3, lora_r=16, candidate_subsample=256,
-                  test_size=300, probe_size=64, max_new_tokens=96),
+    "quick": dict(init_size=8, query_size=8, rounds=4, epochs=3, lr=1e-3, lora_r=16, candidate_subsample=128,
+                  test_size=300, probe_size=32, max_new_tokens=96),
     # Meaningful on 2 cores in about an hour per strategy and seed.
     "cpu": dict(init_size=64, query_size=64, rounds=6, epochs=3, lr=5e-4, lora_r=32, candidate_subsample=768,
                 test_size=1000, max_new_tokens=128),

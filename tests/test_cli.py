@@ -70,3 +70,13 @@ def test_eval_on_tiny_model(tmp_path, capsys):
     assert main(["eval", "--task", "boolq", "--test-file", str(tmp_path / "t.jsonl"), "--model", "tiny-random"]) == 0
     out = capsys.readouterr().out
     assert "zero-shot accuracy on boolq test:" in out and "(n=6" in out
+
+
+def test_demo_runs_three_strategies_from_one_initial_set_and_prints_the_report(tmp_path, capsys):
+    assert main(["demo", "--model", "tiny-random", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "| random |" in out and "| me |" in out and "| star-me |" in out and "demo finished in" in out
+    rounds = {s: [json.loads(line) for line in (tmp_path / f"sst2-{s}" / "rounds.jsonl").open()]
+              for s in ("random", "me", "star-me")}
+    assert all(len(r) == 4 and r[-1]["n_labeled"] == 32 for r in rounds.values())  # quick: 8 -> 32 labels
+    assert rounds["random"][0]["added"] == rounds["me"][0]["added"] == rounds["star-me"][0]["added"]
