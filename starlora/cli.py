@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from .config import MethodConfig, RunConfig, resolve
 from .errors import StarloraError
 
 
@@ -70,39 +71,6 @@ def cmd_eval(args) -> None:
     print(f"zero-shot accuracy on {task.name} test: {result['accuracy']:.1f}% (n={result['n']}{extra})")
 
 
-RUN_HELP = {
-    "init_size": "examples labeled at random in round 0 (paper 500)",
-    "query_size": "examples queried per round (paper 500)",
-    "rounds": "training rounds R (paper 10)",
-    "epochs": "training epochs per round (paper 3)",
-    "batch_size": "training batch size (paper 8)",
-    "lr": "AdamW learning rate, linear decay without warm-up (paper 1.5e-4)",
-    "lora_r": "LoRA rank (paper 64)",
-    "lora_alpha": "LoRA alpha (paper 16)",
-    "lora_dropout": "LoRA dropout, also the MC dropout rate (paper 0.1)",
-    "mode": "lora, or full (all parameters, no LoRA; paper Fig. 1)",
-    "b_decay": "STAR's decoupled weight decay beta on lora_B (paper 0.5)",
-    "force_b_decay": "give the B decay to strategies without STAR's regulariser too",
-    "k": "MC dropout passes (paper 3)",
-    "schedule": "lambda(t): linear, exp[:l0:gamma], cosine, constant:c",
-    "normalisation": "how mu_b and mu_f are normalised before mixing: minmax or rank",
-    "length_norm": "divide PE/ME by the answer length",
-    "target": "own (the model's own answer, label-free) or reference (gold answer, as the official code; simulation only)",
-    "candidate_subsample": "score a random subset of this many unlabeled examples per round",
-    "test_size": "evaluate on the first N test examples",
-    "probe_size": "pool examples whose uncertainty is recorded every round (uncertainty-gap probe)",
-    "fewshot": "demonstrations for the base model's few-shot evaluation (0: skip)",
-    "max_prompt_tokens": "prompt token limit (left-truncated)",
-    "max_answer_tokens": "answer token limit",
-    "max_new_tokens": "generation limit for open tasks",
-    "score_batch_size": "scoring batch size",
-    "group_by_length": "training batches of similar length (less padding; HF's group_by_length)",
-    "precision": "auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32), fp32 or bf16",
-    "strategy": "random, pe, me, lc, margin, entropy, bald, star-pe, star-me, star-{pe,me}-subtract, "
-                "star-{pe,me}-no-{dynamic,decay,mcd}",
-}
-
-
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """One flag per RunConfig field (default None: the protocol or the YAML config decides)."""
     g = p.add_argument_group("experiment (defaults: the chosen --protocol)")
@@ -113,28 +81,40 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dry-run", action="store_true",
                    help="check the configuration, data, model and output folder, print the resolved configuration, "
                         "and stop without writing anything")
-    add_config_flags(g, RUN_HELP)
+    add_config_flags(g, RunConfig)
 
 
-def add_config_flags(g, names) -> None:
-    from .experiment import RunConfig
+def config_flags(config, skip=()) -> list[str]:
+    """The configuration fields that get a flag of their own (data and model fields have their option groups)."""
+    return [f.name for f in dataclasses.fields(config) if f.metadata.get("cli") and f.name not in skip]
 
-    for f in dataclasses.fields(RunConfig):
-        if f.name not in names:
+
+def add_config_flags(g, config, skip=()) -> None:
+    """One flag per configuration field, its help from the field (default None: the protocol or the YAML decides)."""
+    for f in dataclasses.fields(config):
+        if f.name not in config_flags(config, skip):
             continue
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
             g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"{RUN_HELP[f.name]} (default {'on' if f.default else 'off'})")
+                           help=f"{f.metadata['help']} (default {'on' if f.default else 'off'})")
         else:
             kind = type(f.default) if f.default is not None else int
-            g.add_argument(flag, type=kind, help=RUN_HELP[f.name])
+            g.add_argument(flag, type=kind, help=f.metadata["help"])
+
+
+def config_values(args, config, skip=()) -> dict:
+    """The configuration values given on the command line (flags, data and model options)."""
+    values = {k: getattr(args, k) for k in config_flags(config, skip) if getattr(args, k, None) is not None}
+    values |= {k: getattr(args, k) for k in ("task", "model", "train_file", "test_file", "template", "id_field",
+                                             "answer_field", "data") if getattr(args, k, None) is not None}
+    if getattr(args, "candidates", None):
+        values["candidates"] = parse_candidates(args.candidates)
+    return values
 
 
 def run_config(args):
     import yaml
-
-    from .experiment import resolve
 
     values = {}
     if args.config:
@@ -153,12 +133,7 @@ def run_config(args):
     bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, int) or s < 0]
     if bad or not seeds:
         raise StarloraError(f"--seed takes non-negative integers (got {bad[0]!r})" if bad else "--seed needs a value")
-    flags = {k: v for k, v in vars(args).items() if v is not None and k in RUN_HELP}
-    flags |= {k: getattr(args, k) for k in ("task", "model", "train_file", "test_file", "template", "id_field",
-                                            "answer_field", "data") if getattr(args, k) is not None}
-    if args.candidates:
-        flags["candidates"] = parse_candidates(args.candidates)
-    return resolve(protocol, **{**values, **flags, "seed": seeds[0]}), seeds
+    return resolve(protocol, **{**values, **config_values(args, RunConfig), "seed": seeds[0]}), seeds
 
 
 def cmd_run(args) -> None:
@@ -179,11 +154,8 @@ def cmd_sweep(args) -> None:
     listed = {"tasks": parse_candidates(args.tasks) or ([args.task] if args.task else None), "strategies": parse_candidates(args.strategies),
               "seeds": args.seeds, "protocol": args.protocol}
     blocks = [{**block, **{k: v for k, v in listed.items() if v}} for block in blocks]
-    flags = {k: v for k, v in vars(args).items() if v is not None and k in RUN_HELP and k != "strategy"}
-    flags |= {k: getattr(args, k) for k in ("model", "train_file", "test_file", "template", "id_field",
-                                            "answer_field", "data") if getattr(args, k) is not None}
-    if args.candidates:
-        flags["candidates"] = parse_candidates(args.candidates)
+    flags = config_values(args, RunConfig, skip={"strategy"})
+    flags.pop("task", None)  # --task is one of the grid's tasks
     jobs = plan(blocks, args.out, flags)
     print(f"sweep: {len(jobs)} run(s) into {args.out}")
     sweep(jobs, args.workers, parse_candidates(args.devices))
@@ -200,21 +172,11 @@ def cmd_report(args) -> None:
     print(f"report written to {args.out} ({len(rows)} task x strategy rows)")
 
 
-# The human loop (project.py): the values that shape a project's scoring and training.
-PROJECT_FLAGS = ["rounds", "epochs", "batch_size", "lr", "lora_r", "lora_alpha", "lora_dropout", "b_decay", "k",
-                 "schedule", "normalisation", "length_norm", "max_prompt_tokens", "max_answer_tokens",
-                 "max_new_tokens", "score_batch_size", "precision"]
-
-
 def cmd_init(args) -> None:
-    from .experiment import resolve
     from .project import init
 
-    values = {k: getattr(args, k) for k in PROJECT_FLAGS if getattr(args, k) is not None}
-    candidates = parse_candidates(args.candidates)
-    cfg = resolve("paper", task=args.task, model=args.model or "smollm2", strategy=args.strategy, seed=args.seed,
-                  template=args.template, candidates=candidates, id_field=args.id_field or "id",
-                  answer_field=args.answer_field or "answer", **values)
+    cfg = resolve("paper", MethodConfig, **config_values(args, MethodConfig, skip={"strategy"}),
+                  strategy=args.strategy, seed=args.seed)
     init(args.dir, cfg, args.pool, args.test)
 
 
@@ -257,8 +219,8 @@ def add_project_commands(sub) -> None:
     p.add_argument("--candidates", help="comma-separated answers for --task closed")
     p.add_argument("--id-field", help="field holding each row's id (default id; absent: content hash)")
     p.add_argument("--answer-field", help="field the answers go in (default answer)")
-    add_config_flags(p.add_argument_group("method (defaults: the paper's; --rounds is R in lambda(t))"),
-                     PROJECT_FLAGS)
+    add_config_flags(p.add_argument_group("method (defaults: the paper's; --rounds is R in lambda(t))"), MethodConfig,
+                     skip={"strategy"})
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("query", help="human loop: choose the next examples to label and write them to a file",
@@ -322,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(p, task_required=False)
     add_model_options(p)
     add_config_flags(p.add_argument_group("configuration (defaults: the protocol; flags win over the grid file)"),
-                     [k for k in RUN_HELP if k != "strategy"])
+                     RunConfig, skip={"strategy"})
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="AUC/RIPL tables and plots over finished runs",

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ import torch
 
 from . import __version__, metrics, parallel
 from .acquisition import BaseCache, acquisition_scores
+from .config import PROTOCOLS, MethodConfig, RunConfig, resolve, uses_mc_dropout
 from .data import Example, load_data
 from .errors import StarloraError
 from .evaluation import evaluate
@@ -30,137 +29,7 @@ from .training import TrainSettings, attach_lora, train
 from .uncertainty import mixing_weight
 
 
-@dataclass
-class RunConfig:
-    """Everything that determines a run's results. Defaults are the paper protocol (DESIGN.md)."""
-
-    task: str = "boolq"
-    strategy: str = "star-me"
-    model: str = "smollm2"
-    seed: int = 0
-    data: str = "embedded"
-    train_file: str | None = None
-    test_file: str | None = None
-    template: str | None = None
-    candidates: list[str] | None = None
-    id_field: str = "id"
-    answer_field: str = "answer"
-    init_size: int = 500
-    query_size: int = 500
-    rounds: int = 10
-    epochs: int = 3
-    batch_size: int = 8
-    lr: float = 1.5e-4
-    lora_r: int = 64
-    lora_alpha: int = 16
-    lora_dropout: float = 0.1
-    mode: str = "lora"  # or "full"
-    b_decay: float = 0.5  # beta, applied when the strategy uses STAR's regulariser (or --force-b-decay)
-    force_b_decay: bool = False  # give baselines the decay too (off by default: the paper's baselines lack it)
-    k: int = 3  # MC dropout passes
-    schedule: str = "linear"
-    normalisation: str = "minmax"
-    length_norm: bool = False
-    target: str = "own"  # or "reference" (the official code's gold-label scoring; simulation only)
-    candidate_subsample: int | None = None  # score a random subset of U \ L per round (None: all)
-    test_size: int | None = None  # evaluate on the first N test examples (None: all)
-    probe_size: int = 100  # fixed pool subset whose uncertainty is recorded every round (paper Fig. 3)
-    fewshot: int = 3  # demonstrations for the base-model few-shot evaluation (paper Fig. 2); 0 disables
-    max_prompt_tokens: int = 128
-    max_answer_tokens: int = 256
-    max_new_tokens: int = 256
-    score_batch_size: int = 32
-    group_by_length: bool = True  # training batches of similar length (HF group_by_length)
-    precision: str = "auto"  # bf16 autocast where the hardware has it (CUDA, AVX512-BF16/AMX CPUs), else fp32
-
-
-PROTOCOLS = {
-    "paper": {},
-    # The offline demo: minutes on 2 CPU cores with the embedded model.
-    "quick": dict(init_size=8, query_size=8, rounds=4, epochs=3, lr=1e-3, lora_r=16, candidate_subsample=128,
-                  test_size=300, probe_size=32, max_new_tokens=96),
-    # Meaningful on 2 cores in about an hour per strategy and seed.
-    "cpu": dict(init_size=64, query_size=64, rounds=6, epochs=3, lr=5e-4, lora_r=32, candidate_subsample=768,
-                test_size=1000, max_new_tokens=128),
-    # The committed study (results/): embedded SST-2, 8 -> 48 labels, where the 135M model's curve still rises
-    # (measured: 66% at 16 labels, 82% at 32); a few minutes per run on 2 cores.
-    "sst2": dict(task="sst2", init_size=8, query_size=8, rounds=6, epochs=3, lr=1e-3, lora_r=16,
-                 candidate_subsample=256, probe_size=64),
-}
-
-
-def resolve(protocol: str = "paper", **overrides) -> RunConfig:
-    """Paper defaults < protocol < overrides, validated whole (nothing is written before this passes), with
-    precision 'auto' resolved for this machine so a resume elsewhere cannot silently switch it."""
-    if not isinstance(protocol, str) or protocol not in PROTOCOLS:
-        raise StarloraError(f"unknown --protocol {protocol!r}: choose {', '.join(PROTOCOLS)}")
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise StarloraError(f"unknown configuration key(s): {', '.join(sorted(map(str, unknown)))}")
-    cfg = RunConfig(**{**PROTOCOLS[protocol], **{k: v for k, v in overrides.items() if v is not None}})
-    check(cfg)
-    return dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device()))
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-AT_LEAST_ONE = ("init_size", "query_size", "rounds", "epochs", "batch_size", "k", "lora_r", "score_batch_size",
-                "max_prompt_tokens", "max_answer_tokens", "max_new_tokens", "candidate_subsample", "test_size")
-AT_LEAST_ZERO = ("seed", "probe_size", "fewshot")
-CHOICES = {"mode": ("lora", "full"), "target": ("own", "reference"), "data": ("embedded", "hub"),
-           "normalisation": ("minmax", "rank")}
-
-
-def check(cfg: RunConfig) -> None:
-    """Every value of a configuration, each refused with a message naming its option."""
-    for f in dataclasses.fields(RunConfig):
-        value = getattr(cfg, f.name)
-        if value is None and f.default is None:  # an optional value left unset
-            continue
-        kind = next(k for k in (bool, int, float, str, list) if str(f.type).startswith(k.__name__))
-        if f.name == "candidates":
-            ok = isinstance(value, list) and all(isinstance(c, str) for c in value)
-        elif kind is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        elif kind is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, kind)
-        if not ok:
-            raise StarloraError(f"{_flag(f.name)} must be {'a finite number' if kind is float else kind.__name__}"
-                                f" (got {value!r})")
-    for name in AT_LEAST_ONE:
-        if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
-            raise StarloraError(f"{_flag(name)} must be at least 1 (got {getattr(cfg, name)})")
-    for name in AT_LEAST_ZERO:
-        if getattr(cfg, name) < 0:
-            raise StarloraError(f"{_flag(name)} must be at least 0 (got {getattr(cfg, name)})")
-    for name, choices in CHOICES.items():
-        if getattr(cfg, name) not in choices:
-            raise StarloraError(f"unknown {_flag(name)} {getattr(cfg, name)!r}: choose {' or '.join(choices)}")
-    if not cfg.lr > 0:
-        raise StarloraError(f"--lr must be positive (got {cfg.lr})")
-    if not cfg.lora_alpha > 0:
-        raise StarloraError(f"--lora-alpha must be positive (got {cfg.lora_alpha})")
-    if not 0 <= cfg.lora_dropout < 1:
-        raise StarloraError(f"--lora-dropout must be in [0, 1) (got {cfg.lora_dropout})")
-    if not cfg.b_decay >= 0:
-        raise StarloraError(f"--b-decay must be at least 0 (got {cfg.b_decay})")
-    if cfg.candidate_subsample is not None and cfg.candidate_subsample < cfg.query_size:
-        raise StarloraError(f"--candidate-subsample {cfg.candidate_subsample} is smaller than --query-size "
-                            f"{cfg.query_size}: every round would label fewer examples than asked")
-    for t in range(cfg.rounds):
-        if not 0 <= mixing_weight(t, cfg.rounds, cfg.schedule) <= 1:  # also validates the schedule string
-            raise StarloraError(f"--schedule {cfg.schedule} gives lambda({t}) = "
-                                f"{mixing_weight(t, cfg.rounds, cfg.schedule):g}, outside [0, 1]")
-    resolve_precision(cfg.precision, device())
-    strategy = get_strategy(cfg.strategy)
-    if strategy.measure == "bald" and not (cfg.mode == "lora" and cfg.k > 1 and cfg.lora_dropout > 0):
-        raise StarloraError("--strategy bald needs MC dropout (--mode lora, --k 2 or more, --lora-dropout > 0); "
-                            "without it the mutual information is 0 for every example")
+__all__ = ["PROTOCOLS", "RunConfig", "resolve", "run", "run_seeds", "method_settings", "uses_mc_dropout"]
 
 
 def versions() -> dict:
@@ -221,22 +90,19 @@ def open_folder(out: Path, cfg: RunConfig, resume: bool) -> list[dict]:
     return read_jsonl(out / "rounds.jsonl") if resume else []
 
 
-def method_settings(cfg: RunConfig, strategy) -> tuple[ScoringSettings, TrainSettings]:
+def method_settings(cfg: MethodConfig, strategy) -> tuple[ScoringSettings, TrainSettings]:
     """Scoring and training settings of a configuration (shared by `run` and the human-loop project)."""
     precision = resolve_precision(cfg.precision, device())
     decay = (strategy.b_decay or cfg.force_b_decay) and cfg.mode == "lora"
-    scoring = ScoringSettings(cfg.score_batch_size, cfg.max_prompt_tokens, cfg.max_answer_tokens, cfg.max_new_tokens,
-                              precision)
+    scoring = ScoringSettings(batch_size=cfg.score_batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
+                              max_answer_tokens=cfg.max_answer_tokens, max_new_tokens=cfg.max_new_tokens,
+                              precision=precision)
     training = TrainSettings(
         mode=cfg.mode, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lr=cfg.lr,
         epochs=cfg.epochs, batch_size=cfg.batch_size, b_decay=cfg.b_decay if decay else 0.0, seed=cfg.seed,
         max_prompt_tokens=cfg.max_prompt_tokens, max_answer_tokens=cfg.max_answer_tokens,
         group_by_length=cfg.group_by_length, precision=precision)
     return scoring, training
-
-
-def uses_mc_dropout(cfg: RunConfig, strategy) -> bool:
-    return strategy.mc_dropout and cfg.mode == "lora" and cfg.lora_dropout > 0
 
 
 def draw_probe_and_initial(pool_ids: list[str], cfg: RunConfig) -> tuple[list[str], list[str]]:

@@ -1,6 +1,6 @@
 """The human loop on a project folder: init -> query -> label -> train, round after round, on any day.
 
-    project.json          the configuration (a RunConfig: task, model, strategy, R for lambda(t), training values)
+    project.json          the configuration (a MethodConfig: task, model, strategy, R for lambda(t), training values)
     pool.jsonl            the unlabeled examples: id, prompt, and the row's own fields (exported for labeling)
     test.jsonl            optional held-out labeled examples (accuracy per trained round)
     queries.jsonl         one record per query: round, ids, file; ids never come back in a later query
@@ -29,7 +29,8 @@ from .acquisition import BaseCache, acquisition_scores, random_scores
 from .data import Example, make_examples, read_rows, row_id
 from .errors import StarloraError
 from .evaluation import evaluate
-from .experiment import RunConfig, method_settings, uses_mc_dropout, versions
+from .config import MethodConfig, uses_mc_dropout
+from .experiment import method_settings, versions
 from .files import read_jsonl, write_atomic, write_json, write_jsonl
 from .models import load_model
 from .strategies import get_strategy, measure_key, select
@@ -42,7 +43,7 @@ FORMATS = {"jsonl": ".jsonl", "csv": ".csv", "labelstudio": ".json"}
 @dataclasses.dataclass
 class Project:
     folder: Path
-    cfg: RunConfig
+    cfg: MethodConfig
 
     @property
     def task(self):
@@ -82,13 +83,15 @@ def open_project(folder) -> Project:
     folder = Path(folder)
     if not (folder / "project.json").exists():
         raise StarloraError(f"{folder} is not a starlora project (no project.json); create one with starlora init")
-    return Project(folder, RunConfig(**json.loads((folder / "project.json").read_text())["config"]))
+    stored = json.loads((folder / "project.json").read_text())["config"]
+    known = {f.name for f in dataclasses.fields(MethodConfig)}  # projects made before the split stored more keys
+    return Project(folder, MethodConfig(**{k: v for k, v in stored.items() if k in known}))
 
 
 # ---------------------------------------------------------------- init
 
 
-def init(folder, cfg: RunConfig, pool_file, test_file=None, log=print) -> Project:
+def init(folder, cfg: MethodConfig, pool_file, test_file=None, log=print) -> Project:
     """Create a project from an unlabeled pool file (and optionally a labeled held-out file)."""
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):

@@ -17,7 +17,8 @@ from pathlib import Path
 import yaml
 
 from .errors import StarloraError
-from .experiment import RunConfig, resolve, run
+from .config import RunConfig, resolve
+from .experiment import run
 from .files import read_jsonl
 from .scoring import progress
 

@@ -1,0 +1,42 @@
+"""Restructuring changes no result: a fixed tiny-model run equals the one recorded before the refactor
+(tests/data/identity_run.json, made by tests/identity_run.py). Ids, selections and accuracies exactly (the data keep
+uncertainties well apart, see identity_run.py); losses, calibration and curves to 1e-5 relative (float rounding of
+another machine of the same kind)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from starlora.files import read_jsonl
+
+sys.path.insert(0, str(Path(__file__).parent))
+import identity_run  # noqa: E402
+
+
+def close(a, b, where):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            close(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            close(x, y, f"{where}[{i}]")
+    elif isinstance(a, float):
+        assert b == pytest.approx(a, rel=1e-5, abs=1e-9), where
+    else:
+        assert a == b, where
+
+
+def test_a_fixed_run_equals_the_one_recorded_before_the_refactor(tmp_path):
+    identity_run.main(tmp_path)
+    golden = json.loads((Path(__file__).parent / "data" / "identity_run.json").read_text())
+    rounds = [{k: v for k, v in r.items() if not k.endswith("_s")} for r in read_jsonl(tmp_path / "run" / "rounds.jsonl")]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    summary.pop("model")  # a temporary path
+    for r, g in zip(rounds, golden["rounds"]):
+        assert (r["added"], r["selected"], r["accuracy"]) == (g["added"], g["selected"], g["accuracy"])
+    close(rounds, golden["rounds"], "rounds")
+    close(summary, golden["summary"], "summary")
