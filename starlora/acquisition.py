@@ -7,13 +7,15 @@ import hashlib
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .config import MethodConfig, uses_mc_dropout
 from .files import write_atomic
 from .scoring import ScoringSettings, base_model, score
-from .strategies import Strategy, measure_key
+from .strategies import Strategy, measure_key, select
 
 REFERENCE_WARNING = ("starlora: warning: --target reference scores the GOLD answers of the unlabeled pool, as the "
                      "official STAR code does; it reads labels a real pool does not have (simulation only)")
@@ -61,9 +63,68 @@ def _digest(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
+@dataclass(frozen=True)
+class RoundSeeds:
+    """Every random choice of round t of a run with `seed`, one rule each, so a resumed run (or another process)
+    draws the same: MC dropout masks and selection tie-breaks, the random strategy's scores, the candidate subsample.
+    (The initial set, adapter initialisation and training order are seeded by `seed` alone.)"""
+
+    seed: int
+    t: int
+
+    @property
+    def masks(self) -> int:
+        return self.seed * 1000 + self.t
+
+    @property
+    def tiebreak(self) -> int:
+        return self.seed * 1000 + self.t
+
+    @property
+    def random_scores(self) -> list[int]:
+        return [self.seed, self.t]
+
+    @property
+    def subsample(self) -> list[int]:
+        return [self.seed, self.t, 1]
+
+
 def random_scores(n: int, seed: int, t: int) -> np.ndarray:
     """The random strategy's scores: seeded per (seed, round), so a resumed run draws the same."""
-    return np.random.default_rng([seed, t]).random(n)
+    return np.random.default_rng(RoundSeeds(seed, t).random_scores).random(n)
+
+
+def subsample(candidates: list, size: int | None, seed: int, t: int) -> list:
+    """A seeded random `size` of the candidates in their pool order (all of them when size is None or larger)."""
+    if not size or len(candidates) <= size:
+        return candidates
+    chosen = np.random.default_rng(RoundSeeds(seed, t).subsample).choice(len(candidates), size, replace=False)
+    return [candidates[i] for i in sorted(chosen)]
+
+
+@dataclass
+class Acquisition:
+    """A configured query strategy (small-text's QueryStrategy): scores the candidates of round t and selects the
+    next batch. Built once per run or project command from the strategy and the method configuration."""
+
+    strategy: Strategy
+    cfg: MethodConfig
+    settings: ScoringSettings
+    base_cache: BaseCache | None
+    reference: bool = False
+
+    @property
+    def passes(self) -> int:
+        return self.cfg.k if uses_mc_dropout(self.cfg, self.strategy) else 1
+
+    def scores(self, model, tokenizer, task, candidates, t: int) -> dict[str, np.ndarray]:
+        return acquisition_scores(self.strategy, model, tokenizer, task, candidates, t=t, rounds=self.cfg.rounds,
+                                  base_cache=self.base_cache, passes=self.passes, length_norm=self.cfg.length_norm,
+                                  schedule=self.cfg.schedule, normalisation=self.cfg.normalisation,
+                                  reference=self.reference, seed=self.cfg.seed, settings=self.settings)
+
+    def select(self, ids, mu, n: int, taken, t: int) -> list[str]:
+        return select(ids, mu, n, taken, seed=RoundSeeds(self.cfg.seed, t).tiebreak)
 
 
 def acquisition_scores(strategy: Strategy, model, tokenizer, task, candidates, *, t: int, rounds: int,
@@ -79,7 +140,7 @@ def acquisition_scores(strategy: Strategy, model, tokenizer, task, candidates, *
     key = measure_key(strategy, length_norm)
     lora = score(model, tokenizer, task, candidates, passes=passes if strategy.mc_dropout else 1,
                  mc_dropout=strategy.mc_dropout, reference=reference, settings=settings, desc=f"scoring round {t}",
-                 seed=seed * 1000 + t)  # MC dropout masks: reproducible per seed and round, whatever the process split
+                 seed=RoundSeeds(seed, t).masks)  # reproducible per seed and round, whatever the process split
     mu_f = lora.measures[key]
     mu_b = base_cache.get(model, tokenizer, candidates)[key] if strategy.needs_base \
         else np.full(n, np.nan)

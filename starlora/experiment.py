@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from . import __version__, metrics, parallel
-from .acquisition import BaseCache, acquisition_scores
+from .acquisition import Acquisition, BaseCache, subsample
 from .config import PROTOCOLS, MethodConfig, RunConfig, resolve, uses_mc_dropout
 from .data import Example, load_data
 from .errors import StarloraError
@@ -23,7 +23,7 @@ from .files import read_jsonl, write_json, write_jsonl
 from .hardware import device, resolve_precision
 from .models import load_model
 from .scoring import ScoringSettings, base_model, join, score
-from .strategies import get_strategy, measure_key, select
+from .strategies import get_strategy, measure_key
 from .tasks import get_task
 from .training import TrainSettings, attach_lora, train
 from .uncertainty import mixing_weight
@@ -141,7 +141,6 @@ def run(cfg: RunConfig, out: str | Path, log=print, dry_run: bool = False, on_ro
         log(f"{out}: all {cfg.rounds} rounds already finished")
         return json.loads((out / "summary.json").read_text())
     lora = cfg.mode == "lora"
-    mc = uses_mc_dropout(cfg, strategy)
     if not lora and (strategy.b_decay or strategy.mc_dropout):
         log("note: full fine-tuning: STAR's B decay and LoRA MC dropout do not apply (no LoRA); scoring is deterministic")
     if cfg.target == "reference":
@@ -157,7 +156,9 @@ def run(cfg: RunConfig, out: str | Path, log=print, dry_run: bool = False, on_ro
     pool_by_id = {ex.id: ex for ex in data.pool}
     probe_ids, initial = draw_probe_and_initial([ex.id for ex in data.pool], cfg)
     settings, train_settings = method_settings(cfg, strategy)
-    cache = BaseCache(out / "base_scores.json", cfg.model, task, settings, reference=cfg.target == "reference")
+    reference = cfg.target == "reference"
+    cache = BaseCache(out / "base_scores.json", cfg.model, task, settings, reference=reference)
+    acquisition = Acquisition(strategy, cfg, settings, cache, reference)
     key = measure_key(strategy, cfg.length_norm) or ("me_norm" if cfg.length_norm else "me")
     (out / "scores").mkdir(exist_ok=True)
     (out / "probe").mkdir(exist_ok=True)
@@ -195,18 +196,10 @@ def run(cfg: RunConfig, out: str | Path, log=print, dry_run: bool = False, on_ro
         if t < cfg.rounds - 1:
             start = time.time()
             taken = set(labeled) | set(probe_ids)  # the probe is never labeled (uncertainty-gap analysis)
-            candidates = [ex for ex in data.pool if ex.id not in taken]
-            if cfg.candidate_subsample and len(candidates) > cfg.candidate_subsample:
-                sub = np.random.default_rng([cfg.seed, t, 1]).choice(len(candidates), cfg.candidate_subsample,
-                                                                   replace=False)
-                candidates = [candidates[i] for i in sorted(sub)]
-            mu = acquisition_scores(
-                strategy, current, tokenizer, task, candidates, t=t, rounds=cfg.rounds,
-                base_cache=cache, passes=cfg.k if mc else 1,
-                length_norm=cfg.length_norm, schedule=cfg.schedule, normalisation=cfg.normalisation,
-                reference=cfg.target == "reference", seed=cfg.seed, settings=settings)
+            candidates = subsample([ex for ex in data.pool if ex.id not in taken], cfg.candidate_subsample, cfg.seed, t)
+            mu = acquisition.scores(current, tokenizer, task, candidates, t)
             ids = [ex.id for ex in candidates]
-            selected = select(ids, mu["mu"], cfg.query_size, taken, seed=cfg.seed * 1000 + t)
+            selected = acquisition.select(ids, mu["mu"], cfg.query_size, taken, t)
             lam = mixing_weight(t, cfg.rounds, cfg.schedule) if strategy.combine == "mix" else None
             write_jsonl(out / "scores" / f"round_{t}.jsonl",
                         [{"id": i, **{k: _num(v[j]) for k, v in mu.items()}} for j, i in enumerate(ids)])

@@ -25,11 +25,11 @@ import sys
 from pathlib import Path
 
 
-from .acquisition import BaseCache, acquisition_scores, random_scores
+from .acquisition import Acquisition, BaseCache, RoundSeeds, random_scores
 from .data import Example, make_examples, read_rows, row_id
 from .errors import StarloraError
 from .evaluation import evaluate
-from .config import MethodConfig, uses_mc_dropout
+from .config import MethodConfig
 from .experiment import method_settings, versions
 from .files import read_jsonl, write_atomic, write_json, write_jsonl
 from .models import load_model
@@ -161,6 +161,7 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False, log=print) -
     else:
         model, tokenizer = load_model(cfg.model)
         cache = BaseCache(project.folder / "base_scores.json", cfg.model, task, settings)
+        acquisition = Acquisition(strategy, cfg, settings, cache)
         key = measure_key(strategy, cfg.length_norm)
         if not adapters:  # no labels yet: the base model is the only model, its uncertainty chooses
             mu = cache.get(model, tokenizer, candidates)[key]
@@ -170,12 +171,9 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False, log=print) -
 
             model = PeftModel.from_pretrained(model, str(adapters[-1])).eval()
             r = min(t - 1, cfg.rounds - 1)  # past the planned R rounds lambda stays at its last value
-            mu = acquisition_scores(strategy, model, tokenizer, task, candidates, t=r, rounds=cfg.rounds,
-                                    base_cache=cache, passes=cfg.k if uses_mc_dropout(cfg, strategy) else 1,
-                                    length_norm=cfg.length_norm, schedule=cfg.schedule,
-                                    normalisation=cfg.normalisation, seed=cfg.seed, settings=settings)["mu"]
+            mu = acquisition.scores(model, tokenizer, task, candidates, r)["mu"]
             how = f"{strategy.name} with round {t - 1}'s adapter"
-    selected = select(ids, mu, n, asked, seed=cfg.seed * 1000 + t)
+    selected = select(ids, mu, n, asked, seed=RoundSeeds(cfg.seed, t).tiebreak)
     fields = {r["id"]: r for r in pool}
     out = project.folder / "queries" / f"round_{t}{FORMATS[fmt]}"
     out.parent.mkdir(exist_ok=True)
