@@ -1,3 +1,28 @@
-"""starlora: LoRA fine-tuning inside an active-learning loop, with STAR (arXiv 2403.01165)."""
+"""starlora: LoRA fine-tuning inside an active-learning loop, with STAR (arXiv 2403.01165).
+
+The names a user needs are importable from here (loaded on first use, so `import starlora` stays light):
+
+    from starlora import load_model, get_task, load_data, resolve, run, report
+"""
 
 __version__ = "0.1.0"
+
+_EXPORTS = {  # name -> module
+    "load_model": "models", "get_task": "tasks", "load_data": "data", "Example": "data",
+    "MethodConfig": "config", "RunConfig": "config", "resolve": "config", "PROTOCOLS": "config",
+    "run": "experiment", "run_seeds": "experiment", "method_settings": "experiment",
+    "TrainSettings": "training", "attach_lora": "training", "train": "training",
+    "ScoringSettings": "scoring", "score": "scoring",
+    "get_strategy": "strategies", "select": "strategies", "STRATEGIES": "strategies",
+    "Acquisition": "acquisition", "BaseCache": "acquisition", "acquisition_scores": "acquisition",
+    "evaluate": "evaluation", "report": "report", "StarloraError": "errors",
+}
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module 'starlora' has no attribute {name!r}")

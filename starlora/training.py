@@ -43,12 +43,17 @@ class TrainSettings:
     precision: str = "fp32"  # or "bf16": autocast over fp32 master weights
 
 
-def attach_lora(base, settings: TrainSettings):
-    """Wrap `base` in a fresh adapter; the same seed gives the same initial A matrices every round (B starts at 0)."""
-    config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-                        target_modules=list(settings.targets), task_type="CAUSAL_LM")
+def attach_lora(base, settings: TrainSettings | LoraConfig, seed: int | None = None):
+    """Wrap `base` in a fresh adapter, from starlora's TrainSettings or PEFT's own LoraConfig; the same seed
+    (settings.seed, or `seed`, default 0) gives the same initial A matrices every round (B starts at 0)."""
+    if isinstance(settings, LoraConfig):
+        config, seed = settings, seed or 0
+    else:
+        config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                            target_modules=list(settings.targets), task_type="CAUSAL_LM")
+        seed = settings.seed if seed is None else seed
     with torch.random.fork_rng():
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(seed)
         model = get_peft_model(base, config)
     return model.eval()  # like every model we hand out; train() switches modes itself
 

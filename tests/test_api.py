@@ -1,0 +1,24 @@
+"""The public Python API: the top-level names resolve, and PEFT's own LoraConfig is accepted."""
+
+import torch
+from peft import LoraConfig
+
+import starlora
+from starlora.models import LORA_TARGETS
+
+
+def test_every_exported_name_resolves():
+    for name in starlora.__all__:
+        assert getattr(starlora, name) is not None, name
+
+
+def test_attach_lora_takes_peft_config_and_matches_train_settings():
+    base, _ = starlora.load_model("tiny-random")
+    ours = starlora.attach_lora(base, starlora.TrainSettings(lora_r=4, lora_alpha=8, lora_dropout=0.1, seed=3))
+    mine = {k: v.clone() for k, v in ours.state_dict().items() if "lora_" in k}
+    base = ours.unload()
+    peft = starlora.attach_lora(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=LORA_TARGETS,
+                                                 task_type="CAUSAL_LM"), seed=3)
+    theirs = {k: v for k, v in peft.state_dict().items() if "lora_" in k}
+    assert mine.keys() == theirs.keys() and len(mine) == 2 * 7 * 2  # A and B, seven projections, two layers
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)  # same seed, same initial adapter
