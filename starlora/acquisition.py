@@ -113,6 +113,10 @@ class Acquisition:
     base_cache: BaseCache | None
     reference: bool = False
 
+    def __post_init__(self):
+        if self.base_cache is not None and self.base_cache.reference != self.reference:
+            raise ValueError("Acquisition and its BaseCache disagree on reference scoring")
+
     @property
     def passes(self) -> int:
         return self.cfg.k if uses_mc_dropout(self.cfg, self.strategy) else 1

@@ -212,7 +212,7 @@ def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, 
         seconds = time.perf_counter() - start
     result["naive_scoring_examples_per_s"] = len(sub) / seconds
     result["scoring_speedup"] = result["scoring_examples_per_s"] / result["naive_scoring_examples_per_s"]
-    fast_me = cache_b.get(model, tokenizer, task, sub, settings)["me"]
+    fast_me = cache_b.get(model, tokenizer, sub)["me"]
     result["naive_vs_fast_max_abs_diff"] = float(np.max(np.abs(fast_me - naive_me))) if len(sub) else 0.0
 
     log(f"training one epoch on {len(examples)} examples (length-grouped, dynamic padding) ...")

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,8 @@ from .files import read_jsonl, write_json, write_jsonl
 from .hardware import device, resolve_precision
 from .models import load_model
 from .scoring import ScoringSettings, base_model, join, score
-from .strategies import get_strategy, measure_key
-from .tasks import get_task
+from .strategies import Strategy, get_strategy, measure_key
+from .tasks import Task, get_task
 from .training import TrainSettings, attach_lora, train
 from .uncertainty import mixing_weight
 
@@ -121,12 +122,62 @@ def fewshot_examples(examples: list[Example], demos: list[Example]) -> list[Exam
     return [dataclasses.replace(ex, prompt=prefix + ex.prompt) for ex in examples]
 
 
+@dataclass
+class Experiment:
+    """What setup() prepares for the rounds: the run's data, model and method pieces, all fixed for the run."""
+
+    cfg: RunConfig
+    out: Path
+    task: Task
+    strategy: Strategy
+    pool: dict[str, Example]
+    test: list[Example]
+    model: torch.nn.Module
+    tokenizer: object
+    settings: ScoringSettings
+    training: TrainSettings
+    acquisition: Acquisition
+    probe: list[Example]
+    initial: list[str]
+    measure: str  # what the probe records
+    base_state: dict | None  # full fine-tuning: the base weights each round starts from
+    log: object
+
+    def fresh_model(self):
+        """This round's model to train: a fresh adapter on the frozen base, or the base weights restored."""
+        if self.cfg.mode == "lora":
+            return attach_lora(self.model, self.training)
+        self.model.load_state_dict(self.base_state)
+        return self.model
+
+    def release(self, current) -> None:
+        if self.cfg.mode == "lora":
+            self.model = current.unload()  # back to the untouched base model; next round attaches a fresh adapter
+
+
 def run(cfg: RunConfig, out: str | Path, log=print, dry_run: bool = False, on_round=None) -> dict | None:
     """Run (or resume) one AL experiment into `out`; returns the summary. dry_run: check everything (data, model,
     folder) and return None having written nothing. on_round() is called after each finished round."""
     out = Path(out)
-    if not parallel.is_main():
-        log = _quiet
+    log = log if parallel.is_main() else _quiet
+    prepared = setup(cfg, out, log, dry_run)
+    if not isinstance(prepared, Experiment):  # a dry run, or a run finished before
+        return prepared
+    records = read_jsonl(out / "rounds.jsonl")
+    labeled = [i for r in records for i in r["added"]]
+    added = records[-1]["selected"] if records else prepared.initial
+    for t in range(len(records), cfg.rounds):
+        labeled += added
+        records.append(run_round(prepared, t, labeled, added))
+        write_jsonl(out / "rounds.jsonl", records)  # the round is finished once this rename lands
+        if on_round:
+            on_round()
+        added = records[-1]["selected"]
+    return summarise(prepared, records)
+
+
+def setup(cfg: RunConfig, out: Path, log, dry_run: bool = False) -> Experiment | dict | None:
+    """Load and check everything, then (not in a dry run) open the folder and record the base model's probe."""
     task = get_task(cfg.task, cfg.candidates, cfg.template, user_files=bool(cfg.train_file or cfg.test_file))
     strategy = get_strategy(cfg.strategy, task.closed)
     data = load_data(task, cfg.data, cfg.train_file, cfg.test_file, cfg.id_field, cfg.answer_field)
@@ -152,88 +203,83 @@ def run(cfg: RunConfig, out: str | Path, log=print, dry_run: bool = False, on_ro
         log(f"{out}: configuration, data ({len(data.pool)} pool, {len(test)} test) and model {cfg.model} check out; "
             f"{'would resume' if resume else 'would start'} this run")
         return None
-    finished = open_folder(out, cfg, resume)  # nothing is written before the data and the model have loaded
-    pool_by_id = {ex.id: ex for ex in data.pool}
+    open_folder(out, cfg, resume)  # nothing is written before the data and the model have loaded
+    pool = {ex.id: ex for ex in data.pool}
     probe_ids, initial = draw_probe_and_initial([ex.id for ex in data.pool], cfg)
-    settings, train_settings = method_settings(cfg, strategy)
+    settings, training = method_settings(cfg, strategy)
     reference = cfg.target == "reference"
     cache = BaseCache(out / "base_scores.json", cfg.model, task, settings, reference=reference)
-    acquisition = Acquisition(strategy, cfg, settings, cache, reference)
-    key = measure_key(strategy, cfg.length_norm) or ("me_norm" if cfg.length_norm else "me")
+    measure = measure_key(strategy, cfg.length_norm) or ("me_norm" if cfg.length_norm else "me")
     (out / "scores").mkdir(exist_ok=True)
     (out / "probe").mkdir(exist_ok=True)
-    probe = [pool_by_id[i] for i in probe_ids]
+    probe = [pool[i] for i in probe_ids]
     if probe and not (out / "probe" / "base.json").exists():
         with base_model(model):
             base_probe = score(model, tokenizer, task, probe, settings=settings, desc="probe (base)")
-        write_json(out / "probe" / "base.json", dict(zip(probe_ids, base_probe.measures[key].tolist())))
+        write_json(out / "probe" / "base.json", dict(zip(probe_ids, base_probe.measures[measure].tolist())))
     if not lora and strategy.needs_base:  # the full-tuned model has no adapter to switch off: cache mu_b up front
         cache.get(model, tokenizer, [ex for ex in data.pool if ex.id not in set(probe_ids)])
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()} if not lora else None
+    return Experiment(cfg, out, task, strategy, pool, test, model, tokenizer, settings, training,
+                      Acquisition(strategy, cfg, settings, cache, reference), probe, initial, measure, base_state, log)
 
-    records = list(finished)
-    labeled = [i for r in records for i in r["added"]]
-    added = records[-1]["selected"] if records else initial
-    for t in range(len(records), cfg.rounds):
-        labeled += added
-        times = {}
-        start = time.time()
-        if lora:
-            current = attach_lora(model, train_settings)
-        else:
-            model.load_state_dict(base_state)
-            current = model
-        stats = train(current, tokenizer, [pool_by_id[i] for i in labeled], train_settings,
-                      desc=f"round {t} training")
-        times["train_s"] = time.time() - start
-        start = time.time()
-        result = evaluate(current, tokenizer, task, test, settings, desc=f"round {t} evaluating")
-        times["eval_s"] = time.time() - start
-        if probe:
-            probe_scores = score(current, tokenizer, task, probe, settings=settings, desc=f"round {t} probe")
-            write_json(out / "probe" / f"round_{t}.json", dict(zip(probe_ids, probe_scores.measures[key].tolist())))
-        selected, lam = [], None
-        if t < cfg.rounds - 1:
-            start = time.time()
-            taken = set(labeled) | set(probe_ids)  # the probe is never labeled (uncertainty-gap analysis)
-            candidates = subsample([ex for ex in data.pool if ex.id not in taken], cfg.candidate_subsample, cfg.seed, t)
-            mu = acquisition.scores(current, tokenizer, task, candidates, t)
-            ids = [ex.id for ex in candidates]
-            selected = acquisition.select(ids, mu["mu"], cfg.query_size, taken, t)
-            lam = mixing_weight(t, cfg.rounds, cfg.schedule) if strategy.combine == "mix" else None
-            write_jsonl(out / "scores" / f"round_{t}.jsonl",
-                        [{"id": i, **{k: _num(v[j]) for k, v in mu.items()}} for j, i in enumerate(ids)])
-            times["score_s"] = time.time() - start
-        if t == cfg.rounds - 1 and lora and parallel.is_main():
-            current.save_pretrained(out / "adapter")
-        record = {"round": t, "n_labeled": len(labeled), "accuracy": result["accuracy"], "added": added,
-                  "selected": selected, "lambda": lam, "train_loss": stats["loss"], **times,
-                  **{k: result[k] for k in ("ece", "brier", "wrong_confidence", "truncated") if k in result}}
-        records.append(record)
-        write_jsonl(out / "rounds.jsonl", records)  # the round is finished once this rename lands
-        if on_round:
-            on_round()
-        extra = f", ECE {result['ece']:.3f}" if "ece" in result else ""
-        log(f"round {t}: {len(labeled)} labeled, accuracy {result['accuracy']:.1f}%{extra}, loss {stats['loss']:.3f}, "
-            f"{sum(times.values()):.0f}s")
-        if lora:
-            model = current.unload()  # back to the untouched base model; next round attaches a fresh adapter
-        added = selected
 
-    summary = {"task": task.name, "strategy": strategy.name, "seed": cfg.seed, "model": cfg.model,
+def run_round(x: Experiment, t: int, labeled: list[str], added: list[str]) -> dict:
+    """Round t: train a fresh model on the labeled set, evaluate, record the probe and (except in the last round)
+    score the candidates and select the next query. Returns the round's record."""
+    cfg, out, times = x.cfg, x.out, {}
+    start = time.time()
+    current = x.fresh_model()
+    stats = train(current, x.tokenizer, [x.pool[i] for i in labeled], x.training, desc=f"round {t} training")
+    times["train_s"] = time.time() - start
+    start = time.time()
+    result = evaluate(current, x.tokenizer, x.task, x.test, x.settings, desc=f"round {t} evaluating")
+    times["eval_s"] = time.time() - start
+    probe_ids = [ex.id for ex in x.probe]
+    if x.probe:
+        probe = score(current, x.tokenizer, x.task, x.probe, settings=x.settings, desc=f"round {t} probe")
+        write_json(out / "probe" / f"round_{t}.json", dict(zip(probe_ids, probe.measures[x.measure].tolist())))
+    selected, lam = [], None
+    if t < cfg.rounds - 1:
+        start = time.time()
+        taken = set(labeled) | set(probe_ids)  # the probe is never labeled (uncertainty-gap analysis)
+        candidates = subsample([ex for ex in x.pool.values() if ex.id not in taken], cfg.candidate_subsample,
+                               cfg.seed, t)
+        mu = x.acquisition.scores(current, x.tokenizer, x.task, candidates, t)
+        ids = [ex.id for ex in candidates]
+        selected = x.acquisition.select(ids, mu["mu"], cfg.query_size, taken, t)
+        lam = mixing_weight(t, cfg.rounds, cfg.schedule) if x.strategy.combine == "mix" else None
+        write_jsonl(out / "scores" / f"round_{t}.jsonl",
+                    [{"id": i, **{k: _num(v[j]) for k, v in mu.items()}} for j, i in enumerate(ids)])
+        times["score_s"] = time.time() - start
+    if t == cfg.rounds - 1 and cfg.mode == "lora" and parallel.is_main():
+        current.save_pretrained(out / "adapter")
+    extra = f", ECE {result['ece']:.3f}" if "ece" in result else ""
+    x.log(f"round {t}: {len(labeled)} labeled, accuracy {result['accuracy']:.1f}%{extra}, loss {stats['loss']:.3f}, "
+          f"{sum(times.values()):.0f}s")
+    x.release(current)
+    return {"round": t, "n_labeled": len(labeled), "accuracy": result["accuracy"], "added": added,
+            "selected": selected, "lambda": lam, "train_loss": stats["loss"], **times,
+            **{k: result[k] for k in ("ece", "brier", "wrong_confidence", "truncated") if k in result}}
+
+
+def summarise(x: Experiment, records: list[dict]) -> dict:
+    """AUC and the curve, plus (closed-set tasks) the base model prompted with a few labels (paper Fig. 2)."""
+    cfg = x.cfg
+    summary = {"task": x.task.name, "strategy": x.strategy.name, "seed": cfg.seed, "model": cfg.model,
                "curve": [r["accuracy"] for r in records], "n_labeled": [r["n_labeled"] for r in records],
                "auc": metrics.auc([r["accuracy"] for r in records]), "final_accuracy": records[-1]["accuracy"],
-               "probe_measure": key}
-    if task.closed and cfg.fewshot > 0:
-        if not lora:
-            model.load_state_dict(base_state)
-        demos = [pool_by_id[i] for i in initial[: cfg.fewshot]]
-        wide = dataclasses.replace(settings, max_prompt_tokens=cfg.max_prompt_tokens * (cfg.fewshot + 1))
-        with base_model(model):
-            few = evaluate(model, tokenizer, task, fewshot_examples(test, demos), wide, desc="few-shot base")
+               "probe_measure": x.measure}
+    if x.task.closed and cfg.fewshot > 0:
+        if cfg.mode != "lora":
+            x.model.load_state_dict(x.base_state)
+        demos = [x.pool[i] for i in x.initial[: cfg.fewshot]]
+        wide = dataclasses.replace(x.settings, max_prompt_tokens=cfg.max_prompt_tokens * (cfg.fewshot + 1))
+        with base_model(x.model):
+            few = evaluate(x.model, x.tokenizer, x.task, fewshot_examples(x.test, demos), wide, desc="few-shot base")
         summary["fewshot"] = {k: few[k] for k in ("accuracy", "ece", "brier", "wrong_confidence")}
-    write_json(out / "summary.json", summary)
-    log(f"{out}: AUC {summary['auc']:.2f}, final accuracy {summary['final_accuracy']:.1f}%")
+    write_json(x.out / "summary.json", summary)
+    x.log(f"{x.out}: AUC {summary['auc']:.2f}, final accuracy {summary['final_accuracy']:.1f}%")
     return summary
 
 

@@ -3,6 +3,9 @@ import os
 import pytest
 
 os.environ.setdefault("STARLORA_NO_PROGRESS", "1")
+# The tiny model's matmuls are too small for threads to pay off, and on a busy 2-core machine two threads per process
+# fight over the cores (10-100x slower); subprocesses the tests start inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

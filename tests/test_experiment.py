@@ -48,7 +48,9 @@ def quiet(*args):
 def test_auc_ripl_ece_by_hand():
     assert metrics.auc([50, 60, 70]) == 60.0
     assert metrics.auc([0, 100]) == 50.0
-    assert metrics.ripl(70, 60) == 25.0
+    # RIPL = (AUC - AUC_random) / (100 - AUC_random) * 100, by hand: 10/40, -5/40, 20/20 of the possible gain
+    assert metrics.ripl(70, 60) == 25.0 and metrics.ripl(55, 60) == -12.5 and metrics.ripl(100, 80) == 100.0
+    assert np.isnan(metrics.ripl(100, 100))  # random already perfect: no improvement is possible
     # two bins: conf 0.9 (right, wrong) -> |0.9 - 0.5| ; conf 0.6 (right, right) -> |0.6 - 1| ; weights 1/2 each
     probs = np.array([[0.9, 0.1], [0.1, 0.9], [0.6, 0.4], [0.4, 0.6]])
     labels = np.array([0, 0, 0, 1])
@@ -75,7 +77,13 @@ def test_run_writes_every_file_and_keeps_the_invariants(files, tmp_path):
         seen |= set(r["added"])
         assert {"train_s", "eval_s", "ece", "brier", "accuracy"} <= set(r)
     assert set(rounds[1]["added"]) | set(rounds[2]["added"]) <= pool_ids  # queried from the scored candidates
-    assert rounds[0]["lambda"] == pytest.approx(1 - 1 / 3) and rounds[1]["lambda"] == pytest.approx(1 - 2 / 3)
+    minmax = lambda x: (x - x.min()) / (x.max() - x.min())  # noqa: E731
+    for t, lam in ((0, 2 / 3), (1, 1 / 3)):  # lambda(t) = 1 - (t + 1) / R with R = 3, by hand
+        assert rounds[t]["lambda"] == pytest.approx(lam)
+        rows = read_jsonl(out / "scores" / f"round_{t}.jsonl")
+        mu_b, mu_f, mu = (np.array([r[k] for r in rows]) for k in ("mu_b", "mu_f", "mu"))
+        np.testing.assert_allclose(mu, lam * minmax(mu_b) + (1 - lam) * minmax(mu_f), rtol=0, atol=1e-9)
+        assert np.abs(mu - (1 - lam) * minmax(mu_b) - lam * minmax(mu_f)).max() > 1e-3  # another lambda would show
     scores = [json.loads(line) for line in (out / "scores/round_0.jsonl").read_text().splitlines()]
     assert len(scores) == 48 - 8 - 12 and {"id", "mu_b", "mu_f", "mu"} <= set(scores[0])  # the probe is no candidate
     assert summary["auc"] == pytest.approx(metrics.auc(summary["curve"]))

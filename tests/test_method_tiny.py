@@ -44,18 +44,29 @@ def test_mc_dropout_only_in_lora_branch():
     assert not np.allclose(a, b)  # two MC passes differ
 
 
-def test_scores_repeat_exactly_without_stochasticity():
-    model, tok = lora_model()
-    one = score(model, tok, BOOLQ, EXAMPLES, passes=1, mc_dropout=True, settings=SMALL)
-    again = score(model, tok, BOOLQ, EXAMPLES, passes=1, mc_dropout=True, settings=SMALL)
-    assert np.array_equal(one.measures["me"], again.measures["me"])
-    no_dropout, tok = lora_model(dropout=0.0)
-    x = score(no_dropout, tok, BOOLQ, EXAMPLES, passes=3, mc_dropout=True, settings=SMALL)
-    y = score(no_dropout, tok, BOOLQ, EXAMPLES, passes=3, mc_dropout=True, settings=SMALL)
-    assert np.array_equal(x.measures["pe"], y.measures["pe"])
-    mc = score(model, tok, BOOLQ, EXAMPLES, passes=3, mc_dropout=True, settings=SMALL)
-    assert not np.allclose(mc.measures["pe"], one.measures["pe"])
-    assert mc.predictions == one.predictions  # y_hat is fixed by the deterministic pass
+def test_mc_passes_differ_with_dropout_and_a_seed_repeats_them():
+    model, tok = lora_model(dropout=0.1)  # B != 0: dropout on the LoRA path changes the output
+    det = score(model, tok, BOOLQ, EXAMPLES, passes=1, settings=SMALL)
+    mc = score(model, tok, BOOLQ, EXAMPLES, passes=3, mc_dropout=True, seed=0, settings=SMALL)
+    again = score(model, tok, BOOLQ, EXAMPLES, passes=3, mc_dropout=True, seed=0, settings=SMALL)
+    other = score(model, tok, BOOLQ, EXAMPLES, passes=3, mc_dropout=True, seed=1, settings=SMALL)
+    assert (mc.measures["bald"] > 1e-6).any()  # the K passes disagree (BALD is 0 iff they all agree); measured ~1e-4
+    for k in ("pe", "me"):
+        assert np.array_equal(mc.measures[k], again.measures[k])  # same seed: same masks, same computation
+        assert np.abs(mc.measures[k] - other.measures[k]).max() > 1e-5 * np.abs(mc.measures[k]).max()  # other masks
+        assert np.abs(mc.measures[k] - det.measures[k]).max() > 1e-5 * np.abs(det.measures[k]).max()  # mu_f != det
+    assert mc.predictions == det.predictions  # y_hat is fixed by the deterministic pass
+
+
+def test_without_dropout_the_mc_passes_are_the_deterministic_pass():
+    model, tok = lora_model(dropout=0.0)
+    det = score(model, tok, BOOLQ, EXAMPLES, passes=1, settings=SMALL)
+    for seed in (0, 1):
+        mc = score(model, tok, BOOLQ, EXAMPLES, passes=3, mc_dropout=True, seed=seed, settings=SMALL)
+        # identical passes: BALD = H(mean p) - mean H(p) is 0 up to the float64 rounding of a mean of equal rows
+        assert mc.measures["bald"].max() <= 1e-12
+        for k in ("pe", "me", "lc", "entropy"):  # the passes run in other batches than the deterministic one: rounding
+            np.testing.assert_allclose(mc.measures[k], det.measures[k], rtol=1e-6, atol=1e-9)
 
 
 def test_disabled_adapter_equals_the_base_model():
@@ -126,33 +137,28 @@ def test_training_is_seeded_and_masks_the_prompt():
     assert mask.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]]
 
 
-def test_base_cache_is_computed_once_across_rounds(tmp_path):
+def test_base_cache_scores_each_example_once(tmp_path):
     model, tok = lora_model()
-    calls = []
-    real_forward = model.get_decoder().forward
+    star, path = get_strategy("star-me"), tmp_path / "base.json"
 
-    def counting(*args, **kwargs):
-        calls.append(torch.is_grad_enabled())
-        return real_forward(*args, **kwargs)
+    def mu_b(cache, examples, t=0):
+        return acquisition_scores(star, model, tok, BOOLQ, examples, t=t, rounds=4, base_cache=cache, passes=2,
+                                  settings=SMALL)["mu_b"]
 
-    cache = BaseCache(tmp_path / "base.json", "tiny", "boolq")
-    star = get_strategy("star-me")
-    model.get_decoder().forward = counting
-    try:
-        for t in range(3):
-            before = cache.computed
-            out = acquisition_scores(star, model, tok, BOOLQ, EXAMPLES[t:], t=t, rounds=4, base_cache=cache,
-                                     passes=2, settings=SMALL)
-            assert np.isfinite(out["mu"]).all() and np.isfinite(out["mu_b"]).all()
-            assert cache.computed - before == (len(EXAMPLES) if t == 0 else 0)
-    finally:
-        model.get_decoder().forward = real_forward
-    assert cache.computed == len(EXAMPLES)
-    reloaded = BaseCache(tmp_path / "base.json", "tiny", "boolq")  # on disk: a resumed run does not recompute
-    reloaded.get(model, tok, BOOLQ, EXAMPLES, SMALL)
-    assert reloaded.computed == 0
-    assert BaseCache(tmp_path / "base.json", "other-model", "boolq").get(model, tok, BOOLQ, EXAMPLES[:1], SMALL)
-    assert calls  # the decoder really ran
+    cache = BaseCache(path, "tiny", BOOLQ, SMALL)
+    first = mu_b(cache, EXAMPLES[:6])
+    assert cache.computed == 6  # every candidate on first use
+    with base_model(model):  # ... under the base model (adapter disabled)
+        np.testing.assert_allclose(first, score(model, tok, BOOLQ, EXAMPLES[:6], settings=SMALL).measures["me"],
+                                   rtol=1e-9)
+    assert np.array_equal(mu_b(cache, EXAMPLES[:6], t=1), first) and cache.computed == 6  # a later round: none
+    reopened = BaseCache(path, "tiny", BOOLQ, SMALL)  # from disk: a resumed run recomputes nothing
+    assert np.array_equal(mu_b(reopened, EXAMPLES[:6]), first) and reopened.computed == 0
+    grown = mu_b(reopened, EXAMPLES)  # the candidate set grows: only the two new examples are scored
+    assert reopened.computed == 2 and np.array_equal(grown[:6], first)
+    other = BaseCache(path, "other-model", BOOLQ, SMALL)  # another model shares no entry
+    mu_b(other, EXAMPLES[:3])
+    assert other.computed == 3
 
 
 def test_reference_target_warns(capsys):

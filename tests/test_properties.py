@@ -90,10 +90,12 @@ def test_calibration_metrics_stay_in_range(probs, data):
 
 @FAST
 @given(st.lists(st.floats(0, 100), min_size=1, max_size=12), st.floats(0, 99))
-def test_auc_is_between_the_worst_and_best_round_and_ripl_is_zero_at_random(curve, random_auc):
+def test_auc_is_between_the_worst_and_best_round_and_ripl_has_the_sign_of_the_gain(curve, random_auc):
     auc = metrics.auc(curve)
     assert min(curve) - 1e-9 <= auc <= max(curve) + 1e-9
-    assert metrics.ripl(random_auc, random_auc) == 0
+    gain = metrics.ripl(auc, random_auc)
+    assert np.sign(gain) == np.sign(auc - random_auc) and gain <= 100 + 1e-9  # 100: every possible point gained
+    assert abs(metrics.ripl(100.0, random_auc) - 100.0) < 1e-9
 
 
 logliks = arrays(np.float64, st.tuples(st.integers(1, 8), st.integers(1, 4), st.integers(2, 4)),

@@ -10,11 +10,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from starlora import bench as B
 from starlora.data import Example
 from starlora.errors import StarloraError
-from starlora.hardware import bf16_native, resolve_precision
+from starlora.files import read_jsonl
+from starlora.hardware import resolve_precision
 from starlora.models import tiny_random
 from starlora.scoring import ScoringSettings, answer_stats, encode_answer, encode_prompt, score
 from starlora.tasks import get_task
@@ -90,17 +92,24 @@ def test_batch_dropout_masks_do_not_depend_on_the_row_split():
     assert set(whole.unique().tolist()) == {0.0, 2.0}  # inverted dropout: kept values scaled by 1 / (1 - p)
 
 
-def test_precision_switch(lora):
-    cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == ("bf16" if bf16_native(cpu) else "fp32")
-    assert resolve_precision("fp32", cpu) == "fp32"
-    with pytest.raises(StarloraError, match="--precision"):
-        resolve_precision("fp8", cpu)
+def test_bf16_autocast_is_close_to_fp32_but_not_the_same_numbers(lora):
     model, tok = lora
     fp32 = score(model, tok, BOOLQ, EXAMPLES, settings=ScoringSettings(batch_size=4))
     bf16 = score(model, tok, BOOLQ, EXAMPLES, settings=ScoringSettings(batch_size=4, precision="bf16"))
-    assert np.isfinite(bf16.measures["me"]).all()
-    np.testing.assert_allclose(bf16.measures["me"], fp32.measures["me"], rtol=0.05)  # bf16 keeps ~3 digits
+    for k in ("pe", "me"):
+        assert not np.array_equal(bf16.measures[k], fp32.measures[k])  # the matmuls really ran in bf16
+        # bf16 keeps 8 mantissa bits (2^-9 ~ 0.2% per rounding); a sum of five answer tokens' terms stays within 2%
+        # (measured: 0.4% for PE, 0.001% for ME, which sits near 5 log V)
+        np.testing.assert_allclose(bf16.measures[k], fp32.measures[k], rtol=2e-2)
+
+
+def test_unknown_precision_is_refused_naming_it():
+    with pytest.raises(StarloraError, match="'fp8'"):
+        resolve_precision("fp8", torch.device("cpu"))
+    from starlora.experiment import resolve
+
+    with pytest.raises(StarloraError, match="--precision 'fp16'"):
+        resolve(precision="fp16")
 
 
 def test_bench_reports_every_figure_on_the_tiny_model(write):
@@ -139,8 +148,8 @@ def separated_data(tmp_path):
     alphabets = ["abcdefghij", "0123456789", "XYZ!?.,;", "thequickbrownfox", "a\n\tb "]
 
     def prompt():
-        return "".join(rng.choice(alphabet) for alphabet in [rng.choice(alphabets)]
-                       for _ in range(rng.choice([3, 8, 20, 45, 90])))
+        alphabet = rng.choice(alphabets)
+        return "Q" + "".join(rng.choice(alphabet) for _ in range(rng.choice([3, 8, 20, 45, 90])))
 
     for name, n in (("train", 48), ("test", N_TEST)):
         (tmp_path / f"{name}.jsonl").write_text("".join(

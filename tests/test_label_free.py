@@ -1,0 +1,73 @@
+"""Acquisition never reads labels: flipping every candidate's answer leaves mu_b, mu_f and mu unchanged, on a
+closed and an open task, for STAR and the PE/ME baselines; only --target reference (the official code's way) reads
+them."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from starlora.acquisition import BaseCache, acquisition_scores
+from starlora.data import Example
+from starlora.models import tiny_random
+from starlora.scoring import ScoringSettings
+from starlora.strategies import get_strategy
+from starlora.tasks import get_task
+from starlora.training import TrainSettings, attach_lora
+
+SMALL = ScoringSettings(batch_size=3, max_new_tokens=4)
+BOOLQ = get_task("boolq", template="{question}")
+GSM = get_task("gsm8k", template="{question}")
+CLOSED = [Example(f"b{i}", f"Question: is {i} odd?" + " really" * (i % 3) + "\nAnswer:", t, t)
+          for i, t in enumerate(["true", "false"] * 3)]
+OPEN = [Example(f"g{i}", f"Question: what is {i} plus {i * 7}?\nAnswer:", f"The final answer is {8 * i}", str(8 * i))
+        for i in range(1, 6)]
+
+
+def flipped(examples):
+    """Every answer changed: true <-> false on BoolQ, another number on GSM8K (target and gold alike)."""
+    def flip(answer):
+        if answer in ("true", "false"):
+            return "false" if answer == "true" else "true"
+        *words, number = answer.split(" ")  # "The final answer is 8" -> "... is 9"; "8" -> "9"
+        return " ".join([*words, str(int(number) + 1)])
+
+    return [dataclasses.replace(ex, target=flip(ex.target), gold=flip(ex.gold)) for ex in examples]
+
+
+@pytest.fixture(scope="module")
+def model():
+    base, tok = tiny_random()
+    lora = attach_lora(base, TrainSettings(lora_r=4, lora_alpha=8, lora_dropout=0.1))
+    with torch.no_grad():  # B != 0: the adapter (and its MC dropout) changes the scores
+        g = torch.Generator().manual_seed(1)
+        for name, p in lora.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g))
+    return lora, tok
+
+
+def scores(model, task, examples, strategy, reference=False):
+    lora, tok = model
+    cache = BaseCache(None, "tiny", task, SMALL, reference=reference)  # fresh: nothing carried between calls
+    return acquisition_scores(get_strategy(strategy), lora, tok, task, examples, t=1, rounds=4, base_cache=cache,
+                              passes=2, reference=reference, seed=0, settings=SMALL)
+
+
+def test_flipping_the_flip_helper_changes_every_answer():
+    assert [ex.gold for ex in flipped(CLOSED[:2])] == ["false", "true"]
+    assert [(ex.target, ex.gold) for ex in flipped(OPEN[:1])] == [("The final answer is 9", "9")]
+
+
+@pytest.mark.parametrize("strategy", ["star-me", "star-pe", "pe", "me"])
+@pytest.mark.parametrize("task, examples", [(BOOLQ, CLOSED), (GSM, OPEN)], ids=["boolq", "gsm8k"])
+def test_acquisition_scores_do_not_depend_on_the_labels(model, strategy, task, examples):
+    own, other = scores(model, task, examples, strategy), scores(model, task, flipped(examples), strategy)
+    for k in ("mu_b", "mu_f", "mu"):  # same computation in the same order: exactly equal
+        assert np.array_equal(own[k], other[k], equal_nan=True), k
+    assert np.isfinite(own["mu"]).all() and np.isfinite(own["mu_b"]).all() == strategy.startswith("star")
+    ref, ref_other = (scores(model, task, ex, strategy, reference=True) for ex in (examples, flipped(examples)))
+    used = ("mu_b", "mu_f", "mu") if strategy.startswith("star") else ("mu_f", "mu")
+    for k in used:  # --target reference scores the gold answers, so flipping them changes every term
+        assert not np.array_equal(ref[k], ref_other[k]), k
