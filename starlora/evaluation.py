@@ -9,7 +9,8 @@ from .scoring import ScoringSettings, score
 
 
 def evaluate(model, tokenizer, task, examples, settings: ScoringSettings = ScoringSettings(), desc="evaluating"):
-    """Returns {'accuracy', 'ece', 'brier', 'wrong_confidence'} (calibration only for closed-set tasks)."""
+    """Returns {'accuracy', 'n'} plus 'ece', 'brier', 'wrong_confidence' on closed-set tasks, and 'truncated' on
+    open ones: the % of test generations that hit max_new_tokens, whose answer is read from a cut-off text."""
     scores = score(model, tokenizer, task, examples, passes=1, settings=settings, desc=desc)
     correct = [task.correct(p, ex.gold) for p, ex in zip(scores.predictions, examples)]
     result = {"accuracy": metrics.accuracy(correct), "n": len(examples)}
@@ -20,4 +21,6 @@ def evaluate(model, tokenizer, task, examples, settings: ScoringSettings = Scori
             "brier": metrics.brier(scores.probs, labels),
             "wrong_confidence": metrics.wrong_confidence(scores.probs, labels).round(4).tolist(),
         }
+    if scores.truncated is not None:
+        result["truncated"] = float(100.0 * scores.truncated.mean()) if len(examples) else 0.0
     return result

@@ -43,6 +43,25 @@ def test_extract_number(text, number):
     assert extract_number(text) == number
 
 
+@pytest.mark.parametrize("text,number", [
+    ("She has 8 - 5", "5"),  # a cut-off "8 - 5 = 3": the last number is 5, never -5
+    ("10-3", "3"),
+    ("10 -3", "3"),
+    ("(2 + 6) - 5", "5"),
+    ("[4] - 1", "1"),
+    ("8 - $5", "5"),
+    ("The final answer is -5", "-5"),
+    ("#### -5", "-5"),
+    ("3 + 4 = 8 - 5\nThe final answer is -5.", "-5"),
+    ("so the change in price is -3.", "-3"),
+    ("-4 degrees", "-4"),
+    ("it fell by -$4", "-4"),
+    ("3 - -5", "-5"),  # a sign after a binary minus
+])
+def test_last_number_minus_is_a_sign_only_when_not_a_subtraction(text, number):
+    assert extract_number(text) == number
+
+
 def test_gsm8k_numeric_comparison_and_target():
     task = get_task("gsm8k")
     solution = "She has 16 - 3 = <<16-3=13>>13 eggs.\n#### 13"
