@@ -6,18 +6,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .config import MethodConfig, uses_mc_dropout
+from .errors import StarloraWarning
 from .files import write_atomic
 from .scoring import ScoringSettings, base_model, score
 from .strategies import Strategy, measure_key, select
 
-REFERENCE_WARNING = ("starlora: warning: --target reference scores the GOLD answers of the unlabeled pool, as the "
+REFERENCE_WARNING = ("--target reference scores the GOLD answers of the unlabeled pool, as the "
                      "official STAR code does; it reads labels a real pool does not have (simulation only)")
 
 
@@ -140,7 +141,7 @@ def acquisition_scores(strategy: Strategy, model, tokenizer, task, candidates, *
     if strategy.measure is None:
         return {"mu_b": np.full(n, np.nan), "mu_f": np.full(n, np.nan), "mu": random_scores(n, seed, t)}
     if reference:
-        print(REFERENCE_WARNING, file=sys.stderr)
+        warnings.warn(REFERENCE_WARNING, StarloraWarning, stacklevel=2)
     key = measure_key(strategy, length_norm)
     lora = score(model, tokenizer, task, candidates, passes=passes if strategy.mc_dropout else 1,
                  mc_dropout=strategy.mc_dropout, reference=reference, settings=settings, desc=f"scoring round {t}",

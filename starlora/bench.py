@@ -8,6 +8,7 @@ the fast paths (the report checks the deterministic numbers agree), so the ratio
 
 from __future__ import annotations
 
+import logging
 import resource
 import time
 
@@ -22,6 +23,8 @@ from .scoring import ScoringSettings, answer_prefix, base_model, encode_answer, 
 from .strategies import get_strategy
 from .tasks import get_task
 from .training import TrainSettings, attach_lora, encode_examples, make_optimizer, train
+
+logger = logging.getLogger(__name__)
 
 NAIVE_PAD = 384  # the official code's max_length
 
@@ -169,7 +172,7 @@ def peak_rss_mb() -> float:
 
 
 def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, naive_n=32, batch_size=32,
-          train_batch_size=8, precision="auto", strategy="star-me", cache=None, log=print) -> dict:
+          train_batch_size=8, precision="auto", strategy="star-me", cache=None) -> dict:
     """Measure everything in one process; returns the JSON-able result."""
     task = get_task(task_name, user_files=bool(train_file))
     if train_file:
@@ -187,10 +190,10 @@ def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, 
               "naive_n": min(naive_n, len(examples)), "device": str(dev), "precision": precision,
               "threads": torch.get_num_threads()}
 
-    log(f"matmul roofline ({precision}) ...")
+    logger.info(f"matmul roofline ({precision}) ...")
     result["matmul_gflops"] = matmul_gflops(precision, dev)
 
-    log(f"scoring {len(examples)} examples ({star.name}, K={k}, batched) ...")
+    logger.info(f"scoring {len(examples)} examples ({star.name}, K={k}, batched) ...")
     cache_b = BaseCache(None, model_name, task, settings)
     with FlopCount(model) as flops:
         start = time.perf_counter()
@@ -204,7 +207,7 @@ def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, 
     result["scoring_roofline_fraction"] = result["scoring_gflops"] / result["matmul_gflops"]
 
     sub = examples[: result["naive_n"]]
-    log(f"scoring {len(sub)} examples the official way (one at a time, full logits) ...")
+    logger.info(f"scoring {len(sub)} examples the official way (one at a time, full logits) ...")
     with autocast(dev, precision):
         start = time.perf_counter()
         naive_me = naive_scoring(model, tokenizer, task, sub, k, settings)
@@ -215,7 +218,7 @@ def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, 
     fast_me = cache_b.get(model, tokenizer, sub)["me"]
     result["naive_vs_fast_max_abs_diff"] = float(np.max(np.abs(fast_me - naive_me))) if len(sub) else 0.0
 
-    log(f"training one epoch on {len(examples)} examples (length-grouped, dynamic padding) ...")
+    logger.info(f"training one epoch on {len(examples)} examples (length-grouped, dynamic padding) ...")
     train_settings = TrainSettings(epochs=1, batch_size=train_batch_size, precision=precision)
     start = time.perf_counter()
     train(model, tokenizer, examples, train_settings, desc="bench training")
@@ -225,7 +228,7 @@ def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, 
     if dev.type == "cuda":
         result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
 
-    log(f"training {len(sub)} examples the official way (padded to {NAIVE_PAD}) ...")
+    logger.info(f"training {len(sub)} examples the official way (padded to {NAIVE_PAD}) ...")
     start = time.perf_counter()
     naive_train(model, tokenizer, sub, train_settings)
     _sync(dev)

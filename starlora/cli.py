@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import sys
 import time
 from pathlib import Path
 
 from .config import MethodConfig, RunConfig, resolve
-from .errors import StarloraError
+from .errors import StarloraError, StarloraWarning
 
 
 def add_data_options(p: argparse.ArgumentParser, task_required: bool = True) -> None:
@@ -341,9 +342,10 @@ def cmd_bench(args) -> None:
     for name in ("n", "naive_n", "k", "score_batch_size"):
         if getattr(args, name) < 1:
             raise StarloraError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
-    log = (lambda msg: print(msg, file=sys.stderr)) if args.json else print
+    if args.json:  # stdout holds the JSON alone; progress goes to stderr
+        Console.info_stream = "stderr"
     result = bench(args.model, args.task, args.train_file, args.n, args.k, args.naive_n, args.score_batch_size,
-                   precision=args.precision, strategy=args.strategy, cache=args.cache_dir, log=log)
+                   precision=args.precision, strategy=args.strategy, cache=args.cache_dir)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -370,10 +372,46 @@ def cmd_demo(args) -> None:
     print(f"demo finished in {time.time() - start:.0f}s")
 
 
+class Console(logging.Handler):
+    """The library logs; the command line shows it: information on stdout, warnings on stderr as one line each, and
+    only from the main process under `accelerate launch`. The stream is looked up per message (tests capture it)."""
+
+    info_stream = "stdout"
+
+    def emit(self, record):
+        from . import parallel
+
+        if not parallel.is_main():
+            return
+        if record.levelno >= logging.WARNING:
+            print(f"starlora: warning: {record.getMessage()}", file=sys.stderr)
+        else:
+            print(record.getMessage(), file=getattr(sys, self.info_stream))
+
+
+def configure_logging() -> None:
+    logger = logging.getLogger("starlora")
+    logger.handlers = [Console()]
+    logger.setLevel(logging.INFO)  # records still propagate: an embedding application (or pytest) sees them too
+    Console.info_stream = "stdout"
+    import warnings
+
+    shown = warnings.showwarning
+
+    def show(message, category, *args, **kwargs):  # the library's own warnings as one line, others as usual
+        if issubclass(category, StarloraWarning):
+            print(f"starlora: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    warnings.showwarning = show
+
+
 def main(argv=None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    configure_logging()
     args = build_parser().parse_args(argv)
     if getattr(args, "template", None):  # a shell cannot easily pass a newline: --template 'Q: {question}\nA:'
         args.template = args.template.replace("\\n", "\n").replace("\\t", "\t")

@@ -11,12 +11,14 @@ import gzip
 import hashlib
 import importlib.util
 import json
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import StarloraError
 from .tasks import Task
+
+logger = logging.getLogger(__name__)
 
 # Embedded split sizes (rows ordered by sha256 of their id; the first n_test form the test set, the rest the pool).
 EMBEDDED_TEST_SIZE = {"boolq": 1000, "boolq-passage": 1000, "gsm8k": 319, "sst2": 272}
@@ -85,7 +87,7 @@ def make_examples(rows, task: Task, source: str, id_field: str = "id", answer_fi
         seen_content.add((ex.prompt, ex.gold))
     if dropped:
         shown = ", ".join(dropped[:5]) + (" …" if len(dropped) > 5 else "")
-        print(f"starlora: {source}: dropped {len(dropped)} duplicate row(s): {shown}", file=sys.stderr)
+        logger.warning(f"{source}: dropped {len(dropped)} duplicate row(s): {shown}")
     if not examples:
         raise StarloraError(f"{source}: no examples")
     return list(examples.values())
@@ -96,7 +98,7 @@ def drop_overlap(pool: list[Example], test: list[Example], source: str) -> list[
     test_keys = {(e.prompt, e.gold) for e in test} | {e.id for e in test}
     kept = [e for e in pool if (e.prompt, e.gold) not in test_keys and e.id not in test_keys]
     if len(kept) < len(pool):
-        print(f"starlora: {source}: dropped {len(pool) - len(kept)} pool row(s) also in the test set", file=sys.stderr)
+        logger.warning(f"{source}: dropped {len(pool) - len(kept)} pool row(s) also in the test set")
     if not kept:
         raise StarloraError(f"{source}: no pool examples left")
     return kept

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import time
@@ -30,6 +31,7 @@ from .training import TrainSettings, attach_lora, train
 from .uncertainty import mixing_weight
 
 
+logger = logging.getLogger(__name__)
 __all__ = ["PROTOCOLS", "RunConfig", "resolve", "run", "run_seeds", "method_settings", "uses_mc_dropout"]
 
 
@@ -141,7 +143,6 @@ class Experiment:
     initial: list[str]
     measure: str  # what the probe records
     base_state: dict | None  # full fine-tuning: the base weights each round starts from
-    log: object
 
     def fresh_model(self):
         """This round's model to train: a fresh adapter on the frozen base, or the base weights restored."""
@@ -155,12 +156,11 @@ class Experiment:
             self.model = current.unload()  # back to the untouched base model; next round attaches a fresh adapter
 
 
-def run(cfg: RunConfig, out: str | Path, log=print, dry_run: bool = False, on_round=None) -> dict | None:
+def run(cfg: RunConfig, out: str | Path, dry_run: bool = False, on_round=None) -> dict | None:
     """Run (or resume) one AL experiment into `out`; returns the summary. dry_run: check everything (data, model,
     folder) and return None having written nothing. on_round() is called after each finished round."""
     out = Path(out)
-    log = log if parallel.is_main() else _quiet
-    prepared = setup(cfg, out, log, dry_run)
+    prepared = setup(cfg, out, dry_run)
     if not isinstance(prepared, Experiment):  # a dry run, or a run finished before
         return prepared
     records = read_jsonl(out / "rounds.jsonl")
@@ -176,7 +176,7 @@ def run(cfg: RunConfig, out: str | Path, log=print, dry_run: bool = False, on_ro
     return summarise(prepared, records)
 
 
-def setup(cfg: RunConfig, out: Path, log, dry_run: bool = False) -> Experiment | dict | None:
+def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict | None:
     """Load and check everything, then (not in a dry run) open the folder and record the base model's probe."""
     task = get_task(cfg.task, cfg.candidates, cfg.template, user_files=bool(cfg.train_file or cfg.test_file))
     strategy = get_strategy(cfg.strategy, task.closed)
@@ -189,19 +189,20 @@ def setup(cfg: RunConfig, out: Path, log, dry_run: bool = False) -> Experiment |
     test = data.test[: cfg.test_size] if cfg.test_size else data.test
     resume = check_folder(out, cfg)
     if resume and len(read_jsonl(out / "rounds.jsonl")) >= cfg.rounds and (out / "summary.json").exists():
-        log(f"{out}: all {cfg.rounds} rounds already finished")
+        logger.info(f"{out}: all {cfg.rounds} rounds already finished")
         return json.loads((out / "summary.json").read_text())
     lora = cfg.mode == "lora"
     if not lora and (strategy.b_decay or strategy.mc_dropout):
-        log("note: full fine-tuning: STAR's B decay and LoRA MC dropout do not apply (no LoRA); scoring is deterministic")
+        logger.info("note: full fine-tuning: STAR's B decay and LoRA MC dropout do not apply (no LoRA); "
+                    "scoring is deterministic")
     if cfg.target == "reference":
-        log("warning: target=reference reads the pool's gold labels (reproduces the official code; simulation only)")
+        logger.warning("target=reference reads the pool's gold labels (reproduces the official code; simulation only)")
 
     model, tokenizer = load_model(cfg.model)
     if dry_run:
-        log(json.dumps(dataclasses.asdict(cfg), indent=2))
-        log(f"{out}: configuration, data ({len(data.pool)} pool, {len(test)} test) and model {cfg.model} check out; "
-            f"{'would resume' if resume else 'would start'} this run")
+        logger.info(json.dumps(dataclasses.asdict(cfg), indent=2))
+        logger.info(f"{out}: configuration, data ({len(data.pool)} pool, {len(test)} test) and model {cfg.model} "
+                    f"check out; {'would resume' if resume else 'would start'} this run")
         return None
     open_folder(out, cfg, resume)  # nothing is written before the data and the model have loaded
     pool = {ex.id: ex for ex in data.pool}
@@ -221,7 +222,7 @@ def setup(cfg: RunConfig, out: Path, log, dry_run: bool = False) -> Experiment |
         cache.get(model, tokenizer, [ex for ex in data.pool if ex.id not in set(probe_ids)])
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()} if not lora else None
     return Experiment(cfg, out, task, strategy, pool, test, model, tokenizer, settings, training,
-                      Acquisition(strategy, cfg, settings, cache, reference), probe, initial, measure, base_state, log)
+                      Acquisition(strategy, cfg, settings, cache, reference), probe, initial, measure, base_state)
 
 
 def run_round(x: Experiment, t: int, labeled: list[str], added: list[str]) -> dict:
@@ -255,8 +256,8 @@ def run_round(x: Experiment, t: int, labeled: list[str], added: list[str]) -> di
     if t == cfg.rounds - 1 and cfg.mode == "lora" and parallel.is_main():
         current.save_pretrained(out / "adapter")
     extra = f", ECE {result['ece']:.3f}" if "ece" in result else ""
-    x.log(f"round {t}: {len(labeled)} labeled, accuracy {result['accuracy']:.1f}%{extra}, loss {stats['loss']:.3f}, "
-          f"{sum(times.values()):.0f}s")
+    logger.info(f"round {t}: {len(labeled)} labeled, accuracy {result['accuracy']:.1f}%{extra}, "
+                f"loss {stats['loss']:.3f}, {sum(times.values()):.0f}s")
     x.release(current)
     return {"round": t, "n_labeled": len(labeled), "accuracy": result["accuracy"], "added": added,
             "selected": selected, "lambda": lam, "train_loss": stats["loss"], **times,
@@ -279,12 +280,8 @@ def summarise(x: Experiment, records: list[dict]) -> dict:
             few = evaluate(x.model, x.tokenizer, x.task, fewshot_examples(x.test, demos), wide, desc="few-shot base")
         summary["fewshot"] = {k: few[k] for k in ("accuracy", "ece", "brier", "wrong_confidence")}
     write_json(x.out / "summary.json", summary)
-    x.log(f"{x.out}: AUC {summary['auc']:.2f}, final accuracy {summary['final_accuracy']:.1f}%")
+    logger.info(f"{x.out}: AUC {summary['auc']:.2f}, final accuracy {summary['final_accuracy']:.1f}%")
     return summary
-
-
-def _quiet(*_):
-    pass
 
 
 def _num(x):
@@ -292,8 +289,8 @@ def _num(x):
     return None if np.isnan(x) else x
 
 
-def run_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, log=print, dry_run: bool = False) -> list[dict]:
+def run_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, dry_run: bool = False) -> list[dict]:
     """One sub-folder per seed when several are given."""
     if len(seeds) == 1:
-        return [run(dataclasses.replace(cfg, seed=seeds[0]), out, log, dry_run)]
-    return [run(dataclasses.replace(cfg, seed=s), Path(out) / f"seed{s}", log, dry_run) for s in seeds]
+        return [run(dataclasses.replace(cfg, seed=seeds[0]), out, dry_run)]
+    return [run(dataclasses.replace(cfg, seed=s), Path(out) / f"seed{s}", dry_run) for s in seeds]

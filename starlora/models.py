@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from .errors import StarloraError
 from .hardware import device
 
+logger = logging.getLogger(__name__)
 EMBEDDED = "smollm2"
 EMBEDDED_ALIASES = {"smollm2", "smollm2-135m-instruct", "embedded"}
 TINY = "tiny-random"
@@ -93,7 +95,7 @@ def _convert_embedded(out: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = embedded_gguf_folder()
-    print(f"starlora: converting the embedded GGUF model once to {out.with_name(out.name.split('.tmp')[0])}")
+    logger.info(f"converting the embedded GGUF model once to {out.with_name(out.name.split('.tmp')[0])}")
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
     # Dequantised weights are plain fp32: drop the GGUF quantiser so save_pretrained writes ordinary safetensors.

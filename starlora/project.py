@@ -20,8 +20,8 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import shutil
-import sys
 from pathlib import Path
 
 
@@ -37,6 +37,7 @@ from .strategies import get_strategy, measure_key, select
 from .tasks import get_task
 from .training import attach_lora, train as train_adapter
 
+logger = logging.getLogger(__name__)
 FORMATS = {"jsonl": ".jsonl", "csv": ".csv", "labelstudio": ".json"}
 
 
@@ -91,7 +92,7 @@ def open_project(folder) -> Project:
 # ---------------------------------------------------------------- init
 
 
-def init(folder, cfg: MethodConfig, pool_file, test_file=None, log=print) -> Project:
+def init(folder, cfg: MethodConfig, pool_file, test_file=None) -> Project:
     """Create a project from an unlabeled pool file (and optionally a labeled held-out file)."""
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
@@ -119,7 +120,7 @@ def init(folder, cfg: MethodConfig, pool_file, test_file=None, log=print) -> Pro
     if folder.exists():
         folder.rmdir()
     tmp.rename(folder)  # the project exists whole or not at all
-    log(f"{folder}: project created: {len(examples)} unlabeled examples, {len(test)} held-out, task {task.name}, "
+    logger.info(f"{folder}: project created: {len(examples)} unlabeled examples, {len(test)} held-out, task {task.name}, "
         f"strategy {cfg.strategy}, model {cfg.model}")
     return Project(folder, cfg)
 
@@ -127,7 +128,7 @@ def init(folder, cfg: MethodConfig, pool_file, test_file=None, log=print) -> Pro
 # ---------------------------------------------------------------- query
 
 
-def query(folder, n: int, fmt: str = "jsonl", random: bool = False, log=print) -> Path:
+def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
     """Choose the next n examples to label and write them to a file (returned). See the module docstring."""
     project = open_project(folder)
     cfg, task, strategy = project.cfg, project.task, project.strategy
@@ -149,8 +150,7 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False, log=print) -
     if not candidates:
         raise StarloraError(f"every pool example has been asked already ({len(pool)}); nothing left to query")
     if n > len(candidates):
-        print(f"starlora: warning: only {len(candidates)} unasked example(s) left; querying all of them "
-              f"instead of {n}", file=sys.stderr)
+        logger.warning(f"only {len(candidates)} unasked example(s) left; querying all of them instead of {n}")
         n = len(candidates)
     t = len(queries)  # this query's round; round t-1's adapter is the current model
     ids = [ex.id for ex in candidates]
@@ -182,8 +182,8 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False, log=print) -
         write_atomic(out.with_name("labelstudio_config.xml"), labelstudio_config(task))
     write_jsonl(project.folder / "queries.jsonl", queries + [{"round": t, "ids": selected, "file": str(out),
                                                               "how": how}])
-    log(f"round {t}: {len(selected)} example(s) chosen by {how}; label them in:")
-    log(str(out))
+    logger.info(f"round {t}: {len(selected)} example(s) chosen by {how}; label them in:")
+    logger.info(str(out))
     return out
 
 
@@ -250,7 +250,7 @@ def _text(value) -> str | None:
     return None if value is None else str(value).strip()
 
 
-def label(folder, path, log=print) -> int:
+def label(folder, path) -> int:
     """Import answers for the last query. Every row is checked first; any bad row: all are listed, none imported."""
     project = open_project(folder)
     task = project.task
@@ -294,7 +294,7 @@ def label(folder, path, log=print) -> int:
         raise StarloraError(f"{path}: {len(problems)} bad row(s), nothing imported:\n  {shown}")
     write_jsonl(project.folder / "labels.jsonl", labels + new)  # the one write: all of the file or none of it
     left = len(pending(queries, labels + new))
-    log(f"{len(new)} label(s) imported" + (f", {repeated} already there" if repeated else "") +
+    logger.info(f"{len(new)} label(s) imported" + (f", {repeated} already there" if repeated else "") +
         (f"; {left} example(s) of the query still unlabeled" if left else "; the query is fully labeled") +
         f"; {len(labels) + len(new)} labels in all")
     return len(new)
@@ -303,7 +303,7 @@ def label(folder, path, log=print) -> int:
 # ---------------------------------------------------------------- train
 
 
-def train(folder, log=print) -> Path:
+def train(folder) -> Path:
     """Train a fresh adapter (STAR's regulariser when the strategy has it) on every label so far."""
     project = open_project(folder)
     cfg, task, strategy = project.cfg, project.task, project.strategy
@@ -333,7 +333,7 @@ def train(folder, log=print) -> Path:
     shutil.rmtree(final, ignore_errors=True)  # a half-renamed leftover without train.json
     tmp.rename(final)  # the round exists once this rename lands
     extra = f", held-out accuracy {record['accuracy']:.1f}%" if "accuracy" in record else ""
-    log(f"round {t}: adapter trained on {len(labels)} labels (loss {stats['loss']:.3f}{extra}): {final}")
+    logger.info(f"round {t}: adapter trained on {len(labels)} labels (loss {stats['loss']:.3f}{extra}): {final}")
     return final
 
 

@@ -8,6 +8,7 @@ each run stopped and ends with the results an uninterrupted sweep gives.
 from __future__ import annotations
 
 import concurrent.futures as futures
+import logging
 import multiprocessing
 import os
 import time
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .errors import StarloraError
 from .config import RunConfig, resolve
@@ -92,7 +94,8 @@ def sweep(jobs: list[Job], workers: int = 1, devices: list[str] | None = None) -
     bar = progress(total=sum(job.cfg.rounds for job in jobs), initial=done, desc="sweep", unit="round")
     try:
         if slots == 1:
-            return [run(job.cfg, job.folder, log=_silent, on_round=lambda: bar.update(1)) for job in jobs]
+            with logging_redirect_tqdm(loggers=[logging.getLogger("starlora")]):  # round lines print above the bar
+                return [run(job.cfg, job.folder, on_round=lambda: bar.update(1)) for job in jobs]
         return _side_by_side(jobs, slots, devices or ["cpu"] * slots, bar)
     finally:
         bar.close()
@@ -106,7 +109,7 @@ def _side_by_side(jobs, slots, devices, bar) -> list[dict]:
         claims.put(device)
     with futures.ProcessPoolExecutor(slots, mp_context=context, initializer=claim_device,
                                      initargs=(claims, os.cpu_count() or 1, slots)) as pool:
-        pending = [pool.submit(run, job.cfg, job.folder, _silent) for job in jobs]
+        pending = [pool.submit(run, job.cfg, job.folder) for job in jobs]  # workers log nothing below warnings
         while not all(f.done() for f in pending):
             time.sleep(1)
             bar.update(sum(min(finished_rounds(job), job.cfg.rounds) for job in jobs) - bar.n)
@@ -123,7 +126,3 @@ def claim_device(claims, cores: int, slots: int) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
     torch.set_num_threads(max(1, cores // slots))
     os.environ["STARLORA_WORKER_DEVICE"] = device
-
-
-def _silent(*_):
-    pass

@@ -36,7 +36,7 @@ def make_inputs(folder: Path) -> dict:
 
 def main(out: Path):
     out.mkdir(parents=True, exist_ok=True)
-    run(resolve("paper", **make_inputs(out)), out / "run", log=lambda *_: None)
+    run(resolve("paper", **make_inputs(out)), out / "run")
 
 
 if __name__ == "__main__":

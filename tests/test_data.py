@@ -43,13 +43,13 @@ def test_stable_ids_hash_content_and_own_id_wins():
     assert make_examples([("f:1", {"id": 7, "question": "q1", "answer": "true"})], task, "f")[0].id == "7"
 
 
-def test_duplicates_dropped_and_reported(capsys):
+def test_duplicates_dropped_and_reported(caplog):
     task = get_task("boolq", template="{question}")
     rows = [("f:1", {"question": "q1", "answer": "true"}), ("f:2", {"question": "q1", "answer": "true"}),
             ("f:3", {"id": "z", "question": "q1", "answer": "true"}), ("f:4", {"question": "q2", "answer": "no"})]
     examples = make_examples(rows, task, "f")
     assert [e.prompt for e in examples] == ["q1", "q2"]
-    assert "dropped 2 duplicate row(s)" in capsys.readouterr().err
+    assert "dropped 2 duplicate row(s)" in caplog.text
 
 
 def test_same_id_different_content_is_an_error():

@@ -41,10 +41,6 @@ def tiny_cfg(files, **kw):
     return resolve("paper", **{**base, **kw})
 
 
-def quiet(*args):
-    pass
-
-
 def test_auc_ripl_ece_by_hand():
     assert metrics.auc([50, 60, 70]) == 60.0
     assert metrics.auc([0, 100]) == 50.0
@@ -63,7 +59,7 @@ def test_auc_ripl_ece_by_hand():
 
 def test_run_writes_every_file_and_keeps_the_invariants(files, tmp_path):
     out = tmp_path / "run"
-    summary = run(tiny_cfg(files), out, quiet)
+    summary = run(tiny_cfg(files), out)
     for name in ("config.json", "rounds.jsonl", "summary.json", "base_scores.json", "adapter/adapter_config.json",
                  "scores/round_0.jsonl", "scores/round_1.jsonl", "probe/base.json", "probe/round_2.json"):
         assert (out / name).exists(), name
@@ -93,36 +89,36 @@ def test_run_writes_every_file_and_keeps_the_invariants(files, tmp_path):
 
 @pytest.mark.parametrize("strategy", sorted(STRATEGIES))
 def test_every_strategy_runs(files, tmp_path, strategy):
-    summary = run(tiny_cfg(files, strategy=strategy, rounds=2, probe_size=4, fewshot=0), tmp_path / strategy, quiet)
+    summary = run(tiny_cfg(files, strategy=strategy, rounds=2, probe_size=4, fewshot=0), tmp_path / strategy)
     assert len(summary["curve"]) == 2
 
 
 def test_resume_equals_uninterrupted_and_other_config_is_refused(files, tmp_path):
-    whole = run(tiny_cfg(files), tmp_path / "whole", quiet)
+    whole = run(tiny_cfg(files), tmp_path / "whole")
     part = tmp_path / "part"
-    run(tiny_cfg(files, rounds=3), part, quiet)
+    run(tiny_cfg(files, rounds=3), part)
     # simulate a run interrupted after round 1: drop the last round and the summary
     rounds = read_jsonl(part / "rounds.jsonl")
     (part / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds[:2]) + '{"torn": ')
     (part / "summary.json").unlink()
-    resumed = run(tiny_cfg(files), part, quiet)
+    resumed = run(tiny_cfg(files), part)
     strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rs]  # noqa: E731
     assert strip(read_jsonl(part / "rounds.jsonl")) == strip(read_jsonl(tmp_path / "whole" / "rounds.jsonl"))
     assert resumed["curve"] == whole["curve"] and resumed["auc"] == whole["auc"]
     with pytest.raises(StarloraError, match="another configuration .*query_size: 8 -> 4"):
-        run(tiny_cfg(files, query_size=4), part, quiet)
+        run(tiny_cfg(files, query_size=4), part)
 
 
 def test_pool_too_small_is_refused_before_writing(files, tmp_path):
     with pytest.raises(StarloraError, match="pool has 48"):
-        run(tiny_cfg(files, init_size=40, query_size=8, rounds=3), tmp_path / "x", quiet)
+        run(tiny_cfg(files, init_size=40, query_size=8, rounds=3), tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
 def test_report_on_tiny_runs(files, tmp_path):
     for strategy in ("random", "star-me"):
         for seed in (0, 1):
-            run(tiny_cfg(files, strategy=strategy, seed=seed, rounds=2), tmp_path / f"{strategy}-{seed}", quiet)
+            run(tiny_cfg(files, strategy=strategy, seed=seed, rounds=2), tmp_path / f"{strategy}-{seed}")
     rows = report([tmp_path], tmp_path / "report")
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| boolq | star-me | 2 |" in md and "| boolq | random | 2 |" in md
@@ -159,25 +155,25 @@ def test_cli_run_with_yaml_and_flags(files, tmp_path):
 
 def test_the_probe_is_never_labeled(files, tmp_path):
     out = tmp_path / "run"
-    run(tiny_cfg(files, init_size=8, query_size=8, rounds=3, probe_size=24), out, quiet)  # 24 + 24 = the pool
+    run(tiny_cfg(files, init_size=8, query_size=8, rounds=3, probe_size=24), out)  # 24 + 24 = the pool
     probe = set(json.loads((out / "probe" / "base.json").read_text()))
     labeled = {i for r in read_jsonl(out / "rounds.jsonl") for i in r["added"] + r["selected"]}
     assert len(probe) == 24 and len(labeled) == 24 and not probe & labeled
     scored = {json.loads(line)["id"] for t in range(2) for line in (out / f"scores/round_{t}.jsonl").open()}
     assert not probe & scored  # never even a candidate
     with pytest.raises(StarloraError, match="besides the --probe-size 25 probe"):
-        run(tiny_cfg(files, init_size=8, query_size=8, rounds=3, probe_size=25), tmp_path / "x", quiet)
+        run(tiny_cfg(files, init_size=8, query_size=8, rounds=3, probe_size=25), tmp_path / "x")
 
 
 def test_a_failed_start_does_not_lock_the_folder(files, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(StarloraError, match="unknown model 'nope'"):
-        run(tiny_cfg(files, model="nope"), out, quiet)
+        run(tiny_cfg(files, model="nope"), out)
     assert not out.exists()  # nothing written before the model loaded
-    run(tiny_cfg(files, rounds=1, query_size=4), out, quiet)
+    run(tiny_cfg(files, rounds=1, query_size=4), out)
     (out / "rounds.jsonl").unlink()  # a folder with no finished round ...
     (out / "summary.json").unlink()
-    run(tiny_cfg(files, rounds=1, query_size=5), out, quiet)  # ... is taken over by a changed configuration
+    run(tiny_cfg(files, rounds=1, query_size=5), out)  # ... is taken over by a changed configuration
     assert json.loads((out / "config.json").read_text())["config"]["query_size"] == 5
     assert len(read_jsonl(out / "rounds.jsonl")) == 1
 
@@ -200,8 +196,8 @@ def test_bad_values_are_refused_naming_the_option(files, bad, message):
 def test_precision_is_stored_resolved(files, tmp_path):
     cfg = tiny_cfg(files, rounds=1, precision="auto")
     assert cfg.precision in ("fp32", "bf16")
-    run(cfg, tmp_path / "run", quiet)
+    run(cfg, tmp_path / "run")
     assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["precision"] == cfg.precision
     other = "bf16" if cfg.precision == "fp32" else "fp32"
     with pytest.raises(StarloraError, match=f"precision: '{cfg.precision}' -> '{other}'"):
-        run(tiny_cfg(files, rounds=1, precision=other), tmp_path / "run", quiet)
+        run(tiny_cfg(files, rounds=1, precision=other), tmp_path / "run")

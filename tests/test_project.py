@@ -76,7 +76,7 @@ def test_three_rounds_end_to_end(files, capsys):
 
 def test_csv_and_label_studio_round_trip(files):
     proj = init(files)
-    out = P.query(proj, 3, "csv", log=lambda *_: None)
+    out = P.query(proj, 3, "csv")
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["answer"] for r in rows] == ["", "", ""] and set(rows[0]) == {"id", "question", "topic", "prompt",
@@ -85,9 +85,9 @@ def test_csv_and_label_studio_round_trip(files):
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows({**r, "answer": GOLD[r["id"]]} for r in rows)
-    assert P.label(proj, files / "filled.csv", log=lambda *_: None) == 3
-    P.train(proj, log=lambda *_: None)
-    out = P.query(proj, 2, "labelstudio", log=lambda *_: None)
+    assert P.label(proj, files / "filled.csv") == 3
+    P.train(proj)
+    out = P.query(proj, 2, "labelstudio")
     tasks = json.loads(out.read_text())
     assert [set(t) for t in tasks] == [{"data"}] * 2 and "prompt" in tasks[0]["data"]
     config = (out.parent / "labelstudio_config.xml").read_text()
@@ -96,21 +96,21 @@ def test_csv_and_label_studio_round_trip(files):
         {"was_cancelled": False, "result": [{"type": "choices", "value": {"choices": [GOLD[t["data"]["id"]]]}}]}]}
         for n, t in enumerate(tasks)]
     (files / "export.json").write_text(json.dumps(export))
-    assert P.label(proj, files / "export.json", log=lambda *_: None) == 2
+    assert P.label(proj, files / "export.json") == 2
 
 
 def bad_label(proj, path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     before = (proj / "labels.jsonl").read_bytes()
     with pytest.raises(StarloraError) as e:
-        P.label(proj, path, log=lambda *_: None)
+        P.label(proj, path)
     assert (proj / "labels.jsonl").read_bytes() == before  # nothing imported
     return str(e.value)
 
 
 def test_every_bad_label_row_is_listed_and_nothing_is_imported(files):
     proj = init(files)
-    asked = [json.loads(line)["id"] for line in P.query(proj, 3, log=lambda *_: None).read_text().splitlines()]
+    asked = [json.loads(line)["id"] for line in P.query(proj, 3).read_text().splitlines()]
     other = next(i for i in GOLD if i not in asked)
     message = bad_label(proj, files / "bad.jsonl", [
         {"id": asked[0], "answer": "true"},  # fine on its own
@@ -130,10 +130,10 @@ def test_every_bad_label_row_is_listed_and_nothing_is_imported(files):
 
 def test_labels_already_imported_are_not_imported_twice(files):
     proj = init(files)
-    query_file = P.query(proj, 3, log=lambda *_: None)
+    query_file = P.query(proj, 3)
     answer_jsonl(query_file, files / "a.jsonl")
-    assert P.label(proj, files / "a.jsonl", log=lambda *_: None) == 3
-    assert P.label(proj, files / "a.jsonl", log=lambda *_: None) == 0  # re-run after a crash: a no-op
+    assert P.label(proj, files / "a.jsonl") == 3
+    assert P.label(proj, files / "a.jsonl") == 0  # re-run after a crash: a no-op
     rows = [json.loads(line) for line in (files / "a.jsonl").read_text().splitlines()]
     flipped = {**rows[0], "answer": "false" if rows[0]["answer"] == "true" else "true"}
     assert "is already labeled" in bad_label(proj, files / "flip.jsonl", [flipped])
@@ -143,29 +143,29 @@ def test_labels_already_imported_are_not_imported_twice(files):
 def test_order_of_the_loop_is_enforced(files):
     proj = init(files)
     with pytest.raises(StarloraError, match="no labels yet"):
-        P.train(proj, log=lambda *_: None)
-    query_file = P.query(proj, 2, log=lambda *_: None)
+        P.train(proj)
+    query_file = P.query(proj, 2)
     with pytest.raises(StarloraError, match="have no label yet"):
-        P.query(proj, 2, log=lambda *_: None)
+        P.query(proj, 2)
     answer_jsonl(query_file, files / "a.jsonl")
-    P.label(proj, files / "a.jsonl", log=lambda *_: None)
+    P.label(proj, files / "a.jsonl")
     with pytest.raises(StarloraError, match="not trained on yet"):
-        P.query(proj, 2, log=lambda *_: None)
-    P.train(proj, log=lambda *_: None)
+        P.query(proj, 2)
+    P.train(proj)
     with pytest.raises(StarloraError, match="no new labels"):
-        P.train(proj, log=lambda *_: None)
+        P.train(proj)
 
 
 def test_query_larger_than_what_is_left_is_clamped_with_a_warning(files, capsys):
     proj = init(files, "--strategy", "random")
-    out = P.query(proj, 100, log=lambda *_: None)
+    out = P.query(proj, 100)
     assert len(out.read_text().splitlines()) == 30
     assert "only 30 unasked example(s) left" in capsys.readouterr().err
     answer_jsonl(out, files / "a.jsonl")
-    P.label(proj, files / "a.jsonl", log=lambda *_: None)
-    P.train(proj, log=lambda *_: None)
+    P.label(proj, files / "a.jsonl")
+    P.train(proj)
     with pytest.raises(StarloraError, match="nothing left to query"):
-        P.query(proj, 1, log=lambda *_: None)
+        P.query(proj, 1)
 
 
 def test_init_refusals(files, capsys):

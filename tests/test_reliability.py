@@ -124,8 +124,8 @@ def test_a_full_disk_keeps_the_state_as_it_was_and_the_run_resumes(data, tmp_pat
 
 def project_with_labels(data, folder):
     cfg = resolve("paper", model="tiny-random", task="boolq", epochs=2, lora_r=4, score_batch_size=8, rounds=3)
-    P.init(folder, cfg, data / "train.jsonl", data / "test.jsonl", log=lambda *_: None)
-    query_file = P.query(folder, 8, log=lambda *_: None)
+    P.init(folder, cfg, data / "train.jsonl", data / "test.jsonl")
+    query_file = P.query(folder, 8)
     gold = {json.loads(line)["id"]: json.loads(line)["answer"] for line in (data / "train.jsonl").open()}
     answers = folder.parent / f"{folder.name}-answers.jsonl"
     answers.write_text("".join(json.dumps({"id": json.loads(line)["id"], "answer": gold[json.loads(line)["id"]]})
@@ -136,8 +136,8 @@ def project_with_labels(data, folder):
 def test_kills_during_label_and_train_lose_nothing_and_import_nothing_twice(data, tmp_path):
     answers = project_with_labels(data, tmp_path / "calm")
     shutil.copytree(tmp_path / "calm", tmp_path / "killed")
-    P.label(tmp_path / "calm", answers, log=lambda *_: None)
-    P.train(tmp_path / "calm", log=lambda *_: None)
+    P.label(tmp_path / "calm", answers)
+    P.train(tmp_path / "calm")
     rng = random.Random(3)
     for step in ("label", "train"):
         for _ in range(3):
@@ -165,10 +165,10 @@ def test_a_full_disk_during_label_imports_nothing(data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(F.os, "fsync", full)
     with pytest.raises(StarloraError, match="labels.jsonl: cannot write"):
-        P.label(tmp_path / "p", answers, log=lambda *_: None)
+        P.label(tmp_path / "p", answers)
     monkeypatch.undo()
     assert read_jsonl(tmp_path / "p" / "labels.jsonl") == []
-    assert P.label(tmp_path / "p", answers, log=lambda *_: None) == 8
+    assert P.label(tmp_path / "p", answers) == 8
 
 
 # ---------------------------------------------------------------- numerics
