@@ -172,7 +172,7 @@ def peak_rss_mb() -> float:
 
 
 def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, naive_n=32, batch_size=32,
-          train_batch_size=8, precision="auto", strategy="star-me", cache=None) -> dict:
+          train_batch_size=8, precision="auto", strategy="star-me") -> dict:
     """Measure everything in one process; returns the JSON-able result."""
     task = get_task(task_name, user_files=bool(train_file))
     if train_file:
@@ -182,7 +182,7 @@ def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, 
     examples = examples[:n]
     dev = device()
     precision = resolve_precision(precision, dev)
-    model, tokenizer = load_model(model_name, cache)
+    model, tokenizer = load_model(model_name)
     model = attach_lora(model, TrainSettings())  # the paper's adapter: r 64, alpha 16, dropout 0.1
     settings = ScoringSettings(batch_size=batch_size, precision=precision)
     star = get_strategy(strategy, task.closed)

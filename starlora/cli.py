@@ -31,9 +31,10 @@ def add_data_options(p: argparse.ArgumentParser, task_required: bool = True) -> 
     g.add_argument("--answer-field", help="field holding the answer (default answer)")
 
 
-def add_model_options(p: argparse.ArgumentParser) -> None:
+def add_model_options(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    """--model (default None where a configuration decides) and --cache-dir."""
     g = p.add_argument_group("model")
-    g.add_argument("--model",
+    g.add_argument("--model", default=default,
                    help="smollm2 (embedded SmolLM2-135M-Instruct, default), tiny-random (tests), a local folder or "
                         "an HF model id")
     g.add_argument("--cache-dir", help="where the converted embedded model is kept "
@@ -64,8 +65,8 @@ def cmd_eval(args) -> None:
     task, data = load_task_and_data(args)
     test = data.test[: args.limit] if args.limit else data.test
     start = time.time()
-    model, tokenizer = load_model(args.model or "smollm2", args.cache_dir)
-    print(f"model {args.model or 'smollm2'} loaded in {time.time() - start:.1f}s; task {task.name}: {len(test)} test examples "
+    model, tokenizer = load_model(args.model)
+    print(f"model {args.model} loaded in {time.time() - start:.1f}s; task {task.name}: {len(test)} test examples "
           f"({data.source})")
     result = evaluate(model, tokenizer, task, test, ScoringSettings(batch_size=args.score_batch_size), desc="zero-shot")
     extra = "".join(f", {k} {result[k]:.3f}" for k in ("ece", "brier") if k in result)
@@ -140,8 +141,6 @@ def run_config(args):
 def cmd_run(args) -> None:
     from .experiment import run_seeds
 
-    if args.cache_dir:
-        os.environ["STARLORA_CACHE"] = args.cache_dir
     cfg, seeds = run_config(args)
     run_seeds(cfg, seeds, args.out, dry_run=args.dry_run)
 
@@ -149,8 +148,6 @@ def cmd_run(args) -> None:
 def cmd_sweep(args) -> None:
     from .sweep import plan, read_grid, sweep
 
-    if args.cache_dir:
-        os.environ["STARLORA_CACHE"] = args.cache_dir
     blocks = read_grid(args.grid) if args.grid else [{}]
     listed = {"tasks": parse_candidates(args.tasks) or ([args.task] if args.task else None), "strategies": parse_candidates(args.strategies),
               "seeds": args.seeds, "protocol": args.protocol}
@@ -299,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="zero-shot accuracy of a model on a task's test split",
                        description="Zero-shot accuracy (and calibration on closed-set tasks) on the test split.")
     add_data_options(p)
-    add_model_options(p)
+    add_model_options(p, default="smollm2")
     p.add_argument("--limit", type=int, help="evaluate only the first N test examples")
     p.add_argument("--score-batch-size", type=int, default=32, help="scoring batch size (default 32)")
     p.set_defaults(func=cmd_eval)
@@ -310,8 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Measures, in one run: STAR acquisition scoring (batched) and the official "
                                    "one-at-a-time full-logit scoring, a training epoch (length-grouped) and the "
                                    "official pad-to-384 epoch, this machine's matmul throughput, and peak memory.")
-    p.add_argument("--model", default="smollm2", help="model (default smollm2, the embedded one)")
-    p.add_argument("--cache-dir", help="where the converted embedded model is kept")
+    add_model_options(p, default="smollm2")
     p.add_argument("--task", default="boolq", help="task (default boolq)")
     p.add_argument("--train-file", help="examples to use instead of the task's embedded pool (JSONL or CSV)")
     p.add_argument("--n", type=int, default=256, help="examples for the fast paths (default 256)")
@@ -328,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "embedded model learns in a few rounds) for random, me and star-me with one seed, "
                                    "then prints the report.")
     p.add_argument("--task", default="sst2", help="embedded task (default sst2; boolq, boolq-passage, obqa, gsm8k)")
-    add_model_options(p)
+    add_model_options(p, default="smollm2")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.set_defaults(func=cmd_demo)
     return parser
@@ -345,7 +341,7 @@ def cmd_bench(args) -> None:
     if args.json:  # stdout holds the JSON alone; progress goes to stderr
         Console.info_stream = "stderr"
     result = bench(args.model, args.task, args.train_file, args.n, args.k, args.naive_n, args.score_batch_size,
-                   precision=args.precision, strategy=args.strategy, cache=args.cache_dir)
+                   precision=args.precision, strategy=args.strategy)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -359,14 +355,12 @@ DEMO_STRATEGIES = ("random", "me", "star-me")  # one seed: the same initial set,
 def cmd_demo(args) -> None:
     from .experiment import resolve, run
 
-    if args.cache_dir:
-        os.environ["STARLORA_CACHE"] = args.cache_dir
     start = time.time()
     out = Path(args.out)
     runs = [out / f"{args.task}-{strategy}" for strategy in DEMO_STRATEGIES]
     for strategy, folder in zip(DEMO_STRATEGIES, runs):
         print(f"== {args.task}: {strategy} ==")
-        run(resolve("quick", task=args.task, strategy=strategy, model=args.model or "smollm2"), folder)
+        run(resolve("quick", task=args.task, strategy=strategy, model=args.model), folder)
     args.runs, args.out = [str(r) for r in runs], str(out / "report")
     cmd_report(args)
     print(f"demo finished in {time.time() - start:.0f}s")
@@ -413,6 +407,8 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     configure_logging()
     args = build_parser().parse_args(argv)
+    if getattr(args, "cache_dir", None):  # one place for every command, and inherited by sweep workers
+        os.environ["STARLORA_CACHE"] = args.cache_dir
     if getattr(args, "template", None):  # a shell cannot easily pass a newline: --template 'Q: {question}\nA:'
         args.template = args.template.replace("\\n", "\n").replace("\\t", "\t")
     try:

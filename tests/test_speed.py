@@ -114,8 +114,7 @@ def test_unknown_precision_is_refused_naming_it():
 
 def test_bench_reports_every_figure_on_the_tiny_model(write):
     rows = "".join(json.dumps({"question": ex.prompt, "answer": ex.target}) + "\n" for ex in EXAMPLES)
-    result = B.bench("tiny-random", "boolq", write("pool.jsonl", rows), n=8, k=2, naive_n=4, batch_size=4,
-                     log=lambda _: None)
+    result = B.bench("tiny-random", "boolq", write("pool.jsonl", rows), n=8, k=2, naive_n=4, batch_size=4)
     for key in ("scoring_examples_per_s", "naive_scoring_examples_per_s", "scoring_speedup", "training_examples_per_s",
                 "naive_training_examples_per_s", "training_speedup", "matmul_gflops", "scoring_roofline_fraction",
                 "peak_rss_mb"):
