@@ -24,7 +24,8 @@ import torch
 from starlora.bench import FlopCount
 from starlora.data import load_data
 from starlora.models import load_model
-from starlora.scoring import ScoringSettings, answer_prefix, encode_answer, encode_prompt, score
+from starlora.scoring import ScoringSettings, score
+from starlora.tokens import answer_prefix, encode_answer, encode_prompt
 from starlora.tasks import get_task
 
 HUB_SIZES = {"gsm8k": (7473, 1319), "boolq": (9427, 3270), "obqa": (4957, 500)}  # (train pool, test)

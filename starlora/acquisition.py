@@ -15,7 +15,8 @@ import numpy as np
 from .config import MethodConfig, uses_mc_dropout
 from .errors import StarloraWarning
 from .files import write_atomic
-from .scoring import ScoringSettings, base_model, score
+from .scoring import ScoringSettings, score
+from .masks import adapter_disabled
 from .strategies import Strategy, measure_key, select
 
 REFERENCE_WARNING = ("--target reference scores the GOLD answers of the unlabeled pool, as the "
@@ -45,7 +46,7 @@ class BaseCache:
     def get(self, model, tokenizer, examples) -> dict[str, np.ndarray]:
         missing = [ex for ex in examples if self.key(ex) not in self.values]
         if missing:
-            with base_model(model):
+            with adapter_disabled(model):
                 scores = score(model, tokenizer, self.task, missing, passes=1, settings=self.settings,
                                reference=self.reference, desc="base model")
             for i, ex in enumerate(missing):

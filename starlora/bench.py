@@ -19,7 +19,9 @@ from .acquisition import BaseCache, acquisition_scores
 from .data import load_data, make_examples, read_rows
 from .hardware import autocast, device, resolve_precision
 from .models import load_model
-from .scoring import ScoringSettings, answer_prefix, base_model, encode_answer, encode_prompt, lora_dropout
+from .scoring import ScoringSettings
+from .masks import adapter_disabled, lora_sampling
+from .tokens import answer_prefix, encode_answer, encode_prompt
 from .strategies import get_strategy
 from .tasks import get_task
 from .training import TrainSettings, attach_lora, encode_examples, make_optimizer, train
@@ -126,13 +128,13 @@ def naive_scoring(model, tokenizer, task, examples, k, settings):
                         for c in task.candidates]
             return [naive_generate(model, tokenizer, prompt, settings.max_new_tokens)]
 
-        with lora_dropout(model, False):
+        with lora_sampling(model, False):
             own = answers()
             naive_answer_stats(model, [(prompt, a) for a in own])  # fixes y_hat (the fast path's first pass)
-        with lora_dropout(model, True):
+        with lora_sampling(model, True):
             for _ in range(k):
                 naive_answer_stats(model, [(prompt, a) for a in own])
-        with base_model(model), lora_dropout(model, False):
+        with adapter_disabled(model), lora_sampling(model, False):
             base = answers()
             base_stats = naive_answer_stats(model, [(prompt, a) for a in base])
         chosen = int(base_stats[:, 0].argmax()) if task.closed else 0

@@ -24,7 +24,9 @@ from .evaluation import evaluate
 from .files import read_jsonl, write_json, write_jsonl
 from .hardware import device, resolve_precision
 from .models import load_model
-from .scoring import ScoringSettings, base_model, join, score
+from .scoring import ScoringSettings, score
+from .masks import adapter_disabled
+from .tokens import join
 from .strategies import Strategy, get_strategy, measure_key
 from .tasks import Task, get_task
 from .training import TrainSettings, attach_lora, train
@@ -215,7 +217,7 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
     (out / "probe").mkdir(exist_ok=True)
     probe = [pool[i] for i in probe_ids]
     if probe and not (out / "probe" / "base.json").exists():
-        with base_model(model):
+        with adapter_disabled(model):
             base_probe = score(model, tokenizer, task, probe, settings=settings, desc="probe (base)")
         write_json(out / "probe" / "base.json", dict(zip(probe_ids, base_probe.measures[measure].tolist())))
     if not lora and strategy.needs_base:  # the full-tuned model has no adapter to switch off: cache mu_b up front
@@ -276,7 +278,7 @@ def summarise(x: Experiment, records: list[dict]) -> dict:
             x.model.load_state_dict(x.base_state)
         demos = [x.pool[i] for i in x.initial[: cfg.fewshot]]
         wide = dataclasses.replace(x.settings, max_prompt_tokens=cfg.max_prompt_tokens * (cfg.fewshot + 1))
-        with base_model(x.model):
+        with adapter_disabled(x.model):
             few = evaluate(x.model, x.tokenizer, x.task, fewshot_examples(x.test, demos), wide, desc="few-shot base")
         summary["fewshot"] = {k: few[k] for k in ("accuracy", "ece", "brier", "wrong_confidence")}
     write_json(x.out / "summary.json", summary)

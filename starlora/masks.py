@@ -1,4 +1,6 @@
-"""LoRA dropout masks that do not depend on how rows are batched or split across processes.
+"""LoRA dropout: when it samples (`lora_sampling`), with which masks, and the adapter switched off (`adapter_disabled`).
+
+Masks here do not depend on how rows are batched or split across processes.
 
 PEFT's `lora_dropout` is an nn.Dropout: one mask per row, drawn from the global random stream. Two places need more
 control, and swap in one of these modules for the duration of a call (`swap_lora_dropout`):
@@ -71,3 +73,24 @@ def swap_lora_dropout(model, make):
     finally:
         for layer, name, drop in swapped:
             layer.lora_dropout[name] = drop
+
+
+@contextlib.contextmanager
+def lora_sampling(model, active: bool):
+    """Everything in eval mode; with active=True only PEFT's lora_dropout modules sample masks (MC dropout, and
+    training in LoRA mode: the frozen base runs as at inference)."""
+    was_training = model.training
+    model.eval()
+    if active:
+        for name, module in model.named_modules():
+            if name.split(".")[-1] == "lora_dropout" or ".lora_dropout." in name + ".":
+                module.train()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def adapter_disabled(model):
+    """Context in which `model` behaves as the frozen base model (PEFT's disable_adapter); a no-op for plain models."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()

@@ -25,17 +25,18 @@ import shutil
 from pathlib import Path
 
 
+from . import training
 from .acquisition import Acquisition, BaseCache, RoundSeeds, random_scores
+from .config import MethodConfig
 from .data import Example, make_examples, read_rows, row_id
 from .errors import StarloraError
 from .evaluation import evaluate
-from .config import MethodConfig
 from .experiment import method_settings, versions
 from .files import read_jsonl, write_atomic, write_json, write_jsonl
 from .models import load_model
 from .strategies import get_strategy, measure_key, select
 from .tasks import get_task
-from .training import attach_lora, train as train_adapter
+from .training import attach_lora
 
 logger = logging.getLogger(__name__)
 FORMATS = {"jsonl": ".jsonl", "csv": ".csv", "labelstudio": ".json"}
@@ -319,7 +320,7 @@ def train(folder) -> Path:
     t = len(adapters)
     model, tokenizer = load_model(cfg.model)
     model = attach_lora(model, train_settings)
-    stats = train_adapter(model, tokenizer, examples, train_settings, desc=f"round {t} training")
+    stats = training.train(model, tokenizer, examples, train_settings, desc=f"round {t} training")
     record = {"round": t, "n_labels": len(labels), "train_loss": stats["loss"], "train_s": stats["seconds"]}
     test = project.test()
     if test:

@@ -8,20 +8,19 @@ function, so the prediction that is scored for accuracy is the y_hat whose uncer
 from __future__ import annotations
 
 import contextlib
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from . import parallel
 from . import uncertainty as U
 from .errors import StarloraError
 from .hardware import autocast
-from .masks import GroupDropout, group_seed, swap_lora_dropout
+from .masks import GroupDropout, group_seed, lora_sampling, swap_lora_dropout
 from .tasks import Task
+from .tokens import answer_prefix, encode_answer, encode_prompt, length_sorted_batches, progress
 
 
 @dataclass(frozen=True)
@@ -46,66 +45,6 @@ class Scores:
     probs: np.ndarray | None = None  # closed-set: label distribution of the deterministic pass [N, C]
     pass_probs: np.ndarray | None = None  # closed-set: label distribution of each pass measured [N, K, C]
     truncated: np.ndarray | None = None  # open tasks: [N] bool, the generation hit max_new_tokens (greedy_answers)
-
-
-def progress(iterable=None, disable: bool = False, **kwargs):
-    disable = disable or bool(os.environ.get("STARLORA_NO_PROGRESS"))
-    return tqdm(iterable, disable=disable, dynamic_ncols=True, **kwargs)
-
-
-# ---------------------------------------------------------------- dropout and adapters
-
-
-@contextlib.contextmanager
-def lora_dropout(model, active: bool):
-    """Everything in eval mode; with active=True only PEFT's lora_dropout modules sample masks."""
-    was_training = model.training
-    model.eval()
-    if active:
-        for name, module in model.named_modules():
-            if name.split(".")[-1] == "lora_dropout" or ".lora_dropout." in name + ".":
-                module.train()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-def base_model(model):
-    """Context in which `model` behaves as the frozen base model (PEFT's disable_adapter); a no-op for plain models."""
-    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
-
-
-# ---------------------------------------------------------------- tokens
-
-
-def answer_prefix(prompt: str) -> str:
-    """What joins a prompt to its answer: one space, or nothing after a line break. Trailing spaces of the prompt
-    are dropped first (encode_prompt), so "The correct answer is " + "B" reads "...is B", never "...is  B"."""
-    stripped = prompt.rstrip(" \t")
-    return "" if not stripped or stripped.endswith("\n") else " "
-
-
-def join(prompt: str, answer: str) -> str:
-    """The text a prompt and its answer make together (few-shot demonstrations)."""
-    return prompt.rstrip(" \t") + answer_prefix(prompt) + answer
-
-
-def encode_prompt(tokenizer, prompt: str, limit: int) -> list[int]:
-    ids = tokenizer(prompt.rstrip(" \t"))["input_ids"]
-    return ids[-limit:]  # keep the end: the question and "Answer:" sit there, a long passage loses its start
-
-
-def encode_answer(tokenizer, answer: str, limit: int, eos: bool = False, prefix: str = " ") -> list[int]:
-    """Answer tokens as they follow the prompt; `prefix` is answer_prefix(prompt)."""
-    ids = tokenizer(prefix + answer, add_special_tokens=False)["input_ids"][:limit]
-    return ids + [tokenizer.eos_token_id] if eos else ids
-
-
-def length_sorted_batches(lengths, batch_size: int) -> list[list[int]]:
-    """Indices grouped into batches of similar length (longest first), so padding to each batch's longest is cheap."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
 
 
 @torch.no_grad()
@@ -286,11 +225,11 @@ def score(model, tokenizer, task: Task, examples, *, passes: int = 1, mc_dropout
             answers = [encode_answer(tokenizer, ex.target, settings.max_answer_tokens, eos=True,
                                      prefix=answer_prefix(ex.prompt)) for ex in examples]
         else:
-            with lora_dropout(model, False):
+            with lora_sampling(model, False):
                 answers, truncated = greedy_answers(model, tokenizer, prompts, settings.max_new_tokens,
                                                     desc=f"{desc} (generating)", stop=task.stop, **run)
         pairs = [(p, a) for p, a in zip(prompts, answers)]
-        with lora_dropout(model, stochastic):
+        with lora_sampling(model, stochastic):
             lp, en, ln = answer_stats(model, [pair for pair in pairs for _ in range(k)],
                                       desc=f"{desc} ({k} pass{'es' if k > 1 else ''})",
                                       names=[ex.id for ex in examples for _ in range(k)],
@@ -321,11 +260,11 @@ def _candidate_passes(model, tokenizer, task, examples, prompts, k, seed, settin
         # prompt position, so one dropout sample is evaluated on all candidates alike.
         seqs = [(p, encoded[pre][0]) for p, pre in zip(prompts, prefixes)]
         choices = [[a[0] for a in encoded[pre]] for pre in prefixes]
-        with lora_dropout(model, False):
+        with lora_sampling(model, False):
             logp, ent, _ = answer_stats(model, seqs, desc=f"{desc} (answers)", names=ids, choices=choices, **run)
         logp, ent = logp[:, None], np.repeat(ent[:, None, None], c, 2)
         if k > 1:
-            with lora_dropout(model, True):
+            with lora_sampling(model, True):
                 lp, en, _ = answer_stats(model, [s for s in seqs for _ in range(k)], desc=f"{desc} ({k} MC passes)",
                                          names=[x for x in ids for _ in range(k)], mask_seed=seed,
                                          choices=[x for x in choices for _ in range(k)], **run)
@@ -334,13 +273,13 @@ def _candidate_passes(model, tokenizer, task, examples, prompts, k, seed, settin
         return logp, ent, np.ones((n, c), dtype=int)
     seqs = [(p, a) for p, pre in zip(prompts, prefixes) for a in encoded[pre]]  # rows (example, candidate)
     names = [x for x in ids for _ in range(c)]
-    with lora_dropout(model, False):
+    with lora_sampling(model, False):
         logp, ent, length = answer_stats(model, seqs, desc=f"{desc} (answers)", names=names, **run)
     logp, ent = logp.reshape(n, 1, c), ent.reshape(n, 1, c)
     if k > 1:  # rows (example, pass, candidate); the candidates of one (example, pass) share one mask group
         rows = [i * c + j for i in range(n) for _ in range(k) for j in range(c)]
         groups = [group_seed(seed, i, m) for i in range(n) for m in range(k) for _ in range(c)]
-        with lora_dropout(model, True):
+        with lora_sampling(model, True):
             lp, en, _ = answer_stats(model, [seqs[r] for r in rows], desc=f"{desc} ({k} MC passes)",
                                      names=[names[r] for r in rows], groups=groups, **run)
         logp = np.concatenate([logp, lp.reshape(n, k, c)], 1)

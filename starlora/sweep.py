@@ -22,7 +22,7 @@ from .errors import StarloraError
 from .config import RunConfig, resolve
 from .experiment import run
 from .files import read_jsonl
-from .scoring import progress
+from .tokens import progress
 
 GRID_KEYS = {"tasks", "strategies", "seeds", "protocol", "config"}
 

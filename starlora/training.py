@@ -20,9 +20,9 @@ from transformers import get_linear_schedule_with_warmup
 
 from . import parallel
 from .hardware import autocast
-from .masks import BatchDropout, swap_lora_dropout
+from .masks import BatchDropout, lora_sampling, swap_lora_dropout
 from .models import LORA_TARGETS
-from .scoring import answer_prefix, encode_answer, encode_prompt, lora_dropout, progress
+from .tokens import answer_prefix, encode_answer, encode_prompt, progress
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ def train(model, tokenizer, examples, settings: TrainSettings, desc: str = "trai
     whole_batch = swap_lora_dropout(model, lambda p: BatchDropout(p, masks))
     with whole_batch as dropouts, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(settings.seed)  # any other dropout (full mode)
-        modes = lora_dropout(model, True) if settings.mode == "lora" else _train_mode(model)
+        modes = lora_sampling(model, True) if settings.mode == "lora" else _train_mode(model)
         with modes:
             for batch in (b for epoch in epochs for b in epoch):
                 ids, mask, labels = training_batch([pairs[i] for i in batch], tokenizer.pad_token_id)

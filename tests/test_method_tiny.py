@@ -8,7 +8,8 @@ from starlora.acquisition import REFERENCE_WARNING, BaseCache, acquisition_score
 from starlora.data import Example
 from starlora.errors import StarloraWarning
 from starlora.models import tiny_random
-from starlora.scoring import ScoringSettings, answer_stats, base_model, lora_dropout, score
+from starlora.scoring import ScoringSettings, answer_stats, score
+from starlora.masks import adapter_disabled, lora_sampling
 from starlora.strategies import get_strategy
 from starlora.tasks import get_task
 from starlora.training import TrainSettings, attach_lora, make_optimizer, train
@@ -32,7 +33,7 @@ def lora_model(dropout=0.1, seed=0):
 
 def test_mc_dropout_only_in_lora_branch():
     model, tok = lora_model()
-    with lora_dropout(model, True):
+    with lora_sampling(model, True):
         active = {n for n, m in model.named_modules() if m.training}
         assert active and all("lora_dropout" in n for n in active)
         attention = [m for n, m in model.named_modules() if n.endswith("self_attn")]
@@ -40,7 +41,7 @@ def test_mc_dropout_only_in_lora_branch():
     assert not any(m.training for m in model.modules())
     pairs = [(tok(ex.prompt)["input_ids"], tok(" " + ex.target, add_special_tokens=False)["input_ids"]) for ex in EXAMPLES]
     torch.manual_seed(0)
-    with lora_dropout(model, True):
+    with lora_sampling(model, True):
         a, _, _ = answer_stats(model, pairs, 4)
         b, _, _ = answer_stats(model, pairs, 4)
     assert not np.allclose(a, b)  # two MC passes differ
@@ -75,7 +76,7 @@ def test_disabled_adapter_equals_the_base_model():
     base, tok = tiny_random()
     expected = score(base, tok, BOOLQ, EXAMPLES, settings=SMALL)
     model, tok = lora_model()
-    with base_model(model):
+    with adapter_disabled(model):
         got = score(model, tok, BOOLQ, EXAMPLES, settings=SMALL)
     adapted = score(model, tok, BOOLQ, EXAMPLES, settings=SMALL)
     for k in ("pe", "me", "entropy"):
@@ -150,7 +151,7 @@ def test_base_cache_scores_each_example_once(tmp_path):
     cache = BaseCache(path, "tiny", BOOLQ, SMALL)
     first = mu_b(cache, EXAMPLES[:6])
     assert cache.computed == 6  # every candidate on first use
-    with base_model(model):  # ... under the base model (adapter disabled)
+    with adapter_disabled(model):  # ... under the base model (adapter disabled)
         np.testing.assert_allclose(first, score(model, tok, BOOLQ, EXAMPLES[:6], settings=SMALL).measures["me"],
                                    rtol=1e-9)
     assert np.array_equal(mu_b(cache, EXAMPLES[:6], t=1), first) and cache.computed == 6  # a later round: none

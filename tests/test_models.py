@@ -72,7 +72,8 @@ def test_embedded_model_converts_once_then_loads_from_cache(tmp_path, monkeypatc
     # BoolQ's " true"/" false" are one token each: scoring takes the one-forward path; it matches the official way
     from starlora.bench import naive_answer_stats
     from starlora.data import Example
-    from starlora.scoring import encode_answer, encode_prompt, score
+    from starlora.scoring import score
+    from starlora.tokens import encode_answer, encode_prompt
     from starlora.tasks import get_task
 
     task = get_task("boolq")

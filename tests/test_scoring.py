@@ -7,9 +7,10 @@ import torch
 from starlora import uncertainty as U
 from starlora.data import Example
 from starlora.experiment import fewshot_examples
-from starlora.masks import GroupDropout, group_seed, swap_lora_dropout
+from starlora.masks import GroupDropout, group_seed, lora_sampling, swap_lora_dropout
 from starlora.models import tiny_random
-from starlora.scoring import ScoringSettings, encode_answer, encode_prompt, lora_dropout, score
+from starlora.scoring import ScoringSettings, score
+from starlora.tokens import encode_answer, encode_prompt
 from starlora.tasks import get_task
 from starlora.training import TrainSettings, attach_lora, encode_examples
 
@@ -40,7 +41,7 @@ def explicit_pass(model, tok, prompt, candidates, seed):
         ids = torch.zeros(1, width, dtype=torch.long)
         ids[0, :len(p) + len(a)] = torch.tensor(p + a)
         mask = (torch.arange(width) < len(p) + len(a)).long()[None]
-        with lora_dropout(model, True), swap_lora_dropout(model, GroupDropout) as drops:
+        with lora_sampling(model, True), swap_lora_dropout(model, GroupDropout) as drops:
             for d in drops:
                 d.groups, d.widths = torch.tensor([0]), [width]
                 d.generators = [torch.Generator().manual_seed(seed)]

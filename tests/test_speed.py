@@ -18,7 +18,8 @@ from starlora.errors import StarloraError
 from starlora.files import read_jsonl
 from starlora.hardware import resolve_precision
 from starlora.models import tiny_random
-from starlora.scoring import ScoringSettings, answer_stats, encode_answer, encode_prompt, score
+from starlora.scoring import ScoringSettings, answer_stats, score
+from starlora.tokens import encode_answer, encode_prompt
 from starlora.tasks import get_task
 from starlora.masks import BatchDropout
 from starlora.training import TrainSettings, attach_lora, batch_order
