@@ -2,7 +2,8 @@
 
 Each field carries its help text and its rule (metadata), so a new option is one line here: the command line flags
 (`cli.add_config_flags`) and the validation (`check`) are generated from the fields. Defaults are the paper protocol
-(the design notes, method spec); `resolve` layers a protocol and overrides on top and validates the whole before anything is written.
+(the design notes, method spec); `resolve` layers a protocol and overrides on top and validates the whole
+before anything is written.
 """
 
 from __future__ import annotations

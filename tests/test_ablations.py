@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import lora_model
 from starlora.acquisition import BaseCache, acquisition_scores
 from starlora.data import Example
 from starlora.experiment import method_settings, resolve, uses_mc_dropout
-from starlora.models import tiny_random
 from starlora.scoring import ScoringSettings, score
 from starlora.strategies import get_strategy
 from starlora.tasks import get_task
-from starlora.training import TrainSettings, attach_lora, make_optimizer
+from starlora.training import make_optimizer
 
 BOOLQ = get_task("boolq", template="{question}")
 EXAMPLES = [Example(f"e{i}", f"Question: is {i} odd?" + " really" * (i % 3) + "\nAnswer:", t, t)
@@ -20,17 +20,6 @@ EXAMPLES = [Example(f"e{i}", f"Question: is {i} odd?" + " really" * (i % 3) + "\
 SMALL = ScoringSettings(batch_size=3)
 ROUNDS = 4  # lambda(t) = 1 - (t + 1) / 4: 0.75, 0.5, 0.25
 LR, BETA = 0.1, 0.3  # one decay step multiplies lora_B by 1 - LR * BETA = 0.97
-
-
-def lora_model():
-    base, tok = tiny_random()
-    model = attach_lora(base, TrainSettings(lora_r=4, lora_alpha=8, lora_dropout=0.1))
-    with torch.no_grad():  # B != 0: the adapter, its dropout and its decay all have a visible effect
-        g = torch.Generator().manual_seed(1)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g))
-    return model, tok
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 from starlora.files import read_jsonl
 
 sys.path.insert(0, str(Path(__file__).parent))
-import identity_run  # noqa: E402
+import identity_run  # noqa: E402  (tests/ is on the path for helpers too)
 
 
 def close(a, b, where):

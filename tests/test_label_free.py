@@ -6,15 +6,13 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
+from helpers import lora_model
 from starlora.acquisition import BaseCache, acquisition_scores
 from starlora.data import Example
-from starlora.models import tiny_random
 from starlora.scoring import ScoringSettings
 from starlora.strategies import get_strategy
 from starlora.tasks import get_task
-from starlora.training import TrainSettings, attach_lora
 
 SMALL = ScoringSettings(batch_size=3, max_new_tokens=4)
 BOOLQ = get_task("boolq", template="{question}")
@@ -38,14 +36,7 @@ def flipped(examples):
 
 @pytest.fixture(scope="module")
 def model():
-    base, tok = tiny_random()
-    lora = attach_lora(base, TrainSettings(lora_r=4, lora_alpha=8, lora_dropout=0.1))
-    with torch.no_grad():  # B != 0: the adapter (and its MC dropout) changes the scores
-        g = torch.Generator().manual_seed(1)
-        for name, p in lora.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g))
-    return lora, tok
+    return lora_model()  # B != 0: the adapter (and its MC dropout) changes the scores
 
 
 def scores(model, task, examples, strategy, reference=False):

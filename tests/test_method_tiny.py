@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import lora_model
 from starlora.acquisition import REFERENCE_WARNING, BaseCache, acquisition_scores
 from starlora.data import Example
 from starlora.errors import StarloraWarning
@@ -18,17 +19,6 @@ BOOLQ = get_task("boolq", template="{question}")
 GSM = get_task("gsm8k", template="{question}")
 EXAMPLES = [Example(f"e{i}", f"Question: is {i} odd?\nAnswer:", t, t) for i, t in enumerate(["true", "false"] * 4)]
 SMALL = ScoringSettings(batch_size=3, max_new_tokens=6)
-
-
-def lora_model(dropout=0.1, seed=0):
-    base, tok = tiny_random()
-    model = attach_lora(base, TrainSettings(lora_r=4, lora_alpha=8, lora_dropout=dropout, seed=seed))
-    with torch.no_grad():  # B starts at zero; give the adapter an effect so dropout and disabling it are visible
-        g = torch.Generator().manual_seed(1)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g))
-    return model, tok
 
 
 def test_mc_dropout_only_in_lora_branch():

@@ -4,6 +4,7 @@ prompt with its answer."""
 import numpy as np
 import torch
 
+from helpers import lora_model
 from starlora import uncertainty as U
 from starlora.data import Example
 from starlora.experiment import fewshot_examples
@@ -12,21 +13,10 @@ from starlora.models import tiny_random
 from starlora.scoring import ScoringSettings, score
 from starlora.tokens import encode_answer, encode_prompt
 from starlora.tasks import get_task
-from starlora.training import TrainSettings, attach_lora, encode_examples
+from starlora.training import TrainSettings, encode_examples
 
 WORDS = get_task("closed", ["yes", "no", "maybe"], "{question}")  # byte-level tokenizer: 2-5 tokens each
 EXAMPLES = [Example(f"e{i}", f"Is {'x' * i} short?", "yes", "yes") for i in range(1, 6)]
-
-
-def lora_model():
-    base, tok = tiny_random()
-    model = attach_lora(base, TrainSettings(lora_r=4, lora_alpha=8, lora_dropout=0.3))
-    with torch.no_grad():  # B != 0, so dropout on the LoRA path changes the output
-        g = torch.Generator().manual_seed(1)
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.copy_(torch.randn(p.shape, generator=g))
-    return model, tok
 
 
 @torch.no_grad()
@@ -52,7 +42,7 @@ def explicit_pass(model, tok, prompt, candidates, seed):
 
 
 def test_one_mc_pass_is_one_network_for_all_candidates_of_an_example():
-    model, tok = lora_model()
+    model, tok = lora_model(dropout=0.3)
     assert any(len(encode_answer(tok, c, 128)) > 1 for c in WORDS.candidates)  # the pair path, not the one-token one
     k, seed = 3, 7
     got = score(model, tok, WORDS, EXAMPLES, passes=k, mc_dropout=True, seed=seed, settings=ScoringSettings(batch_size=4))

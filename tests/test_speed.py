@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from helpers import separated_inputs
 from starlora import bench as B
 from starlora.data import Example
 from starlora.errors import StarloraError
@@ -134,29 +135,8 @@ N_TEST = 12
 
 
 def separated_data(tmp_path):
-    """A tiny LLaMA with its output layer scaled up (confident, prompt-dependent predictions) and prompts of very
-    different lengths and alphabets, so candidates' uncertainties spread over several nats instead of sitting within
-    float rounding of log(V) as on the plain tiny model (where 2-process rounding reorders near-ties)."""
-    import random
-
-    model, tok = tiny_random()
-    with torch.no_grad():
-        model.lm_head.weight.mul_(30.0)
-    model.save_pretrained(tmp_path / "model")
-    tok.save_pretrained(tmp_path / "model")
-    rng = random.Random(0)
-    alphabets = ["abcdefghij", "0123456789", "XYZ!?.,;", "thequickbrownfox", "a\n\tb "]
-
-    def prompt():
-        alphabet = rng.choice(alphabets)
-        return "Q" + "".join(rng.choice(alphabet) for _ in range(rng.choice([3, 8, 20, 45, 90])))
-
-    for name, n in (("train", 48), ("test", N_TEST)):
-        (tmp_path / f"{name}.jsonl").write_text("".join(
-            json.dumps({"id": f"{name}{i}", "question": prompt(), "answer": rng.choice(["true", "false"])}) + "\n"
-            for i in range(n)))
-    return ["--model", str(tmp_path / "model"), "--train-file", str(tmp_path / "train.jsonl"),
-            "--test-file", str(tmp_path / "test.jsonl")]
+    paths = separated_inputs(tmp_path, 48, N_TEST)
+    return ["--model", paths["model"], "--train-file", paths["train_file"], "--test-file", paths["test_file"]]
 
 
 def test_two_processes_select_what_one_process_selects(tmp_path):
