@@ -167,7 +167,7 @@ def cmd_report(args) -> None:
 
     rows = report(args.runs, args.out)
     print((Path(args.out) / "report.md").read_text())
-    print(f"report written to {args.out} ({len(rows)} task x strategy rows)")
+    print(f"report written to {args.out} ({len(rows)} rows: one per group x strategy)")
 
 
 def cmd_init(args) -> None:

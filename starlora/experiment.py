@@ -158,7 +158,7 @@ class Experiment:
             self.model = current.unload()  # back to the untouched base model; next round attaches a fresh adapter
 
 
-def run(cfg: RunConfig, out: str | Path, dry_run: bool = False, on_round=None) -> dict | None:
+def run(cfg: RunConfig, out: str | Path, *, dry_run: bool = False, on_round=None) -> dict | None:
     """Run (or resume) one AL experiment into `out`; returns the summary. dry_run: check everything (data, model,
     folder) and return None having written nothing. on_round() is called after each finished round."""
     out = Path(out)
@@ -294,5 +294,5 @@ def _num(x):
 def run_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, dry_run: bool = False) -> list[dict]:
     """One sub-folder per seed when several are given."""
     if len(seeds) == 1:
-        return [run(dataclasses.replace(cfg, seed=seeds[0]), out, dry_run)]
-    return [run(dataclasses.replace(cfg, seed=s), Path(out) / f"seed{s}", dry_run) for s in seeds]
+        return [run(dataclasses.replace(cfg, seed=seeds[0]), out, dry_run=dry_run)]
+    return [run(dataclasses.replace(cfg, seed=s), Path(out) / f"seed{s}", dry_run=dry_run) for s in seeds]

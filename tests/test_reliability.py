@@ -86,14 +86,14 @@ def test_same_seed_same_everything_run_after_run(data, tmp_path):
     cfg = resolve("paper", model="tiny-random", task="boolq", train_file=str(data / "train.jsonl"),
                   test_file=str(data / "test.jsonl"), init_size=6, query_size=6, rounds=3, epochs=1, lora_r=4,
                   probe_size=8, fewshot=0, score_batch_size=8)
-    a, b = run(cfg, tmp_path / "a", lambda *_: None), run(cfg, tmp_path / "b", lambda *_: None)
+    a, b = run(cfg, tmp_path / "a"), run(cfg, tmp_path / "b")
     assert a == b
     assert strip(read_jsonl(tmp_path / "a" / "rounds.jsonl")) == strip(read_jsonl(tmp_path / "b" / "rounds.jsonl"))
     weights = "adapter/adapter_model.safetensors"
     assert (tmp_path / "a" / weights).read_bytes() == (tmp_path / "b" / weights).read_bytes()
     for name in ("scores/round_0.jsonl", "scores/round_1.jsonl", "probe/round_2.json", "base_scores.json"):
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text(), name
-    other = run(resolve("paper", **{**cfg.__dict__, "seed": 1}), tmp_path / "c", lambda *_: None)
+    other = run(resolve("paper", **{**cfg.__dict__, "seed": 1}), tmp_path / "c")
     assert read_jsonl(tmp_path / "c" / "rounds.jsonl")[0]["added"] != read_jsonl(tmp_path / "a" / "rounds.jsonl")[0]["added"]
     assert other["seed"] == 1
 
@@ -112,12 +112,12 @@ def test_a_full_disk_keeps_the_state_as_it_was_and_the_run_resumes(data, tmp_pat
 
     monkeypatch.setattr(F.os, "fsync", fsync)
     with pytest.raises(StarloraError, match="cannot write .*No space left on device.*previous state is kept"):
-        run(cfg, tmp_path / "x", lambda *_: None)
+        run(cfg, tmp_path / "x")
     assert len(read_jsonl(tmp_path / "x" / "rounds.jsonl")) == 1
     assert not list((tmp_path / "x").rglob(".*.tmp"))
     monkeypatch.setattr(F.os, "fsync", real_fsync)
-    resumed = run(cfg, tmp_path / "x", lambda *_: None)
-    assert resumed == run(cfg, tmp_path / "y", lambda *_: None)
+    resumed = run(cfg, tmp_path / "x")
+    assert resumed == run(cfg, tmp_path / "y")
 
 
 # ---------------------------------------------------------------- the human loop under kills
