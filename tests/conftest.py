@@ -6,6 +6,8 @@ os.environ.setdefault("STARLORA_NO_PROGRESS", "1")
 # The tiny model's matmuls are too small for threads to pay off, and on a busy 2-core machine two threads per process
 # fight over the cores (10-100x slower); subprocesses the tests start inherit the setting.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# No test may need the hub: an unknown model name fails at once instead of retrying the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,9 @@ OPEN = [Example(f"g{i}", f"Question: what is {i} plus {i * 7}?\nAnswer:", f"The 
         for i in range(1, 6)]
 
 
+pytestmark = pytest.mark.filterwarnings("ignore::starlora.errors.StarloraWarning")  # reference=True on purpose
+
+
 def flipped(examples):
     """Every answer changed: true <-> false on BoolQ, another number on GSM8K (target and gold alike)."""
     def flip(answer):
