@@ -87,8 +87,9 @@ PROTOCOLS = {
     # The offline demo: minutes on 2 CPU cores with the embedded model.
     # GSM8K generation limits from the embedded gold solutions (SmolLM2 tokens): 192 covers 96.7%, 256 covers 99.5%
     # (p95 175, p99 232); generation stops earlier at the end of "The final answer is N" (tasks.final_answer_complete).
-    "quick": dict(init_size=8, query_size=8, rounds=4, epochs=3, lr=1e-3, lora_r=16, candidate_subsample=128,
-                  test_size=300, probe_size=32, max_new_tokens=192),
+    # (The demo: candidates subsampled to 64 and no few-shot evaluation keep 3 runs under 10 minutes on 2 cores.)
+    "quick": dict(init_size=8, query_size=8, rounds=4, epochs=3, lr=1e-3, lora_r=16, candidate_subsample=64,
+                  test_size=300, probe_size=32, fewshot=0, max_new_tokens=192),
     # Meaningful on 2 cores in about an hour per strategy and seed.
     "cpu": dict(init_size=64, query_size=64, rounds=6, epochs=3, lr=5e-4, lora_r=32, candidate_subsample=768,
                 test_size=1000, max_new_tokens=256),
