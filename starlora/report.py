@@ -193,9 +193,10 @@ def _learning_curves(plt, runs, title, path) -> Path:
         n = min(len(r["curve"]) for r in rs)
         curves = np.array([r["curve"][:n] for r in rs])
         x = rs[0]["n_labeled"][:n]
-        ax.plot(x, curves.mean(0), marker="o", label=f"{strategy} (n={len(rs)})")
-        if len(rs) > 1:
-            ax.fill_between(x, curves.mean(0) - curves.std(0), curves.mean(0) + curves.std(0), alpha=0.2)
+        (line,) = ax.plot(x, curves.mean(0), marker="o", label=f"{strategy} (n={len(rs)})")
+        if len(rs) > 1:  # the band in its line's colour
+            ax.fill_between(x, curves.mean(0) - curves.std(0), curves.mean(0) + curves.std(0), alpha=0.2,
+                            color=line.get_color())
     ax.set(xlabel="labeled examples", ylabel="test accuracy (%)")
     ax.set_title(f"{title}: learning curves (mean ± std)", fontsize=9)
     ax.grid(alpha=0.3)
