@@ -15,8 +15,8 @@ import numpy as np
 from .config import MethodConfig, uses_mc_dropout
 from .errors import StarloraWarning
 from .files import write_atomic
-from .scoring import ScoringSettings, score
 from .masks import adapter_disabled
+from .scoring import ScoringSettings, score
 from .strategies import Strategy, measure_key, select
 
 REFERENCE_WARNING = ("--target reference scores the GOLD answers of the unlabeled pool, as the "

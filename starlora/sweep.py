@@ -18,8 +18,8 @@ from pathlib import Path
 import yaml
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from .errors import StarloraError
 from .config import RunConfig, resolve
+from .errors import StarloraError
 from .experiment import run
 from .files import read_jsonl
 from .tokens import progress
