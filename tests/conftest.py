@@ -1,6 +1,7 @@
 import os
 
 import pytest
+from hypothesis import settings
 
 os.environ.setdefault("STARLORA_NO_PROGRESS", "1")
 # The tiny model's matmuls are too small for threads to pay off, and on a busy 2-core machine two threads per process
@@ -8,6 +9,10 @@ os.environ.setdefault("STARLORA_NO_PROGRESS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # No test may need the hub: an unknown model name fails at once instead of retrying the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# The same examples on every machine: a property test that fails in CI fails the same way here.
+settings.register_profile("deterministic", derandomize=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "deterministic"))
 
 
 @pytest.fixture(scope="session")
