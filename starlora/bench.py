@@ -17,7 +17,7 @@ import torch
 
 from .acquisition import BaseCache, acquisition_scores
 from .data import load_data, make_examples, read_rows
-from .hardware import autocast, device, resolve_precision
+from .hardware import autocast, device, resolve_dtype, resolve_precision
 from .models import load_model
 from .scoring import ScoringSettings
 from .masks import adapter_disabled, lora_sampling
@@ -173,8 +173,32 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def reset_peak_memory(dev: torch.device) -> None:
+    """Start a new peak: CUDA's allocator statistics, or the process's peak RSS (Linux: clear_refs 5 resets VmHWM)."""
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:  # not Linux: peak_memory_mb falls back to the lifetime peak
+        pass
+
+
+def peak_memory_mb(dev: torch.device) -> float:
+    """Peak since reset_peak_memory: CUDA memory allocated by torch, else the process's resident memory."""
+    if dev.type == "cuda":
+        return torch.cuda.max_memory_allocated(dev) / 2**20
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return peak_rss_mb()
+
+
 def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, naive_n=32, batch_size=32,
-          train_batch_size=8, precision="auto", strategy="star-me") -> dict:
+          train_batch_size=8, precision="auto", strategy="star-me", dtype="auto",
+          gradient_checkpointing=False) -> dict:
     """Measure everything in one process; returns the JSON-able result."""
     task = get_task(task_name, user_files=bool(train_file))
     if train_file:
@@ -184,12 +208,14 @@ def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, 
     examples = examples[:n]
     dev = device()
     precision = resolve_precision(precision, dev)
-    model, tokenizer = load_model(model_name)
+    dtype = resolve_dtype(dtype, dev)
+    model, tokenizer = load_model(model_name, dtype=dtype)
     model = attach_lora(model, TrainSettings())  # the paper's adapter: r 64, alpha 16, dropout 0.1
     settings = ScoringSettings(batch_size=batch_size, precision=precision)
     star = get_strategy(strategy, task.closed)
     result = {"model": model_name, "task": task.name, "strategy": star.name, "n": len(examples), "k": k,
               "naive_n": min(naive_n, len(examples)), "device": str(dev), "precision": precision,
+              "dtype": dtype, "gradient_checkpointing": gradient_checkpointing, "weights_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
               "threads": torch.get_num_threads()}
 
     logger.info(f"matmul roofline ({precision}) ...")
@@ -221,14 +247,15 @@ def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, 
     result["naive_vs_fast_max_abs_diff"] = float(np.max(np.abs(fast_me - naive_me))) if len(sub) else 0.0
 
     logger.info(f"training one epoch on {len(examples)} examples (length-grouped, dynamic padding) ...")
-    train_settings = TrainSettings(epochs=1, batch_size=train_batch_size, precision=precision)
+    train_settings = TrainSettings(epochs=1, batch_size=train_batch_size, precision=precision,
+                                   gradient_checkpointing=gradient_checkpointing)
+    reset_peak_memory(dev)
     start = time.perf_counter()
     train(model, tokenizer, examples, train_settings, desc="bench training")
     _sync(dev)
     result["training_examples_per_s"] = len(examples) / (time.perf_counter() - start)
+    result["training_peak_mb"] = peak_memory_mb(dev)  # the whole process: weights included
     result["peak_rss_mb"] = peak_rss_mb()  # before the naive paths, whose 384-token batches need more
-    if dev.type == "cuda":
-        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
 
     logger.info(f"training {len(sub)} examples the official way (padded to {NAIVE_PAD}) ...")
     start = time.perf_counter()

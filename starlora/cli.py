@@ -65,7 +65,7 @@ def cmd_eval(args) -> None:
     task, data = load_task_and_data(args)
     test = data.test[: args.limit] if args.limit else data.test
     start = time.time()
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, dtype=args.dtype)
     print(f"model {args.model} loaded in {time.time() - start:.1f}s; task {task.name}: {len(test)} test examples "
           f"({data.source})")
     result = evaluate(model, tokenizer, task, test, ScoringSettings(batch_size=args.score_batch_size), desc="zero-shot")
@@ -299,6 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p, default="smollm2")
     p.add_argument("--limit", type=int, help="evaluate only the first N test examples")
     p.add_argument("--score-batch-size", type=int, default=32, help="scoring batch size (default 32)")
+    add_dtype_option(p)
     p.set_defaults(func=cmd_eval)
 
     add_project_commands(sub)
@@ -316,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="star-me", help="acquisition strategy scored (default star-me)")
     p.add_argument("--score-batch-size", type=int, default=32, help="scoring batch size (default 32)")
     p.add_argument("--precision", default="auto", help="auto, fp32 or bf16 (default auto)")
+    add_dtype_option(p)
+    p.add_argument("--gradient-checkpointing", action="store_true", help="train with gradient checkpointing")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=cmd_bench)
 
@@ -330,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_dtype_option(p) -> None:
+    from .config import MethodConfig
+
+    field = MethodConfig.__dataclass_fields__["dtype"]
+    p.add_argument("--dtype", default="auto", choices=field.metadata["choices"], help=field.metadata["help"])
+
+
 def cmd_bench(args) -> None:
     import json
 
@@ -341,7 +351,8 @@ def cmd_bench(args) -> None:
     if args.json:  # stdout holds the JSON alone; progress goes to stderr
         Console.info_stream = "stderr"
     result = bench(args.model, args.task, args.train_file, args.n, args.k, args.naive_n, args.score_batch_size,
-                   precision=args.precision, strategy=args.strategy)
+                   precision=args.precision, strategy=args.strategy, dtype=args.dtype,
+                   gradient_checkpointing=args.gradient_checkpointing)
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 from .errors import StarloraError
-from .hardware import device, resolve_precision
+from .hardware import device, resolve_dtype, resolve_precision
 from .strategies import get_strategy
 from .uncertainty import mixing_weight
 
@@ -61,6 +61,13 @@ class MethodConfig:
     group_by_length: bool = option(True, "training batches of similar length (less padding; HF's group_by_length)")
     precision: str = option("auto", "auto (bf16 autocast on CUDA and on CPUs with native bf16, else fp32), fp32 or "
                                     "bf16; stored resolved")
+    dtype: str = option("auto", "frozen base weights: auto (bf16 on CUDA GPUs with bf16, else fp32), fp32, bf16 or "
+                                "fp16; LoRA weights and optimiser state stay fp32; stored resolved",
+                        choices=("auto", "fp32", "bf16", "fp16"))
+    gradient_accumulation_steps: int = option(1, "micro-batches of --batch-size per optimiser step (effective batch "
+                                                 "batch_size x N; the LR schedule counts optimiser steps)", AT_LEAST_ONE)
+    gradient_checkpointing: bool = option(False, "recompute each decoder layer's activations in the backward pass: "
+                                                 "less memory, about a third more training time, same numbers")
 
 
 @dataclass
@@ -82,6 +89,11 @@ class RunConfig(MethodConfig):
     fewshot: int = option(3, "demonstrations for the base model's few-shot evaluation (0: skip)", AT_LEAST_ZERO)
 
 
+# What runs and projects made before an option existed used: a stored configuration without the key means this.
+LEGACY = {"dtype": "fp32", "gradient_accumulation_steps": 1, "gradient_checkpointing": False}
+# Options that change memory or speed but not the numbers: a resume may change them.
+RESUMABLE_CHANGES = {"gradient_checkpointing"}
+
 PROTOCOLS = {
     "paper": {},
     # The offline demo: minutes on 2 CPU cores with the embedded model.
@@ -102,7 +114,7 @@ PROTOCOLS = {
 
 def resolve(protocol: str = "paper", config=RunConfig, **overrides):
     """Paper defaults < protocol < overrides, validated whole (nothing is written before this passes), with
-    precision 'auto' resolved for this machine so a resume elsewhere cannot silently switch it."""
+    precision and dtype 'auto' resolved for this machine so a resume elsewhere cannot silently switch them."""
     if not isinstance(protocol, str) or protocol not in PROTOCOLS:
         raise StarloraError(f"unknown --protocol {protocol!r}: choose {', '.join(PROTOCOLS)}")
     names = {f.name for f in dataclasses.fields(config)}
@@ -112,7 +124,8 @@ def resolve(protocol: str = "paper", config=RunConfig, **overrides):
     values = {k: v for k, v in {**PROTOCOLS[protocol], **overrides}.items() if k in names and v is not None}
     cfg = config(**values)
     check(cfg)
-    return dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device()))
+    return dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, device()),
+                               dtype=resolve_dtype(cfg.dtype, device()))
 
 
 def flag(name: str) -> str:
@@ -142,6 +155,9 @@ def check(cfg: MethodConfig) -> None:
             raise StarloraError(f"--schedule {cfg.schedule} gives lambda({t}) = "
                                 f"{mixing_weight(t, cfg.rounds, cfg.schedule):g}, outside [0, 1]")
     resolve_precision(cfg.precision, device())
+    if cfg.mode == "full" and resolve_dtype(cfg.dtype, device()) != "fp32":
+        raise StarloraError(f"--mode full trains every weight, which needs fp32 master weights: use --dtype fp32 "
+                            f"(got {cfg.dtype}{' -> ' + resolve_dtype(cfg.dtype, device()) if cfg.dtype == 'auto' else ''})")
     strategy = get_strategy(cfg.strategy)
     if strategy.measure == "bald" and not uses_mc_dropout(cfg, strategy):
         raise StarloraError("--strategy bald needs MC dropout (--mode lora, --k 2 or more, --lora-dropout > 0); "

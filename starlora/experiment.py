@@ -17,7 +17,7 @@ import torch
 
 from . import __version__, metrics, parallel
 from .acquisition import Acquisition, BaseCache, subsample
-from .config import PROTOCOLS, MethodConfig, RunConfig, resolve, uses_mc_dropout
+from .config import LEGACY, PROTOCOLS, RESUMABLE_CHANGES, MethodConfig, RunConfig, resolve, uses_mc_dropout
 from .data import Example, load_data
 from .errors import StarloraError
 from .evaluation import evaluate
@@ -62,9 +62,9 @@ def check_folder(out: Path, cfg: RunConfig) -> bool:
             raise StarloraError(f"--out {out}: cannot create a folder under {parent}")
         config_file = out / "config.json"
         if config_file.exists():
-            stored = json.loads(config_file.read_text())["config"]
+            stored = {**LEGACY, **json.loads(config_file.read_text())["config"]}
             wanted = dataclasses.asdict(cfg)
-            diff = sorted(k for k in set(stored) | set(wanted) if stored.get(k) != wanted.get(k))
+            diff = sorted(k for k in (set(stored) | set(wanted)) - RESUMABLE_CHANGES if stored.get(k) != wanted.get(k))
             if diff and read_jsonl(out / "rounds.jsonl"):
                 shown = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in diff[:4])
                 hint = " (precision 'auto' resolves per machine: pass the stored value)" if "precision" in diff else ""
@@ -106,7 +106,8 @@ def method_settings(cfg: MethodConfig, strategy) -> tuple[ScoringSettings, Train
         mode=cfg.mode, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lr=cfg.lr,
         epochs=cfg.epochs, batch_size=cfg.batch_size, b_decay=cfg.b_decay if decay else 0.0, seed=cfg.seed,
         max_prompt_tokens=cfg.max_prompt_tokens, max_answer_tokens=cfg.max_answer_tokens,
-        group_by_length=cfg.group_by_length, precision=precision)
+        group_by_length=cfg.group_by_length, precision=precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps, gradient_checkpointing=cfg.gradient_checkpointing)
     return scoring, training
 
 
@@ -200,7 +201,7 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
     if cfg.target == "reference":
         logger.warning("target=reference reads the pool's gold labels (reproduces the official code; simulation only)")
 
-    model, tokenizer = load_model(cfg.model)
+    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
     if dry_run:
         logger.info(json.dumps(dataclasses.asdict(cfg), indent=2))
         logger.info(f"{out}: configuration, data ({len(data.pool)} pool, {len(test)} test) and model {cfg.model} "

@@ -1,7 +1,9 @@
-"""Where the arithmetic runs: the device of this process and the precision of its matmuls.
+"""Where the arithmetic runs: the device of this process, the dtype of the frozen base weights, and the precision of
+the matmuls.
 
-Weights always stay fp32 (the master copy the optimiser updates); bf16 enters only through autocast, so switching it
-off gives the exact fp32 numbers the tests pin down.
+Trained weights (LoRA, or every weight in full fine-tuning) always stay fp32: the master copy the optimiser updates.
+The frozen base may be stored in bf16/fp16 (`--dtype`: half the memory); bf16 compute enters through autocast
+(`--precision`). Both fp32 give the exact fp32 numbers the tests pin down.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import torch
 from .errors import StarloraError
 
 PRECISIONS = ("auto", "fp32", "bf16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def device() -> torch.device:
@@ -44,3 +47,13 @@ def autocast(dev: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def resolve_dtype(name: str, dev: torch.device) -> str:
+    """'auto' -> bf16 on CUDA GPUs with bf16, else fp32 (a CPU run is limited by speed, not memory, and keeps the
+    exact fp32 numbers). Returns 'fp32', 'bf16' or 'fp16'."""
+    if name != "auto" and name not in DTYPES:
+        raise StarloraError(f"unknown --dtype {name!r}: choose auto, {', '.join(DTYPES)}")
+    if name == "auto":
+        return "bf16" if dev.type == "cuda" and bf16_native(dev) else "fp32"
+    return name

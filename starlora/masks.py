@@ -19,18 +19,25 @@ from peft.tuners.lora import LoraLayer
 
 
 class BatchDropout(torch.nn.Module):
-    """LoRA dropout drawing its mask for the whole batch and keeping this process's rows: the same masks on 1 or N
-    processes (nn.Dropout would draw one mask per process). Set `rows` and `total` before each step."""
+    """LoRA dropout drawing one mask per optimiser step for the whole batch and handing each forward its rows: the
+    same masks on 1 or N processes (nn.Dropout would draw one per process), over N micro-batches (gradient
+    accumulation) and when a checkpointed layer recomputes its forward. Call `step(total, width)` before each
+    optimiser step, and set `rows` before each forward."""
 
     def __init__(self, p: float, generator: torch.Generator):
         super().__init__()
-        self.p, self.generator, self.rows, self.total = p, generator, slice(None), 0
+        self.p, self.generator, self.rows, self.total, self.width, self.keep = p, generator, slice(None), 0, 0, None
+
+    def step(self, total: int, width: int):
+        self.total, self.width, self.keep = total, width, None
 
     def forward(self, x):
         if not self.training or self.p == 0:
             return x
-        keep = torch.empty((self.total, *x.shape[1:]), device=x.device).bernoulli_(1 - self.p, generator=self.generator)
-        return x * keep[self.rows] / (1 - self.p)
+        if self.keep is None:  # drawn at the first forward of the step, in model order, as one batch would
+            self.keep = torch.empty((self.total, self.width, *x.shape[2:]), device=x.device).bernoulli_(
+                1 - self.p, generator=self.generator)
+        return x * self.keep[self.rows, :x.shape[1]] / (1 - self.p)
 
 
 def group_seed(seed: int, example: int, mc_pass: int) -> int:

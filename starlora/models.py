@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .errors import StarloraError
-from .hardware import device
+from .hardware import DTYPES, device, resolve_dtype
 
 logger = logging.getLogger(__name__)
 EMBEDDED = "smollm2"
@@ -31,22 +31,24 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "starlora"
 
 
-def load_model(name: str = EMBEDDED, cache: str | os.PathLike | None = None):
-    """(model, tokenizer) in eval mode, fp32, on this process's device: a built-in name, a local folder or a hub id."""
+def load_model(name: str = EMBEDDED, cache: str | os.PathLike | None = None, dtype: str = "fp32"):
+    """(model, tokenizer) in eval mode on this process's device, weights in `dtype` (auto, fp32, bf16 or fp16; see
+    hardware.resolve_dtype): a built-in name, a local folder or a hub id."""
+    dtype = resolve_dtype(dtype, device())
     if name in EMBEDDED_ALIASES:
         folder = cached_conversion(cache_dir(cache) / "models" / "smollm2-135m-instruct", _convert_embedded)
-        return _from_pretrained(str(folder), name)
+        return _from_pretrained(str(folder), name, dtype)
     if name == TINY:
-        return tiny_random()
-    return _from_pretrained(name, name)
+        return tiny_random(dtype=dtype)
+    return _from_pretrained(name, name, dtype)
 
 
-def _from_pretrained(path: str, shown: str):
+def _from_pretrained(path: str, shown: str, dtype: str = "fp32"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
     except (OSError, ValueError) as e:
         raise StarloraError(
             f"unknown model {shown!r}: not a built-in ({EMBEDDED}, {TINY}), a local model folder, "
@@ -120,7 +122,7 @@ def tiny_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
 
 
-def tiny_random(seed: int = 0):
+def tiny_random(seed: int = 0, dtype: str = "fp32"):
     """A seeded 2-layer LLaMA with the seven projection names; attention dropout > 0 so eval-mode leaks show in tests."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -132,6 +134,6 @@ def tiny_random(seed: int = 0):
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = LlamaForCausalLM(config)
+        model = LlamaForCausalLM(config).to(DTYPES[dtype])
     model.config.name_or_path = TINY
     return _prepare(model, tokenizer)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from . import training
 from .acquisition import Acquisition, BaseCache, RoundSeeds, random_scores
-from .config import MethodConfig
+from .config import LEGACY, MethodConfig
 from .data import Example, make_examples, read_rows, row_id
 from .errors import StarloraError
 from .evaluation import evaluate
@@ -87,7 +87,7 @@ def open_project(folder) -> Project:
         raise StarloraError(f"{folder} is not a starlora project (no project.json); create one with starlora init")
     stored = json.loads((folder / "project.json").read_text())["config"]
     known = {f.name for f in dataclasses.fields(MethodConfig)}  # projects made before the split stored more keys
-    return Project(folder, MethodConfig(**{k: v for k, v in stored.items() if k in known}))
+    return Project(folder, MethodConfig(**{**LEGACY, **{k: v for k, v in stored.items() if k in known}}))
 
 
 # ---------------------------------------------------------------- init
@@ -160,7 +160,7 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
         mu = random_scores(len(ids), cfg.seed, t)  # BALD of the base model alone is 0 everywhere: say it is random
         how = "random"
     else:
-        model, tokenizer = load_model(cfg.model)
+        model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
         cache = BaseCache(project.folder / "base_scores.json", cfg.model, task, settings)
         acquisition = Acquisition(strategy, cfg, settings, cache)
         key = measure_key(strategy, cfg.length_norm)
@@ -318,7 +318,7 @@ def train(folder) -> Path:
     examples = [Example(r["id"], prompts[r["id"]], task.target(r["answer"]), task.gold(r["answer"])) for r in labels]
     settings, train_settings = method_settings(cfg, strategy)
     t = len(adapters)
-    model, tokenizer = load_model(cfg.model)
+    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
     model = attach_lora(model, train_settings)
     stats = training.train(model, tokenizer, examples, train_settings, desc=f"round {t} training")
     record = {"round": t, "n_labels": len(labels), "train_loss": stats["loss"], "train_s": stats["seconds"]}

@@ -3,13 +3,15 @@
 STAR's regulariser is decoupled weight decay on the lora_B parameters only (AdamW parameter groups). The linear LR
 schedule is sized from the real number of optimiser steps, so the last round trains as hard as the first. Batches
 group similar lengths and pad to their own longest. Under `accelerate launch` the model is wrapped in torch's
-DistributedDataParallel and each process takes rows of every batch; the loss is normalised by the whole batch's
-token count and the dropout masks are drawn for the whole batch, so N processes compute what one does.
+DistributedDataParallel and each process takes rows of every batch, and gradient accumulation cuts a process's rows
+into micro-batches; either way the loss is normalised by the whole batch's token count and the dropout masks are
+drawn for the whole batch, so N processes or N micro-batches compute what one batch does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from dataclasses import dataclass
 
@@ -41,6 +43,8 @@ class TrainSettings:
     max_answer_tokens: int = 256
     group_by_length: bool = True  # batches of similar length (less padding); False: plain random batches
     precision: str = "fp32"  # or "bf16": autocast over fp32 master weights
+    gradient_accumulation_steps: int = 1  # micro-batches of batch_size per optimiser step
+    gradient_checkpointing: bool = False  # recompute decoder layers in backward (less memory)
 
 
 def attach_lora(base, settings: TrainSettings | LoraConfig, seed: int | None = None):
@@ -105,12 +109,15 @@ def train(model, tokenizer, examples, settings: TrainSettings, desc: str = "trai
     """Train `model` in place (its trainable parameters) on examples; returns {'loss', 'steps', 'seconds'}.
 
     LoRA mode runs the frozen base as at inference (its own dropout off, as in MC scoring); only the LoRA dropout
-    samples. Full mode trains with every dropout of the model on."""
+    samples. Full mode trains with every dropout of the model on. An optimiser step takes batch_size x
+    gradient_accumulation_steps examples, split over the processes and then into micro-batches; its loss is the mean
+    over all its answer tokens, so the split changes nothing but memory (and float summation order)."""
     pairs = encode_examples(tokenizer, examples, settings)
     lengths = [len(p) + len(a) for p, a in pairs]
     rank, size = parallel.world()
+    micro = settings.gradient_accumulation_steps
     order = torch.Generator().manual_seed(settings.seed)
-    epochs = [batch_order(lengths, settings.batch_size, order, settings.group_by_length)
+    epochs = [batch_order(lengths, settings.batch_size * micro, order, settings.group_by_length)
               for _ in range(settings.epochs)]
     total = sum(len(e) for e in epochs)
     optimizer = make_optimizer(model, settings.lr, settings.b_decay)
@@ -123,26 +130,36 @@ def train(model, tokenizer, examples, settings: TrainSettings, desc: str = "trai
     start, losses = time.time(), []
     bar = progress(total=total, desc=desc, leave=False, disable=not parallel.is_main())
     whole_batch = swap_lora_dropout(model, lambda p: BatchDropout(p, masks))
-    with whole_batch as dropouts, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    checkpointing = checkpointed(model) if settings.gradient_checkpointing else contextlib.nullcontext()
+    with whole_batch as dropouts, checkpointing, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(settings.seed)  # any other dropout (full mode)
         modes = lora_sampling(model, True) if settings.mode == "lora" else _train_mode(model)
         with modes:
             for batch in (b for epoch in epochs for b in epoch):
                 ids, mask, labels = training_batch([pairs[i] for i in batch], tokenizer.pad_token_id)
                 tokens = int((labels[:, 1:] != -100).sum())  # the tokens the loss averages over (shifted labels)
-                lo, hi = (len(batch) * rank) // size, (len(batch) * (rank + 1)) // size
-                share = 1.0 if hi > lo else 0.0  # a process with no rows still joins the gradient all-reduce
-                rows = slice(lo, hi) if hi > lo else slice(0, 1)
                 for drop in dropouts:
-                    drop.rows, drop.total = rows, len(batch)
-                with autocast(device, settings.precision):
-                    out = net(input_ids=ids[rows].to(device), attention_mask=mask[rows].to(device),
-                              labels=labels[rows].to(device), num_items_in_batch=max(tokens, 1))
-                (out.loss * size * share).backward()  # DDP averages gradients over processes: sum / tokens overall
+                    drop.step(len(batch), ids.shape[1])
+                loss = 0.0
+                for j, rows in enumerate(micro_batches(len(batch), rank, size, micro)):
+                    share = 1.0 if rows.stop > rows.start else 0.0  # a process with no rows still joins all-reduce
+                    rows = rows if share else slice(0, 1)
+                    width = int(mask[rows].sum(1).max())  # pad to this micro-batch's own longest
+                    for drop in dropouts:
+                        drop.rows = rows
+                    sync = net.no_sync() if net is not model and j < micro - 1 else contextlib.nullcontext()
+                    with sync:
+                        with autocast(device, settings.precision):
+                            out = net(input_ids=ids[rows, :width].to(device),
+                                      attention_mask=mask[rows, :width].to(device),
+                                      labels=labels[rows, :width].to(device), num_items_in_batch=max(tokens, 1),
+                                      use_cache=False)
+                        (out.loss * size * share).backward()  # DDP averages over processes: sum / tokens overall
+                    loss += out.loss.item() * share
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
-                losses.append(out.loss.item() * share)
+                losses.append(loss)
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1] * size:.3f}")
     bar.close()
@@ -152,6 +169,32 @@ def train(model, tokenizer, examples, settings: TrainSettings, desc: str = "trai
     last = losses[-len(epochs[-1]):] if epochs and epochs[-1] else losses
     return {"loss": float(np.mean(last)) if len(last) else float("nan"), "steps": total,
             "seconds": time.time() - start}
+
+
+def micro_batches(n: int, rank: int, size: int, micro: int) -> list[slice]:
+    """This process's rows of an n-row batch (a contiguous share), cut into `micro` contiguous micro-batches; some
+    may be empty, so every process runs the same number of forwards."""
+    lo, hi = (n * rank) // size, (n * (rank + 1)) // size
+    return [slice(lo + ((hi - lo) * j) // micro, lo + ((hi - lo) * (j + 1)) // micro) for j in range(micro)]
+
+
+@contextlib.contextmanager
+def checkpointed(model):
+    """Recompute each decoder layer's forward during backward instead of keeping its activations (non-reentrant
+    torch.utils.checkpoint). transformers' own switch only acts on modules in train mode, which would also turn on
+    the frozen base's dropout; this wraps the layers whatever their mode. The global random state is replayed in
+    the recompute (full mode's dropout) and BatchDropout reuses its step's masks, so the numbers do not change."""
+    from torch.utils.checkpoint import checkpoint
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
+    for layer in layers:
+        layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward  # the class's forward again
 
 
 @contextlib.contextmanager
