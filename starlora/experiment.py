@@ -23,6 +23,7 @@ from .errors import StarloraError
 from .evaluation import evaluate
 from .files import read_jsonl, write_json, write_jsonl
 from .hardware import device, resolve_precision
+from .memory import preflight
 from .models import load_model
 from .scoring import ScoringSettings, score
 from .masks import adapter_disabled
@@ -201,6 +202,7 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
     if cfg.target == "reference":
         logger.warning("target=reference reads the pool's gold labels (reproduces the official code; simulation only)")
 
+    preflight(cfg, task)  # before any weights load
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
     if dry_run:
         logger.info(json.dumps(dataclasses.asdict(cfg), indent=2))

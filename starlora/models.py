@@ -43,6 +43,22 @@ def load_model(name: str = EMBEDDED, cache: str | os.PathLike | None = None, dty
     return _from_pretrained(name, name, dtype)
 
 
+def model_config(name: str = EMBEDDED, cache: str | os.PathLike | None = None):
+    """The model's HF configuration without its weights (for the memory preflight)."""
+    from transformers import AutoConfig
+
+    if name == TINY:
+        return tiny_config()
+    path = name
+    if name in EMBEDDED_ALIASES:
+        path = str(cached_conversion(cache_dir(cache) / "models" / "smollm2-135m-instruct", _convert_embedded))
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise StarloraError(f"unknown model {name!r}: not a built-in ({EMBEDDED}, {TINY}), a local model folder, "
+                            f"or a reachable hub id ({str(e).splitlines()[0][:200]})") from None
+
+
 def _from_pretrained(path: str, shown: str, dtype: str = "fp32"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -124,16 +140,21 @@ def tiny_tokenizer():
 
 def tiny_random(seed: int = 0, dtype: str = "fp32"):
     """A seeded 2-layer LLaMA with the seven projection names; attention dropout > 0 so eval-mode leaks show in tests."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     tokenizer = tiny_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(tiny_config()).to(DTYPES[dtype])
+    model.config.name_or_path = TINY
+    return _prepare(model, tokenizer)
+
+
+def tiny_config():
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=len(tiny_tokenizer()), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, attention_dropout=0.1,
         pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
     )
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = LlamaForCausalLM(config).to(DTYPES[dtype])
-    model.config.name_or_path = TINY
-    return _prepare(model, tokenizer)

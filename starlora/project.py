@@ -33,6 +33,7 @@ from .errors import StarloraError
 from .evaluation import evaluate
 from .experiment import method_settings, versions
 from .files import read_jsonl, write_atomic, write_json, write_jsonl
+from .memory import preflight
 from .models import load_model
 from .strategies import get_strategy, measure_key, select
 from .tasks import get_task
@@ -160,6 +161,7 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
         mu = random_scores(len(ids), cfg.seed, t)  # BALD of the base model alone is 0 everywhere: say it is random
         how = "random"
     else:
+        preflight(cfg, task)
         model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
         cache = BaseCache(project.folder / "base_scores.json", cfg.model, task, settings)
         acquisition = Acquisition(strategy, cfg, settings, cache)
@@ -318,6 +320,7 @@ def train(folder) -> Path:
     examples = [Example(r["id"], prompts[r["id"]], task.target(r["answer"]), task.gold(r["answer"])) for r in labels]
     settings, train_settings = method_settings(cfg, strategy)
     t = len(adapters)
+    preflight(cfg, task)
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
     model = attach_lora(model, train_settings)
     stats = training.train(model, tokenizer, examples, train_settings, desc=f"round {t} training")

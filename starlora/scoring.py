@@ -116,7 +116,8 @@ def _batch_stats(model, pairs, device, precision, choices=None):
     if not rows:
         return [], None, None
     with autocast(device, precision):
-        hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+        hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                     use_cache=False).last_hidden_state  # no KV cache: nothing is generated
         logits = model.get_output_embeddings()(hidden[rows, positions])
     logp, ent = U.token_logprobs_and_entropies(logits, torch.tensor(targets, device=device))
     return rows, logp.double().cpu().numpy(), ent.double().cpu().numpy()

@@ -134,3 +134,45 @@ def test_runs_made_before_the_options_existed_still_resume(tmp_path):
         check_folder(tmp_path, dataclasses.replace(cfg, dtype="bf16"))
     with pytest.raises(StarloraError, match="gradient_accumulation_steps"):
         check_folder(tmp_path, dataclasses.replace(cfg, gradient_accumulation_steps=2))
+
+
+def test_memory_estimate_counts_parameters_exactly_and_scales_with_the_options():
+    from transformers import LlamaConfig
+
+    from starlora.memory import count_parameters, estimate
+    from starlora.models import tiny_config
+
+    base, _ = tiny_random()
+    total, lora = count_parameters(tiny_config(), r=4)
+    assert total == sum(p.numel() for p in base.parameters())
+    adapted = attach_lora(base, TrainSettings(lora_r=4))
+    assert lora == sum(p.numel() for p in adapted.parameters() if p.requires_grad)
+    seven_b = LlamaConfig()  # Llama-2-7B's shape: 6.74e9 parameters
+    assert count_parameters(seven_b)[0] == 6_738_415_616
+    fp32, bf16 = estimate(resolve(), seven_b), estimate(resolve(dtype="bf16"), seven_b)
+    assert bf16.weights * 2 == fp32.weights == 6_738_415_616 * 4
+    checkpointed = estimate(resolve(dtype="bf16", gradient_checkpointing=True), seven_b, generates=False)
+    assert checkpointed.activations < estimate(resolve(dtype="bf16"), seven_b, generates=False).activations / 3
+    # half the micro-batch, twice the steps: the training activations halve, nothing else changes
+    a = estimate(resolve(score_batch_size=1), seven_b, generates=False)
+    b = estimate(resolve(score_batch_size=1, batch_size=4, gradient_accumulation_steps=2), seven_b, generates=False)
+    assert b.activations == pytest.approx(a.activations / 2, rel=0.01) and b.weights == a.weights
+
+
+def test_a_run_that_will_not_fit_is_refused_before_loading_with_what_to_change(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    env = {**__import__("os").environ, "STARLORA_MEMORY_LIMIT_MB": "64"}
+    r = subprocess.run([sys.executable, "-m", "starlora", "run", "--model", "tiny-random", "--task", "sst2",
+                        "--protocol", "quick", "--out", str(out)], capture_output=True, text=True, env=env)
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "will not fit" in lines[0] and "0.1 GiB are free" in lines[0]
+    assert "--gradient-checkpointing" in lines[0] and "--score-batch-size 16" in lines[0]
+    assert not out.exists()
+    env["STARLORA_MEMORY_LIMIT_MB"] = "100000"
+    r = subprocess.run([sys.executable, "-m", "starlora", "run", "--model", "tiny-random", "--task", "sst2",
+                        "--protocol", "quick", "--out", str(out), "--dry-run"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
