@@ -2,9 +2,12 @@
 
 Masks here do not depend on how rows are batched or split across processes.
 
-PEFT's `lora_dropout` is an nn.Dropout: one mask per row, drawn from the global random stream. Two places need more
-control, and swap in one of these modules for the duration of a call (`swap_lora_dropout`):
-- training under data parallelism draws the mask for the whole batch and keeps this process's rows (BatchDropout);
+PEFT's `lora_dropout` is an nn.Dropout: one mask per row, drawn from the global random stream with bernoulli_,
+which on CPUs costs as much as the matmuls around it. Every sampling path swaps in one of these modules for the
+duration of a call (`swap_lora_dropout`), all drawing `keep_mask`'s cheaper masks:
+- MC scoring of one-token candidates: one mask per row from the global stream, seeded per batch (MaskDropout);
+- training draws the mask for the whole batch once per optimiser step and hands each process, micro-batch and
+  checkpoint recompute its rows (BatchDropout);
 - MC scoring of multi-token candidates draws one mask per group of rows, so the candidates of one example in one MC
   pass are scored by one sampled network (GroupDropout), as the one-token path does with a single forward.
 """
@@ -12,10 +15,42 @@ control, and swap in one of these modules for the duration of a call (`swap_lora
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 import torch
 from peft.tuners.lora import LoraLayer
+
+
+def keep_mask(shape, p: float, device, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Bool mask keeping each element independently with probability 1 - p (to within 2^-32): one 32-bit random
+    integer per element compared with a threshold, which on CPUs costs about half of bernoulli_ (measured: MC
+    scoring spent as long drawing masks as in all its matmuls). `generator` None: the global random stream."""
+    if p <= 0:
+        return torch.ones(shape, dtype=torch.bool, device=device)
+    n = math.prod(shape)
+    words = torch.empty((n + 1) // 2, dtype=torch.int64, device=device)
+    words.random_(-2**63, 2**63 - 1, generator=generator)  # the whole 64-bit range: two uniform int32 per word
+    threshold = min(round((1 - p) * 2**32) - 2**31, 2**31 - 1)  # P(int32 < threshold) = 1 - p
+    return words.view(torch.int32)[:n].view(shape) < threshold
+
+
+def drop(x: torch.Tensor, keep: torch.Tensor, p: float) -> torch.Tensor:
+    """Inverted dropout with a given keep mask: kept elements scaled by 1 / (1 - p), the rest 0."""
+    return torch.where(keep, x, 0.0).div_(1 - p)
+
+
+class MaskDropout(torch.nn.Module):
+    """nn.Dropout with keep_mask's cheaper masks, drawn from the global random stream (one mask per row)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        return drop(x, keep_mask(x.shape, self.p, x.device), self.p)
 
 
 class BatchDropout(torch.nn.Module):
@@ -35,9 +70,8 @@ class BatchDropout(torch.nn.Module):
         if not self.training or self.p == 0:
             return x
         if self.keep is None:  # drawn at the first forward of the step, in model order, as one batch would
-            self.keep = torch.empty((self.total, self.width, *x.shape[2:]), device=x.device).bernoulli_(
-                1 - self.p, generator=self.generator)
-        return x * self.keep[self.rows, :x.shape[1]] / (1 - self.p)
+            self.keep = keep_mask((self.total, self.width, *x.shape[2:]), self.p, x.device, self.generator)
+        return drop(x, self.keep[self.rows, :x.shape[1]], self.p)
 
 
 def group_seed(seed: int, example: int, mc_pass: int) -> int:
@@ -58,10 +92,10 @@ class GroupDropout(torch.nn.Module):
     def forward(self, x):
         if not self.training or self.p == 0:
             return x
-        keep = torch.ones((len(self.generators), *x.shape[1:]), device=x.device)
+        keep = torch.ones((len(self.generators), *x.shape[1:]), dtype=torch.bool, device=x.device)
         for g, (generator, width) in enumerate(zip(self.generators, self.widths)):
-            keep[g, :width].bernoulli_(1 - self.p, generator=generator)
-        return x * keep[self.groups] / (1 - self.p)
+            keep[g, :width] = keep_mask((width, *x.shape[2:]), self.p, x.device, generator)
+        return drop(x, keep[self.groups], self.p)
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from . import parallel
 from . import uncertainty as U
 from .errors import StarloraError
 from .hardware import autocast
-from .masks import GroupDropout, group_seed, lora_sampling, swap_lora_dropout
+from .masks import GroupDropout, MaskDropout, group_seed, lora_sampling, swap_lora_dropout
 from .tasks import Task
 from .tokens import answer_prefix, encode_answer, encode_prompt, length_sorted_batches, progress
 
@@ -75,13 +75,14 @@ def answer_stats(model, sequences, batch_size: int, desc: str | None = None, *, 
     bar = progress(total=n, desc=desc, leave=False, disable=not (desc and parallel.is_main()))
     seeded = torch.random.fork_rng(devices=[device] if device.type == "cuda" else []) if mask_seed is not None \
         else contextlib.nullcontext()  # per-batch seeds must not move the caller's random stream
-    grouped = swap_lora_dropout(model, GroupDropout) if groups is not None else contextlib.nullcontext([])
+    # every LoRA dropout draws keep_mask's masks: per group of rows (GroupDropout) or per row (MaskDropout)
+    grouped = swap_lora_dropout(model, GroupDropout if groups is not None else MaskDropout)
     with seeded, grouped as dropouts:
         for b in parallel.mine(len(batches)):
             rows = batches[b]
             if mask_seed is not None:
                 torch.manual_seed(mask_seed * 1_000_003 + b)
-            if dropouts:
+            if groups is not None:
                 seeds = list(dict.fromkeys(groups[i] for i in rows))
                 for drop in dropouts:
                     drop.groups = torch.tensor([seeds.index(groups[i]) for i in rows], device=device)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from starlora.files import read_jsonl
 
 sys.path.insert(0, str(Path(__file__).parent))
 import identity_run  # noqa: E402  (tests/ is on the path for helpers too)
@@ -33,9 +32,8 @@ def close(a, b, where):
 def test_a_fixed_run_equals_the_one_recorded_before_the_refactor(tmp_path):
     identity_run.main(tmp_path)
     golden = json.loads((Path(__file__).parent / "data" / "identity_run.json").read_text())
-    rounds = [{k: v for k, v in r.items() if not k.endswith("_s")} for r in read_jsonl(tmp_path / "run" / "rounds.jsonl")]
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    summary.pop("model")  # a temporary path
+    run = identity_run.recorded(tmp_path / "run")
+    rounds, summary = run["rounds"], run["summary"]
     for r, g in zip(rounds, golden["rounds"]):
         assert (r["added"], r["selected"], r["accuracy"]) == (g["added"], g["selected"], g["accuracy"])
     close(rounds, golden["rounds"], "rounds")
