@@ -67,7 +67,7 @@ class MethodConfig:
     gradient_accumulation_steps: int = option(1, "micro-batches of --batch-size per optimiser step (effective batch "
                                                  "batch_size x N; the LR schedule counts optimiser steps)", AT_LEAST_ONE)
     gradient_checkpointing: bool = option(False, "recompute each decoder layer's activations in the backward pass: "
-                                                 "less memory, about a third more training time, same numbers")
+                                                 "less memory, more training time, same numbers")
 
 
 @dataclass
