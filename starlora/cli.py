@@ -388,10 +388,13 @@ class Console(logging.Handler):
 
         if not parallel.is_main():
             return
+        from tqdm import tqdm
+
+        # tqdm.write prints above any progress bar on the terminal (a sweep's), and plainly when there is none
         if record.levelno >= logging.WARNING:
-            print(f"starlora: warning: {record.getMessage()}", file=sys.stderr)
+            tqdm.write(f"starlora: warning: {record.getMessage()}", file=sys.stderr)
         else:
-            print(record.getMessage(), file=getattr(sys, self.info_stream))
+            tqdm.write(record.getMessage(), file=getattr(sys, self.info_stream))
 
 
 def configure_logging() -> None:

@@ -8,7 +8,6 @@ each run stopped and ends with the results an uninterrupted sweep gives.
 from __future__ import annotations
 
 import concurrent.futures as futures
-import logging
 import multiprocessing
 import os
 import time
@@ -16,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from .config import RunConfig, resolve
 from .errors import StarloraError
@@ -94,8 +92,7 @@ def sweep(jobs: list[Job], workers: int = 1, devices: list[str] | None = None) -
     bar = progress(total=sum(job.cfg.rounds for job in jobs), initial=done, desc="sweep", unit="round")
     try:
         if slots == 1:
-            with logging_redirect_tqdm(loggers=[logging.getLogger("starlora")]):  # round lines print above the bar
-                return [run(job.cfg, job.folder, on_round=lambda: bar.update(1)) for job in jobs]
+            return [run(job.cfg, job.folder, on_round=lambda: bar.update(1)) for job in jobs]
         return _side_by_side(jobs, slots, devices or ["cpu"] * slots, bar)
     finally:
         bar.close()

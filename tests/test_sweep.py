@@ -42,7 +42,11 @@ def test_a_grid_runs_every_cell_into_its_folder_and_reports(grid, capsys):
     assert all(len(rounds) == 2 and summary["strategy"] in name for name, (rounds, summary) in done.items())
     md = (grid / "a" / "report" / "report.md").read_text()
     assert "| star-me | 2 |" in md and "| star-me-no-mcd | 1 |" in md
-    assert "sweep: 5 run(s)" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "sweep: 5 run(s)" in captured.out
+    lines = (captured.out + captured.err).splitlines()
+    finals = [line for line in lines if ": AUC " in line and "final accuracy" in line]
+    assert len(finals) == 5 and len(set(finals)) == 5  # each run's line once (no second handler echoing it)
     # flags win over the grid: another seed list makes a smaller grid; finished runs are not run again
     assert main(["sweep", "--grid", str(grid / "grid.yaml"), "--seeds", "0", "--out", str(grid / "a")]) == 0
     assert results(grid / "a") == done
