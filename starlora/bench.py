@@ -215,7 +215,8 @@ def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, 
     star = get_strategy(strategy, task.closed)
     result = {"model": model_name, "task": task.name, "strategy": star.name, "n": len(examples), "k": k,
               "naive_n": min(naive_n, len(examples)), "device": str(dev), "precision": precision,
-              "dtype": dtype, "gradient_checkpointing": gradient_checkpointing, "weights_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
+              "dtype": dtype, "gradient_checkpointing": gradient_checkpointing,
+              "weights_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
               "threads": torch.get_num_threads()}
 
     logger.info(f"matmul roofline ({precision}) ...")

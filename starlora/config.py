@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 
 from .errors import StarloraError
-from .hardware import device, resolve_dtype, resolve_precision
+from .hardware import DTYPES, device, resolve_dtype, resolve_precision
 from .strategies import get_strategy
 from .uncertainty import mixing_weight
 
@@ -63,7 +63,7 @@ class MethodConfig:
                                     "bf16; stored resolved")
     dtype: str = option("auto", "frozen base weights: auto (bf16 on CUDA GPUs with bf16, else fp32), fp32, bf16 or "
                                 "fp16; LoRA weights and optimiser state stay fp32; stored resolved",
-                        choices=("auto", "fp32", "bf16", "fp16"))
+                        choices=("auto", *DTYPES))
     gradient_accumulation_steps: int = option(1, "micro-batches of --batch-size per optimiser step (effective batch "
                                                  "batch_size x N; the LR schedule counts optimiser steps)", AT_LEAST_ONE)
     gradient_checkpointing: bool = option(False, "recompute each decoder layer's activations in the backward pass: "

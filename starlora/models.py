@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
@@ -35,42 +36,42 @@ def load_model(name: str = EMBEDDED, cache: str | os.PathLike | None = None, dty
     """(model, tokenizer) in eval mode on this process's device, weights in `dtype` (auto, fp32, bf16 or fp16; see
     hardware.resolve_dtype): a built-in name, a local folder or a hub id."""
     dtype = resolve_dtype(dtype, device())
-    if name in EMBEDDED_ALIASES:
-        folder = cached_conversion(cache_dir(cache) / "models" / "smollm2-135m-instruct", _convert_embedded)
-        return _from_pretrained(str(folder), name, dtype)
     if name == TINY:
         return tiny_random(dtype=dtype)
-    return _from_pretrained(name, name, dtype)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = _path(name, cache)
+    with _unknown_model(name):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    return _prepare(model, tokenizer)
 
 
 def model_config(name: str = EMBEDDED, cache: str | os.PathLike | None = None):
     """The model's HF configuration without its weights (for the memory preflight)."""
-    from transformers import AutoConfig
-
     if name == TINY:
         return tiny_config()
-    path = name
-    if name in EMBEDDED_ALIASES:
-        path = str(cached_conversion(cache_dir(cache) / "models" / "smollm2-135m-instruct", _convert_embedded))
-    try:
+    from transformers import AutoConfig
+
+    path = _path(name, cache)
+    with _unknown_model(name):
         return AutoConfig.from_pretrained(path)
+
+
+def _path(name: str, cache) -> str:
+    """Where transformers loads `name` from: the embedded model's converted folder (converted once), else the name."""
+    if name in EMBEDDED_ALIASES:
+        return str(cached_conversion(cache_dir(cache) / "models" / "smollm2-135m-instruct", _convert_embedded))
+    return name
+
+
+@contextlib.contextmanager
+def _unknown_model(name: str):
+    try:
+        yield
     except (OSError, ValueError) as e:
         raise StarloraError(f"unknown model {name!r}: not a built-in ({EMBEDDED}, {TINY}), a local model folder, "
                             f"or a reachable hub id ({str(e).splitlines()[0][:200]})") from None
-
-
-def _from_pretrained(path: str, shown: str, dtype: str = "fp32"):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
-    except (OSError, ValueError) as e:
-        raise StarloraError(
-            f"unknown model {shown!r}: not a built-in ({EMBEDDED}, {TINY}), a local model folder, "
-            f"or a reachable hub id ({str(e).splitlines()[0][:200]})"
-        ) from None
-    return _prepare(model, tokenizer)
 
 
 def _prepare(model, tokenizer):

@@ -37,7 +37,7 @@ def test_cached_conversion_runs_once_and_is_reused(tmp_path):
     assert models.cached_conversion(target, convert) == target
     assert models.cached_conversion(target, convert) == target
     assert len(calls) == 1 and (target / "config.json").exists()
-    model, tok = models._from_pretrained(str(target), "m")  # the converted copy loads as an ordinary HF folder
+    model, tok = models.load_model(str(target))  # the converted copy loads as an ordinary HF folder
     assert model.config.vocab_size == len(tok)
 
 
