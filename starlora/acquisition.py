@@ -14,7 +14,7 @@ import numpy as np
 
 from .config import MethodConfig, uses_mc_dropout
 from .errors import StarloraWarning
-from .files import write_atomic
+from .files import append_jsonl, read_jsonl
 from .masks import adapter_disabled
 from .scoring import ScoringSettings, score
 from .strategies import Strategy, measure_key, select
@@ -27,38 +27,52 @@ class BaseCache:
     """mu_b per example, on disk in the run or project folder. The base model is frozen, so each example is scored
     once per pool. An entry's key covers everything that changes mu_b: the model, the task (name, candidates,
     answer format), the target, the token limits and the precision, and the example's id and prompt (the gold answer
-    too with reference=True); `computed` counts examples actually scored (for tests and logs)."""
+    too with reference=True); `computed` counts examples actually scored (for tests and logs).
+
+    The file is JSON lines, one {"key", measures...} per example, appended every CHUNK examples as scoring proceeds:
+    a round writes only its new examples, never the whole cache again, and an interrupted run keeps what it scored
+    (a torn last line is ignored). A path ending in .json means its .jsonl sibling; the old format in that .json
+    file (one JSON object, key -> measures) is still read, never written."""
+
+    CHUNK = 4096  # examples per score() call and append. Batches differ across a chunk boundary, so on pools larger
+    # than this mu_b can differ in the last float digits from one unchunked call (as with another batch size).
 
     def __init__(self, path: str | os.PathLike | None, model_name: str, task, settings: ScoringSettings,
                  reference: bool = False):
-        self.path, self.task, self.settings, self.reference = (Path(path) if path else None), task, settings, reference
+        self.path = Path(path) if path else None
+        if self.path and self.path.suffix == ".json":
+            self.path = self.path.with_suffix(".jsonl")
+        self.task, self.settings, self.reference = task, settings, reference
         identity = [model_name, task.name, task.candidates, task.numeric, reference, settings.max_prompt_tokens,
                     settings.max_answer_tokens, settings.max_new_tokens, settings.precision]
         self.prefix = _digest(json.dumps(identity)) + "|"
         self.values: dict[str, dict[str, float]] = {}
-        if self.path and self.path.exists():
-            self.values = json.loads(self.path.read_text())
+        if self.path:
+            legacy = self.path.with_suffix(".json")
+            if self.path.suffix == ".jsonl" and legacy.exists():
+                self.values = json.loads(legacy.read_text())
+            self.values |= {r.pop("key"): r for r in read_jsonl(self.path) if isinstance(r, dict) and "key" in r}
         self.computed = 0
 
     def key(self, ex) -> str:
         return f"{self.prefix}{ex.id}|{_digest(ex.prompt + (chr(0) + ex.target if self.reference else ''))}"
 
     def get(self, model, tokenizer, examples) -> dict[str, np.ndarray]:
-        missing = [ex for ex in examples if self.key(ex) not in self.values]
-        if missing:
+        keys = [self.key(ex) for ex in examples]
+        missing = [(k, ex) for k, ex in zip(keys, examples) if k not in self.values]
+        for start in range(0, len(missing), self.CHUNK):
+            part = missing[start:start + self.CHUNK]
+            part_of = f" ({start + len(part)} of {len(missing)})" if len(missing) > self.CHUNK else ""
             with adapter_disabled(model):
-                scores = score(model, tokenizer, self.task, missing, passes=1, settings=self.settings,
-                               reference=self.reference, desc="base model")
-            for i, ex in enumerate(missing):
-                self.values[self.key(ex)] = {k: float(v[i]) for k, v in scores.measures.items()}
-            self.computed += len(missing)
-            self._save()
-        rows = [self.values[self.key(ex)] for ex in examples]
+                scores = score(model, tokenizer, self.task, [ex for _, ex in part], passes=1, settings=self.settings,
+                               reference=self.reference, desc="base model" + part_of)
+            new = [(k, {name: float(v[i]) for name, v in scores.measures.items()}) for i, (k, _) in enumerate(part)]
+            self.values.update(new)
+            self.computed += len(part)
+            if self.path:
+                append_jsonl(self.path, ({"key": k, **measures} for k, measures in new))
+        rows = [self.values[k] for k in keys]
         return {k: np.array([r[k] for r in rows]) for k in rows[0]} if rows else {}
-
-    def _save(self):
-        if self.path:
-            write_atomic(self.path, json.dumps(self.values))
 
 
 def _digest(text: str) -> str:

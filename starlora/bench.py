@@ -1,5 +1,6 @@
 """`starlora bench`: throughput of one round's pool scoring and training, against the official code's way, and
-against this machine's matmul roofline, all measured in the same process.
+against this machine's matmul roofline, all measured in the same process; with --pool-sizes, the time and memory of
+one round's acquisition against the pool size (pool_bench).
 
 Naive scoring is the official STAR code's loop: one sequence at a time, logits at every position, a softmax per
 position. Naive training pads every example to 384 tokens in random batches. Both compute the same quantities as
@@ -8,21 +9,29 @@ the fast paths (the report checks the deterministic numbers agree), so the ratio
 
 from __future__ import annotations
 
+import dataclasses
+import gc
+import itertools
 import logging
+import multiprocessing
 import resource
+import tempfile
 import time
+from concurrent import futures
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from .acquisition import BaseCache, acquisition_scores
 from .data import load_data, make_examples, read_rows
+from .experiment import write_scores
 from .hardware import autocast, device, resolve_dtype, resolve_precision
 from .models import load_model
 from .scoring import ScoringSettings
 from .masks import adapter_disabled, lora_sampling
 from .tokens import answer_prefix, encode_answer, encode_prompt
-from .strategies import get_strategy
+from .strategies import get_strategy, select
 from .tasks import get_task
 from .training import TrainSettings, attach_lora, encode_examples, make_optimizer, train
 
@@ -173,27 +182,35 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def reset_peak_memory(dev: torch.device) -> None:
-    """Start a new peak: CUDA's allocator statistics, or the process's peak RSS (Linux: clear_refs 5 resets VmHWM)."""
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024  # kB
+
+
+def reset_peak_memory(dev: torch.device) -> bool:
+    """Start a new peak: the process's peak RSS (Linux: clear_refs 5 resets VmHWM) and on CUDA the allocator's
+    statistics. False where the host peak cannot be reset (not Linux): peak_memory_mb is then the lifetime peak."""
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-        return
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
-    except OSError:  # not Linux: peak_memory_mb falls back to the lifetime peak
-        pass
+        return True
+    except OSError:
+        return False
+
+
+def peak_host_mb() -> float:
+    """The resident set's peak since reset_peak_memory (or the process's lifetime)."""
+    try:
+        return _status_mb("VmHWM")
+    except (OSError, StopIteration):
+        return peak_rss_mb()
 
 
 def peak_memory_mb(dev: torch.device) -> float:
     """Peak since reset_peak_memory: CUDA memory allocated by torch, else the process's resident memory."""
-    if dev.type == "cuda":
-        return torch.cuda.max_memory_allocated(dev) / 2**20
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        return peak_rss_mb()
+    return torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else peak_host_mb()
 
 
 def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, naive_n=32, batch_size=32,
@@ -266,3 +283,111 @@ def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, 
     result["training_speedup"] = result["training_examples_per_s"] / result["naive_training_examples_per_s"]
     result["peak_rss_mb_with_naive"] = peak_rss_mb()
     return {key: round(v, 4) if isinstance(v, float) else v for key, v in result.items()}
+
+
+# ---------------------------------------------------------------- cost against pool size
+
+POOL_QUERY = 500  # the query size of the measured round (the paper's)
+
+
+def synthetic_pool(examples, n: int) -> list:
+    """n examples: the given ones in turn, each pass over them under new ids, so no example is a base-cache hit."""
+    return [dataclasses.replace(ex, id=f"{ex.id}#{i // len(examples)}")
+            for i, ex in zip(range(n), itertools.cycle(examples))]
+
+
+class PeakMemory:
+    """Peak memory growth over a stretch of code, from the memory in use at its start. Host: the resident set's
+    high-water mark, reset at the start (Linux /proc/self/clear_refs); where it cannot be reset, the process's
+    lifetime peak, which can only overstate. CUDA: torch's peak allocation."""
+
+    def __init__(self, dev):
+        self.dev = dev
+        gc.collect()
+        self.rss_before = _status_mb("VmRSS")
+        self.gpu_before = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else 0
+        self.reset = reset_peak_memory(dev)
+
+    def result(self) -> dict:
+        out = {"rss_before_mb": self.rss_before,
+               "peak_rss_growth_mb": peak_host_mb() - self.rss_before,
+               "rss_peak": "reset before the round" if self.reset else "process lifetime (upper bound)"}
+        if self.dev.type == "cuda":
+            out["peak_gpu_growth_mb"] = (torch.cuda.max_memory_allocated(self.dev) - self.gpu_before) / 2**20
+        return out
+
+
+def pool_round(model_name, task_name, train_file, n: int, k: int, batch_size: int, precision: str,
+               strategy: str, dtype: str = "auto") -> dict:
+    """One round's acquisition on a synthetic pool of n, as experiment.run_round does it: mu_b through an on-disk
+    BaseCache (empty, so every example is scored and appended), the current LoRA model's scores for the strategy,
+    the selection of the query and the round's score file. Meant for a fresh process (pool_bench)."""
+    task = get_task(task_name, user_files=bool(train_file))
+    base = make_examples(read_rows(train_file), task, str(train_file)) if train_file else load_data(task).pool
+    pool = synthetic_pool(base, n)
+    dev = device()
+    precision = resolve_precision(precision, dev)
+    dtype = resolve_dtype(dtype, dev)
+    model, tokenizer = load_model(model_name, dtype=dtype)
+    model = attach_lora(model, TrainSettings())  # the paper's adapter: r 64, alpha 16, dropout 0.1
+    settings = ScoringSettings(batch_size=batch_size, precision=precision)
+    star = get_strategy(strategy, task.closed)
+    warm_up = [dataclasses.replace(ex, id=f"warm-up {ex.id}") for ex in base[:batch_size]]
+    acquisition_scores(star, model, tokenizer, task, warm_up, t=0, rounds=10, passes=k, settings=settings,
+                       base_cache=BaseCache(None, model_name, task, settings))  # one-off allocations and kernel set-up
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = BaseCache(Path(tmp) / "base_scores.jsonl", model_name, task, settings)
+        memory = PeakMemory(dev)
+        start = time.perf_counter()
+        mu = acquisition_scores(star, model, tokenizer, task, pool, t=0, rounds=10, base_cache=cache, passes=k,
+                                settings=settings)
+        _sync(dev)
+        scored = time.perf_counter()
+        ids = [ex.id for ex in pool]
+        select(ids, mu["mu"], min(POOL_QUERY, n), (), seed=0)
+        write_scores(Path(tmp) / "round_0.jsonl", ids, mu)
+        end = time.perf_counter()
+        row = {"n": n, "seconds": end - start, "ms_per_example": 1000 * (end - start) / n,
+               "select_write_ms": 1000 * (end - scored), **memory.result()}
+    about = {"model": model_name, "task": task.name, "examples_repeated": len(base), "strategy": star.name, "k": k,
+             "query_size": POOL_QUERY, "device": str(dev), "precision": precision,
+             "dtype": dtype, "threads": torch.get_num_threads()}
+    return {"about": about, "row": {key: round(v, 4) if isinstance(v, float) else v for key, v in row.items()}}
+
+
+def pool_bench(model_name="smollm2", task_name="boolq", train_file=None, sizes=(1000, 10000, 100000), k=3,
+               batch_size=32, precision="auto", strategy="star-me", dtype="auto") -> dict:
+    """One round's acquisition cost per pool size, each size in a fresh process: a process's peak memory and its
+    allocator's free lists would otherwise carry over from one size to the next."""
+    # bad names fail here, before a worker starts (the worker resolves 'auto' for its own device)
+    get_strategy(strategy, get_task(task_name, user_files=bool(train_file)).closed)
+    resolve_precision(precision, torch.device("cpu"))
+    context = multiprocessing.get_context("spawn")  # fresh interpreters, as sweep's workers
+    about, rows = {}, []
+    for n in sizes:
+        logger.info(f"pool of {n}: one round's acquisition in a fresh process ...")
+        with futures.ProcessPoolExecutor(1, mp_context=context) as worker:
+            out = worker.submit(pool_round, model_name, task_name, train_file, n, k, batch_size, precision,
+                                strategy, dtype).result()  # re-raises the worker's error here
+        about = out["about"]
+        rows.append(out["row"])
+    return {**about, "pool_sizes": rows}
+
+
+def pool_table(result: dict) -> str:
+    """The pool-size result as a text table, with what was measured above it."""
+    r = result
+    lines = [f"one round's acquisition: {r['strategy']} (K={r['k']}), query {r['query_size']}, {r['model']} on "
+             f"{r['task']} ({r['examples_repeated']} examples repeated under new ids), {r['device']} {r['precision']} "
+             f"(weights {r['dtype']}), "
+             f"{r['threads']} thread(s)",
+             f"each pool size in a fresh process after a warm-up; peak RSS growth: the resident set's peak during "
+             f"the round above its size before it (peak {r['pool_sizes'][0]['rss_peak']})"]
+    gpu = "peak_gpu_growth_mb" in r["pool_sizes"][0]
+    head = ["pool size", "seconds", "ms/example", "select+write ms", "RSS before MB", "peak RSS growth MB"] + \
+        (["peak GPU growth MB"] if gpu else [])
+    table = [[f"{row['n']}", f"{row['seconds']:.1f}", f"{row['ms_per_example']:.2f}", f"{row['select_write_ms']:.0f}",
+              f"{row['rss_before_mb']:.0f}", f"{row['peak_rss_growth_mb']:.0f}"]
+             + ([f"{row['peak_gpu_growth_mb']:.0f}"] if gpu else []) for row in r["pool_sizes"]]
+    widths = [max(len(c) for c in col) for col in zip(head, *table)]
+    return "\n".join(lines + ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in [head, *table]])

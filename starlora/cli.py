@@ -319,6 +319,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto", help="auto, fp32 or bf16 (default auto)")
     add_dtype_option(p)
     p.add_argument("--gradient-checkpointing", action="store_true", help="train with gradient checkpointing")
+    p.add_argument("--pool-sizes", metavar="N,N,...",
+                   help="instead: time and peak memory of one round's acquisition (base model, the strategy's K "
+                        "passes, selection) per pool size, e.g. 1000,10000,100000; the pool is the task's examples "
+                        "(or --train-file) repeated under new ids, each size measured in a fresh process")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=cmd_bench)
 
@@ -343,13 +347,19 @@ def add_dtype_option(p) -> None:
 def cmd_bench(args) -> None:
     import json
 
-    from .bench import bench
+    from .bench import bench, pool_bench, pool_table
 
     for name in ("n", "naive_n", "k", "score_batch_size"):
         if getattr(args, name) < 1:
             raise StarloraError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)})")
+    sizes = parse_pool_sizes(args.pool_sizes) if args.pool_sizes is not None else None
     if args.json:  # stdout holds the JSON alone; progress goes to stderr
         Console.info_stream = "stderr"
+    if sizes:
+        result = pool_bench(args.model, args.task, args.train_file, sizes, args.k, args.score_batch_size,
+                            precision=args.precision, strategy=args.strategy, dtype=args.dtype)
+        print(json.dumps(result, indent=2) if args.json else pool_table(result))
+        return
     result = bench(args.model, args.task, args.train_file, args.n, args.k, args.naive_n, args.score_batch_size,
                    precision=args.precision, strategy=args.strategy, dtype=args.dtype,
                    gradient_checkpointing=args.gradient_checkpointing)
@@ -358,6 +368,17 @@ def cmd_bench(args) -> None:
     else:
         width = max(map(len, result))
         print("\n".join(f"{key:<{width}}  {value}" for key, value in result.items()))
+
+
+def parse_pool_sizes(text: str) -> list[int]:
+    """--pool-sizes '1000,10000' -> [1000, 10000]."""
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise StarloraError(f"--pool-sizes takes comma-separated positive integers, e.g. 1000,10000 (got {text!r})")
+    return sizes
 
 
 DEMO_STRATEGIES = ("random", "me", "star-me")  # one seed: the same initial set, three ways to grow it

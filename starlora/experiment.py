@@ -46,7 +46,8 @@ def versions() -> dict:
             "peft": peft.__version__, "device": str(device()), "processes": parallel.world()[1]}
 
 
-RUN_FILES = ("config.json", "rounds.jsonl", "summary.json", "base_scores.json", "probe", "scores", "adapter")
+RUN_FILES = ("config.json", "rounds.jsonl", "summary.json", "base_scores.jsonl", "base_scores.json", "probe", "scores",
+             "adapter")  # base_scores.json: the base-score cache in its old format
 
 
 def check_folder(out: Path, cfg: RunConfig) -> bool:
@@ -214,7 +215,7 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
     probe_ids, initial = draw_probe_and_initial([ex.id for ex in data.pool], cfg)
     settings, training = method_settings(cfg, strategy)
     reference = cfg.target == "reference"
-    cache = BaseCache(out / "base_scores.json", cfg.model, task, settings, reference=reference)
+    cache = BaseCache(out / "base_scores.jsonl", cfg.model, task, settings, reference=reference)
     measure = measure_key(strategy, cfg.length_norm) or ("me_norm" if cfg.length_norm else "me")
     (out / "scores").mkdir(exist_ok=True)
     (out / "probe").mkdir(exist_ok=True)
@@ -224,7 +225,8 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
             base_probe = score(model, tokenizer, task, probe, settings=settings, desc="probe (base)")
         write_json(out / "probe" / "base.json", dict(zip(probe_ids, base_probe.measures[measure].tolist())))
     if not lora and strategy.needs_base:  # the full-tuned model has no adapter to switch off: cache mu_b up front
-        cache.get(model, tokenizer, [ex for ex in data.pool if ex.id not in set(probe_ids)])
+        kept_out = set(probe_ids)
+        cache.get(model, tokenizer, [ex for ex in data.pool if ex.id not in kept_out])
     base_state = {k: v.detach().clone() for k, v in model.state_dict().items()} if not lora else None
     return Experiment(cfg, out, task, strategy, pool, test, model, tokenizer, settings, training,
                       Acquisition(strategy, cfg, settings, cache, reference), probe, initial, measure, base_state)
@@ -255,8 +257,7 @@ def run_round(x: Experiment, t: int, labeled: list[str], added: list[str]) -> di
         ids = [ex.id for ex in candidates]
         selected = x.acquisition.select(ids, mu["mu"], cfg.query_size, taken, t)
         lam = mixing_weight(t, cfg.rounds, cfg.schedule) if x.strategy.combine == "mix" else None
-        write_jsonl(out / "scores" / f"round_{t}.jsonl",
-                    [{"id": i, **{k: _num(v[j]) for k, v in mu.items()}} for j, i in enumerate(ids)])
+        write_scores(out / "scores" / f"round_{t}.jsonl", ids, mu)
         times["score_s"] = time.time() - start
     if t == cfg.rounds - 1 and cfg.mode == "lora" and parallel.is_main():
         current.save_pretrained(out / "adapter")
@@ -287,6 +288,11 @@ def summarise(x: Experiment, records: list[dict]) -> dict:
     write_json(x.out / "summary.json", summary)
     logger.info(f"{x.out}: AUC {summary['auc']:.2f}, final accuracy {summary['final_accuracy']:.1f}%")
     return summary
+
+
+def write_scores(path, ids: list[str], mu: dict[str, np.ndarray]) -> None:
+    """A round's candidate scores, one line per candidate, streamed to the file (no pool-sized string in memory)."""
+    write_jsonl(path, ({"id": i, **{k: _num(v[j]) for k, v in mu.items()}} for j, i in enumerate(ids)))
 
 
 def _num(x):

@@ -7,9 +7,10 @@
     queries/round_T.*     the files handed out for labeling (JSON lines, CSV, or Label Studio tasks)
     labels.jsonl          the confirmed labels: id, answer, round; `label` writes only this file, in one rename
     adapters/round_T/     each trained adapter (plain PEFT) with train.json; written aside, then renamed into place
-    base_scores.json      the frozen base model's uncertainties, computed once per example
+    base_scores.jsonl     the frozen base model's uncertainties, computed once per example (appended)
 
-Every file is replaced atomically, so a kill at any moment leaves the folder as before or after the command. Scoring
+Every file is replaced atomically, so a kill at any moment leaves the folder as before or after the command (the
+base-score cache only grows: a kill keeps the lines appended so far, which are as valid as the rest). Scoring
 and selection are the simulation's own functions (acquisition.py, strategies.select); round T's query uses the
 adapter of round T-1 with lambda(T-1), so lambda follows the project's round counter as in `starlora run`.
 """
@@ -163,7 +164,7 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
     else:
         preflight(cfg, task)
         model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
-        cache = BaseCache(project.folder / "base_scores.json", cfg.model, task, settings)
+        cache = BaseCache(project.folder / "base_scores.jsonl", cfg.model, task, settings)
         acquisition = Acquisition(strategy, cfg, settings, cache)
         key = measure_key(strategy, cfg.length_norm)
         if not adapters:  # no labels yet: the base model is the only model, its uncertainty chooses

@@ -1,9 +1,16 @@
-"""The base-model cache: mu_b is computed once per example, and again whenever anything that changes it changes."""
+"""The base-model cache: mu_b is computed once per example, and again whenever anything that changes it changes; its
+file only grows, keeps what an interrupted run scored, and the old single-object format is still read."""
 
 import dataclasses
+import json
 
+import numpy as np
+import pytest
+
+from starlora import acquisition as A
 from starlora.acquisition import BaseCache
 from starlora.data import Example
+from starlora.files import read_jsonl
 from starlora.models import tiny_random
 from starlora.scoring import ScoringSettings
 from starlora.tasks import get_task
@@ -34,3 +41,52 @@ def test_the_cache_key_covers_everything_that_changes_mu_b(tmp_path):
     assert computed(path, reference=True) == 6  # scores the gold answers instead
     edited = [dataclasses.replace(ex, prompt="Q: " + ex.prompt) if i < 2 else ex for i, ex in enumerate(EXAMPLES)]
     assert computed(path, examples=edited) == 2  # a changed prompt (template, data file) under the same id
+
+
+def test_the_cache_file_only_grows_and_a_torn_last_line_is_ignored(tmp_path):
+    path = tmp_path / "base_scores.jsonl"
+    assert computed(path, examples=EXAMPLES[:4]) == 4
+    first = path.read_bytes()
+    assert len(first.splitlines()) == 4  # one line per scored example
+    with open(path, "ab") as f:
+        f.write(b'{"key": "a kill mid-app')
+    assert computed(path, examples=EXAMPLES[:4]) == 0  # the complete lines are read, the torn one ignored
+    assert computed(path) == 2  # only the new examples are scored and appended, after the torn line is cut
+    grown = path.read_bytes()
+    assert grown.startswith(first) and len(grown.splitlines()) == 6  # earlier bytes never rewritten
+    assert [set(r) >= {"key", "me", "pe"} for r in read_jsonl(path)] == [True] * 6
+
+
+def test_an_interrupted_scoring_keeps_the_chunks_it_finished(tmp_path, monkeypatch):
+    path, real, calls = tmp_path / "base_scores.jsonl", A.score, []
+
+    def score(*args, **kwargs):  # killed while scoring the second chunk
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(BaseCache, "CHUNK", 4)
+    monkeypatch.setattr(A, "score", score)
+    with pytest.raises(KeyboardInterrupt):
+        computed(path)
+    assert len(read_jsonl(path)) == 4  # the first chunk was appended as soon as it was scored
+    monkeypatch.setattr(A, "score", real)
+    assert computed(path) == 2
+
+
+def test_an_old_single_object_cache_file_is_still_read_and_never_written(tmp_path):
+    (tmp_path / "new").mkdir()
+    (tmp_path / "old").mkdir()
+    model, tok = tiny_random()
+    fresh = BaseCache(tmp_path / "new" / "base_scores.jsonl", "tiny", BOOLQ, FP32)
+    expected = fresh.get(model, tok, EXAMPLES)
+    old = json.dumps({r.pop("key"): r for r in read_jsonl(tmp_path / "new" / "base_scores.jsonl")})
+    (tmp_path / "old" / "base_scores.json").write_text(old)  # the format before the cache was JSON lines
+    for name in ("base_scores.jsonl", "base_scores.json"):  # the old name means the new file beside it
+        cache = BaseCache(tmp_path / "old" / name, "tiny", BOOLQ, FP32)
+        got = cache.get(model, tok, EXAMPLES)
+        assert cache.computed == 0 and all(np.array_equal(got[k], expected[k]) for k in expected)
+    assert computed(tmp_path / "old" / "base_scores.jsonl", examples=[dataclasses.replace(EXAMPLES[0], id="n")]) == 1
+    assert (tmp_path / "old" / "base_scores.json").read_text() == old
+    assert len(read_jsonl(tmp_path / "old" / "base_scores.jsonl")) == 1  # new entries go to the JSON-lines file

@@ -45,6 +45,8 @@ def test_bad_input_is_one_line_exit_2(tmp_path, args, message):
 
 @pytest.mark.parametrize("args,message", [
     (["bench", "--n", "0"], "--n must be at least 1"),
+    (["bench", "--model", "tiny-random", "--pool-sizes", "1000,x"], "--pool-sizes takes comma-separated positive"),
+    (["bench", "--model", "tiny-random", "--pool-sizes", "0"], "--pool-sizes takes comma-separated positive"),
     (["bench", "--model", "tiny-random", "--precision", "fp8"], "unknown --precision 'fp8'"),
     (["run", "--model", "tiny-random", "--precision", "fp8", "--out", "{d}/r"], "unknown --precision 'fp8'"),
     (["status", "{d}"], "is not a starlora project"),

@@ -60,7 +60,7 @@ def test_auc_ripl_ece_by_hand():
 def test_run_writes_every_file_and_keeps_the_invariants(files, tmp_path):
     out = tmp_path / "run"
     summary = run(tiny_cfg(files), out)
-    for name in ("config.json", "rounds.jsonl", "summary.json", "base_scores.json", "adapter/adapter_config.json",
+    for name in ("config.json", "rounds.jsonl", "summary.json", "base_scores.jsonl", "adapter/adapter_config.json",
                  "scores/round_0.jsonl", "scores/round_1.jsonl", "probe/base.json", "probe/round_2.json"):
         assert (out / name).exists(), name
     rounds = read_jsonl(out / "rounds.jsonl")

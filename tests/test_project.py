@@ -63,7 +63,7 @@ def test_three_rounds_end_to_end(files, capsys):
     assert {r["id"]: r["answer"] for r in labels} == {i: GOLD[i] for i in asked}
     queries = [json.loads(line) for line in (proj / "queries.jsonl").read_text().splitlines()]
     assert queries[0]["how"].startswith("base-model") and "round 1's adapter" in queries[2]["how"]
-    base = json.loads((proj / "base_scores.json").read_text())
+    base = (proj / "base_scores.jsonl").read_text().splitlines()
     assert len(base) == 30  # every pool example scored once by the base model, reused in later rounds
     cli("status", proj)
     out = capsys.readouterr().out

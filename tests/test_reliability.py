@@ -91,7 +91,7 @@ def test_same_seed_same_everything_run_after_run(data, tmp_path):
     assert strip(read_jsonl(tmp_path / "a" / "rounds.jsonl")) == strip(read_jsonl(tmp_path / "b" / "rounds.jsonl"))
     weights = "adapter/adapter_model.safetensors"
     assert (tmp_path / "a" / weights).read_bytes() == (tmp_path / "b" / weights).read_bytes()
-    for name in ("scores/round_0.jsonl", "scores/round_1.jsonl", "probe/round_2.json", "base_scores.json"):
+    for name in ("scores/round_0.jsonl", "scores/round_1.jsonl", "probe/round_2.json", "base_scores.jsonl"):
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text(), name
     other = run(resolve("paper", **{**cfg.__dict__, "seed": 1}), tmp_path / "c")
     assert read_jsonl(tmp_path / "c" / "rounds.jsonl")[0]["added"] != read_jsonl(tmp_path / "a" / "rounds.jsonl")[0]["added"]

@@ -126,6 +126,29 @@ def test_bench_reports_every_figure_on_the_tiny_model(write):
     assert result["naive_vs_fast_max_abs_diff"] < 1e-4
 
 
+def test_bench_pool_sizes_reports_time_and_memory_per_size(write, capsys):
+    from starlora.cli import main
+
+    rows = "".join(json.dumps({"question": ex.prompt, "answer": ex.target}) + "\n" for ex in EXAMPLES)
+    pool = str(write("pool.jsonl", rows))
+    assert main(["bench", "--model", "tiny-random", "--train-file", pool, "--pool-sizes", "20,40", "--k", "2",
+                 "--score-batch-size", "8", "--precision", "fp32", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["strategy"] == "star-me" and result["k"] == 2 and result["examples_repeated"] == len(EXAMPLES)
+    assert [r["n"] for r in result["pool_sizes"]] == [20, 40]
+    for r in result["pool_sizes"]:
+        assert r["seconds"] > 0 and r["ms_per_example"] > 0 and r["rss_before_mb"] > 0
+        assert {"select_write_ms", "peak_rss_growth_mb", "rss_peak"} <= set(r)
+    table = B.pool_table(result)
+    assert "pool size" in table and "ms/example" in table and len(table.splitlines()) == 5
+
+
+def test_synthetic_pool_repeats_the_examples_under_new_ids():
+    pool = B.synthetic_pool(EXAMPLES, 20)
+    assert len(pool) == 20 and len({ex.id for ex in pool}) == 20
+    assert [ex.prompt for ex in pool[8:16]] == [ex.prompt for ex in EXAMPLES]
+
+
 ARGS = ["run", "--task", "boolq", "--strategy", "star-me", "--init-size", "8", "--query-size", "8", "--rounds", "3",
         "--epochs", "2", "--lora-r", "4", "--probe-size", "12", "--score-batch-size", "16", "--lr", "1e-2",
         "--batch-size", "3", "--precision", "fp32"]
