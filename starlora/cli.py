@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import parallel
 from .config import MethodConfig, RunConfig, resolve
 from .errors import StarloraError, StarloraWarning
 
@@ -447,6 +448,9 @@ def main(argv=None) -> int:
     if getattr(args, "template", None):  # a shell cannot easily pass a newline: --template 'Q: {question}\nA:'
         args.template = args.template.replace("\\n", "\n").replace("\\t", "\t")
     try:
+        if args.func is not cmd_run and parallel.fsdp_requested():
+            raise StarloraError("only `starlora run` shards weights under accelerate's FSDP; launch the other "
+                                "commands without --use_fsdp / an FSDP config file")
         args.func(args)
     except StarloraError as e:
         print(f"starlora: error: {e}", file=sys.stderr)

@@ -43,7 +43,8 @@ def versions() -> dict:
     import transformers
 
     return {"starlora": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "device": str(device()), "processes": parallel.world()[1]}
+            "peft": peft.__version__, "device": str(device()), "processes": parallel.world()[1],
+            "sharded": parallel.sharded()}
 
 
 RUN_FILES = ("config.json", "rounds.jsonl", "summary.json", "base_scores.jsonl", "base_scores.json", "probe", "scores",
@@ -147,17 +148,21 @@ class Experiment:
     probe: list[Example]
     initial: list[str]
     measure: str  # what the probe records
-    base_state: dict | None  # full fine-tuning: the base weights each round starts from
+    base_state: dict | None  # the weights each round starts from: full fine-tuning's base, a sharded adapter's init
 
     def fresh_model(self):
-        """This round's model to train: a fresh adapter on the frozen base, or the base weights restored."""
-        if self.cfg.mode == "lora":
+        """This round's model to train: a fresh adapter on the frozen base, or the starting weights restored (a
+        sharded model keeps its adapter, whose initial weights are what attach_lora draws every round)."""
+        if self.base_state is None:
             return attach_lora(self.model, self.training)
-        self.model.load_state_dict(self.base_state)
+        if parallel.sharded():
+            parallel.load_full_state(self.model, self.base_state)
+        else:
+            self.model.load_state_dict(self.base_state)
         return self.model
 
     def release(self, current) -> None:
-        if self.cfg.mode == "lora":
+        if self.base_state is None:
             self.model = current.unload()  # back to the untouched base model; next round attaches a fresh adapter
 
 
@@ -203,6 +208,9 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
     if cfg.target == "reference":
         logger.warning("target=reference reads the pool's gold labels (reproduces the official code; simulation only)")
 
+    if parallel.sharded() and not lora:
+        raise StarloraError("FSDP (accelerate launch --use_fsdp) shards LoRA runs only; use --mode lora, or plain "
+                            "data parallelism (--multi_gpu) for --mode full")
     preflight(cfg, task)  # before any weights load
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
     if dry_run:
@@ -214,6 +222,14 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
     pool = {ex.id: ex for ex in data.pool}
     probe_ids, initial = draw_probe_and_initial([ex.id for ex in data.pool], cfg)
     settings, training = method_settings(cfg, strategy)
+    base_state = None
+    if not lora:
+        base_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    elif parallel.sharded():  # sharding is done once: the adapter stays and is reset every round
+        model = attach_lora(model, training)
+        base_state = {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
+        held, total = parallel.local_parameters(parallel.shard(model))
+        logger.info(f"FSDP over {parallel.world()[1]} processes: this one holds {held:,} of {total:,} parameters")
     reference = cfg.target == "reference"
     cache = BaseCache(out / "base_scores.jsonl", cfg.model, task, settings, reference=reference)
     measure = measure_key(strategy, cfg.length_norm) or ("me_norm" if cfg.length_norm else "me")
@@ -227,7 +243,6 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
     if not lora and strategy.needs_base:  # the full-tuned model has no adapter to switch off: cache mu_b up front
         kept_out = set(probe_ids)
         cache.get(model, tokenizer, [ex for ex in data.pool if ex.id not in kept_out])
-    base_state = {k: v.detach().clone() for k, v in model.state_dict().items()} if not lora else None
     return Experiment(cfg, out, task, strategy, pool, test, model, tokenizer, settings, training,
                       Acquisition(strategy, cfg, settings, cache, reference), probe, initial, measure, base_state)
 
@@ -259,8 +274,10 @@ def run_round(x: Experiment, t: int, labeled: list[str], added: list[str]) -> di
         lam = mixing_weight(t, cfg.rounds, cfg.schedule) if x.strategy.combine == "mix" else None
         write_scores(out / "scores" / f"round_{t}.jsonl", ids, mu)
         times["score_s"] = time.time() - start
-    if t == cfg.rounds - 1 and cfg.mode == "lora" and parallel.is_main():
-        current.save_pretrained(out / "adapter")
+    if t == cfg.rounds - 1 and cfg.mode == "lora":
+        state = parallel.full_state(current) if parallel.sharded() else None  # every process takes part in gathering
+        if parallel.is_main():
+            current.save_pretrained(out / "adapter", state_dict=state)
     extra = f", ECE {result['ece']:.3f}" if "ece" in result else ""
     logger.info(f"round {t}: {len(labeled)} labeled, accuracy {result['accuracy']:.1f}%{extra}, "
                 f"loss {stats['loss']:.3f}, {sum(times.values()):.0f}s")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import parallel
 from .errors import StarloraError
 from .hardware import DTYPES, device, resolve_dtype, resolve_precision
 from .models import LORA_TARGETS, model_config
@@ -84,6 +85,8 @@ def estimate(cfg, config, generates: bool = True) -> Estimate:
     cache = 2 * layers * kv_width if generates else 0
     scoring = cfg.score_batch_size * (scoring_sequence * (cache + 8 * hidden) * act_bytes
                                       + config.vocab_size * 4 * 2)  # KV cache, one layer's work, answer logits
+    if parallel.sharded():  # FSDP: each process keeps 1/N of every weight, gradient and optimiser state
+        weights, training_state = weights // parallel.world()[1], training_state // parallel.world()[1]
     return Estimate(weights, training_state, max(training, scoring))
 
 
@@ -122,5 +125,7 @@ def preflight(cfg, task, cache=None) -> Estimate:
                      f"{cfg.gradient_accumulation_steps * cfg.batch_size // smaller} (the same effective batch)")
     if cfg.score_batch_size > 1:
         hints.append(f"--score-batch-size {max(1, cfg.score_batch_size // 2)}")
+    if dev.type == "cuda" and torch.cuda.device_count() > 1 and not parallel.sharded():
+        hints.append("sharding the weights over the GPUs (accelerate launch --config_file configs/accelerate/fsdp.yaml)")
     raise StarloraError(f"{cfg.model} will not fit: estimated {need.describe()} but {free / GIB:.1f} GiB are free on "
                         f"{dev}; try {', '.join(hints) or 'a smaller model or a larger device'}")

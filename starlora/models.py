@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from . import parallel
 from .errors import StarloraError
 from .hardware import DTYPES, device, resolve_dtype
 
@@ -78,8 +79,9 @@ def _prepare(model, tokenizer):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    model.to(device()).eval()
-    return model, tokenizer
+    if not parallel.sharded():  # sharded, the weights stay on the CPU: fully_shard moves each process's shard only
+        model.to(device())
+    return model.eval(), tokenizer
 
 
 def cached_conversion(folder: Path, convert) -> Path:

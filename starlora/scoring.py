@@ -79,7 +79,8 @@ def answer_stats(model, sequences, batch_size: int, desc: str | None = None, *, 
     grouped = swap_lora_dropout(model, GroupDropout if groups is not None else MaskDropout)
     with seeded, grouped as dropouts:
         for b in parallel.mine(len(batches)):
-            rows = batches[b]
+            spare = b >= len(batches)  # sharded: a throw-away forward so that every process runs as many
+            rows = batches[b] if not spare else batches[0][:1]
             if mask_seed is not None:
                 torch.manual_seed(mask_seed * 1_000_003 + b)
             if groups is not None:
@@ -90,12 +91,12 @@ def answer_stats(model, sequences, batch_size: int, desc: str | None = None, *, 
                     drop.widths = [max(lengths[i] for i in rows if groups[i] == s) for s in seeds]
             owner, logp, ent = _batch_stats(model, [sequences[i] for i in rows], device, precision,
                                             [choices[i] for i in rows] if choices else None)
-            if owner:
+            if owner and not spare:
                 owner = [rows[r] for r in owner]
                 check_finite(logp, ent, owner, names)
                 np.add.at(logp_sum, owner, logp)
                 np.add.at(ent_sum, owner, ent)
-            bar.update(len(rows) * parallel.world()[1])
+            bar.update(0 if spare else len(rows) * parallel.world()[1])
     bar.close()
     logp_sum, ent_sum = parallel.sum_across(logp_sum, ent_sum)
     return logp_sum if choices else logp_sum[:, 0], ent_sum, np.array([len(a) for _, a in sequences])
@@ -117,11 +118,16 @@ def _batch_stats(model, pairs, device, precision, choices=None):
     if not rows:
         return [], None, None
     with autocast(device, precision):
-        hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                     use_cache=False).last_hidden_state  # no KV cache: nothing is generated
-        logits = model.get_output_embeddings()(hidden[rows, positions])
+        logits = parallel.as_forward(model, answer_logits, ids.to(device), mask.to(device), rows, positions)
     logp, ent = U.token_logprobs_and_entropies(logits, torch.tensor(targets, device=device))
     return rows, logp.double().cpu().numpy(), ent.double().cpu().numpy()
+
+
+def answer_logits(lm, ids, mask, rows, positions):
+    """The causal LM's logits at the given (row, position) pairs only: no [batch, length, vocabulary] tensor."""
+    hidden = lm.get_decoder()(input_ids=ids, attention_mask=mask,
+                              use_cache=False).last_hidden_state  # no KV cache: nothing is generated
+    return lm.get_output_embeddings()(hidden[rows, positions])
 
 
 def check_finite(logp: np.ndarray, ent: np.ndarray, owner: list[int], names=None) -> None:
@@ -163,7 +169,8 @@ def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
     done = []
     batches = length_sorted_batches([len(p) for p in prompts], batch_size)
     for b in progress(parallel.mine(len(batches)), desc=desc, leave=False, disable=not (desc and parallel.is_main())):
-        rows = batches[b]
+        spare = b >= len(batches)  # sharded: a throw-away generation so that every process runs as many
+        rows = batches[b] if not spare else batches[0][:1]
         width = max(len(prompts[i]) for i in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros(len(rows), width, dtype=torch.long)
@@ -175,8 +182,9 @@ def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
             generated = model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                 do_sample=False, pad_token_id=pad, eos_token_id=eos, stopping_criteria=criteria,
+                synced_gpus=parallel.sharded(),  # sharded: keep stepping until every process's batch is done
             )[:, width:].tolist()
-        for r, i in enumerate(rows):
+        for r, i in enumerate([] if spare else rows):
             stopped_at = criteria[0].lengths.get(r) if stop else None
             tokens = generated[r][:stopped_at]  # cut before the padding (it may be the EOS id) after a stop
             ended = eos in tokens

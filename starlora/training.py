@@ -3,7 +3,7 @@
 STAR's regulariser is decoupled weight decay on the lora_B parameters only (AdamW parameter groups). The linear LR
 schedule is sized from the real number of optimiser steps, so the last round trains as hard as the first. Batches
 group similar lengths and pad to their own longest. Under `accelerate launch` the model is wrapped in torch's
-DistributedDataParallel and each process takes rows of every batch, and gradient accumulation cuts a process's rows
+DistributedDataParallel (or is sharded, parallel.shard) and each process takes rows of every batch, and gradient accumulation cuts a process's rows
 into micro-batches; either way the loss is normalised by the whole batch's token count and the dropout masks are
 drawn for the whole batch, so N processes or N micro-batches compute what one batch does.
 """
@@ -125,7 +125,7 @@ def train(model, tokenizer, examples, settings: TrainSettings, desc: str = "trai
     device = next(model.parameters()).device
     masks = torch.Generator(device=device).manual_seed(settings.seed)
     net = model
-    if parallel.distributed():
+    if parallel.distributed() and not parallel.sharded():  # a sharded model reduces its own gradients
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     start, losses = time.time(), []
     bar = progress(total=total, desc=desc, leave=False, disable=not parallel.is_main())
@@ -147,14 +147,13 @@ def train(model, tokenizer, examples, settings: TrainSettings, desc: str = "trai
                     width = int(mask[rows].sum(1).max())  # pad to this micro-batch's own longest
                     for drop in dropouts:
                         drop.rows = rows
-                    sync = net.no_sync() if net is not model and j < micro - 1 else contextlib.nullcontext()
-                    with sync:
+                    with parallel.gradient_sync(net, j == micro - 1):
                         with autocast(device, settings.precision):
                             out = net(input_ids=ids[rows, :width].to(device),
                                       attention_mask=mask[rows, :width].to(device),
                                       labels=labels[rows, :width].to(device), num_items_in_batch=max(tokens, 1),
                                       use_cache=False)
-                        (out.loss * size * share).backward()  # DDP averages over processes: sum / tokens overall
+                        (out.loss * size * share).backward()  # DDP and FSDP average over processes
                     loss += out.loss.item() * share
                 optimizer.step()
                 schedule.step()

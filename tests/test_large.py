@@ -159,6 +159,19 @@ def test_memory_estimate_counts_parameters_exactly_and_scales_with_the_options()
     assert b.activations == pytest.approx(a.activations / 2, rel=0.01) and b.weights == a.weights
 
 
+def test_memory_estimate_under_fsdp_divides_weights_and_optimiser_state(monkeypatch):
+    from transformers import LlamaConfig
+
+    from starlora import parallel
+    from starlora.memory import estimate
+
+    whole = estimate(resolve(dtype="bf16"), LlamaConfig())
+    monkeypatch.setattr(parallel, "sharded", lambda: True)
+    monkeypatch.setattr(parallel, "world", lambda: (0, 8))
+    shard = estimate(resolve(dtype="bf16"), LlamaConfig())
+    assert shard.weights == whole.weights // 8 and shard.activations == whole.activations
+
+
 def test_a_run_that_will_not_fit_is_refused_before_loading_with_what_to_change(tmp_path, monkeypatch):
     import subprocess
     import sys
@@ -176,3 +189,28 @@ def test_a_run_that_will_not_fit_is_refused_before_loading_with_what_to_change(t
     r = subprocess.run([sys.executable, "-m", "starlora", "run", "--model", "tiny-random", "--task", "sst2",
                         "--protocol", "quick", "--out", str(out), "--dry-run"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
+
+
+def test_fsdp_refuses_full_fine_tuning_and_other_commands(tmp_path, monkeypatch):
+    from starlora import cli, experiment, parallel
+
+    monkeypatch.setattr(parallel, "sharded", lambda: True)
+    cfg = resolve(task="boolq", strategy="random", model="tiny-random", mode="full", rounds=2, init_size=4,
+                  query_size=4, probe_size=0, test_size=4)
+    with pytest.raises(StarloraError, match="FSDP .* shards LoRA runs only"):
+        experiment.run(cfg, tmp_path / "full")
+    assert not (tmp_path / "full").exists()  # refused before anything is written
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert cli.main(["status", str(tmp_path / "project")]) == 2
+
+
+def test_sharded_processes_run_as_many_batches(monkeypatch):
+    """FSDP gathers weights in every forward, so both processes must run as many: 3 batches over 2 processes give
+    process 1 batch 1 and a spare (index 3, a throw-away forward); unsharded it just runs batch 1."""
+    from starlora import parallel
+
+    monkeypatch.setattr(parallel, "world", lambda: (1, 2))
+    monkeypatch.setattr(parallel, "fsdp_requested", lambda: False)
+    assert list(parallel.mine(3)) == [1]
+    monkeypatch.setattr(parallel, "fsdp_requested", lambda: True)
+    assert list(parallel.mine(3)) == [1, 3] and list(parallel.mine(4)) == [1, 3] and list(parallel.mine(0)) == []

@@ -2,10 +2,12 @@
 dropout masks, bf16 autocast, 2 processes; and `starlora bench` reports every figure."""
 
 import json
+import re
 import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,20 +165,32 @@ def separated_data(tmp_path):
     return ["--model", paths["model"], "--train-file", paths["train_file"], "--test-file", paths["test_file"]]
 
 
-def test_two_processes_select_what_one_process_selects(tmp_path):
-    """Same seed, 1 vs 2 processes (DDP over 2 CPU processes): the same scores, selections, losses and adapter, up
-    to the rounding of gradients summed in another order. fp32 is forced: under bf16 autocast (--precision auto on a
-    CPU with AVX512-BF16) each process's smaller batches round differently at the 1e-3 level."""
+FSDP_CONFIG = Path(__file__).parent.parent / "configs" / "accelerate" / "fsdp.yaml"
+LAUNCH = {"ddp": ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+                  "--dynamo_backend", "no"],
+          "fsdp": ["--config_file", str(FSDP_CONFIG)]}  # the shipped file: 2 processes, FSDP2
+
+
+@pytest.mark.parametrize("how", ["ddp", "fsdp"])
+def test_two_processes_select_what_one_process_selects(tmp_path, how):
+    """Same seed, 1 vs 2 processes (DDP, or FSDP sharding the weights, over 2 CPU processes): the same scores,
+    selections, losses and adapter, up to the rounding of gradients summed in another order. fp32 is forced: under
+    bf16 autocast (--precision auto on a CPU with AVX512-BF16) each process's smaller batches round differently at the
+    1e-3 level."""
     data = separated_data(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "starlora", *ARGS, *data, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stderr
     launcher = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
-    two = subprocess.run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                          "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "starlora", *ARGS, *data,
+    two = subprocess.run([launcher, "launch", *LAUNCH[how], "-m", "starlora", *ARGS, *data,
                           "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
+    held = re.search(r"FSDP over 2 processes: this one holds ([\d,]+) of ([\d,]+) parameters", two.stdout)
+    assert (held is not None) == (how == "fsdp")
+    if held:  # the main process holds about half of every weight (shards of dim 0, rounded up)
+        mine, total = (int(g.replace(",", "")) for g in held.groups())
+        assert 0.45 * total <= mine <= 0.55 * total
     rounds = {d: read_jsonl(tmp_path / d / "rounds.jsonl") for d in ("one", "two")}
     assert len(rounds["one"]) == len(rounds["two"]) == 3
     same_data = True  # both runs trained on the same labeled list so far
@@ -208,5 +222,32 @@ def test_two_processes_select_what_one_process_selects(tmp_path):
         assert w1.keys() == w2.keys()
         for k in w1:
             torch.testing.assert_close(w1[k], w2[k], rtol=0, atol=ADAPTER_ATOL)
-    assert json.loads((tmp_path / "two" / "config.json").read_text())["versions"]["processes"] == 2
+    versions = json.loads((tmp_path / "two" / "config.json").read_text())["versions"]
+    assert versions["processes"] == 2 and versions["sharded"] == (how == "fsdp")
     assert two.stdout.count("round 2:") == 1 and two.stdout.count("AUC") == 1  # only the main process reports
+
+
+def test_sharded_generation_and_accumulation_match_one_process(tmp_path):
+    """An open task under FSDP: generate() runs in lockstep over the processes (one finishing early keeps stepping,
+    and spare batches even out the counts), with 2 micro-batches per optimiser step; the same selections, losses and
+    scores as 1 process."""
+    model = separated_inputs(tmp_path, 4, 4)["model"]
+    args = ["run", "--task", "gsm8k", "--strategy", "star-me", "--init-size", "4", "--query-size", "4", "--rounds",
+            "2", "--epochs", "1", "--lora-r", "4", "--probe-size", "4", "--test-size", "6", "--score-batch-size", "4",
+            "--batch-size", "2", "--gradient-accumulation-steps", "2", "--precision", "fp32", "--model", model,
+            "--candidate-subsample", "11", "--max-new-tokens", "8"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "starlora", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr
+    launcher = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
+    two = subprocess.run([launcher, "launch", *LAUNCH["fsdp"], "-m", "starlora", *args, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    x, y = (read_jsonl(tmp_path / d / "rounds.jsonl") for d in ("one", "two"))
+    assert [r["added"] for r in x] == [r["added"] for r in y] and len(x) == 2
+    assert [r["train_loss"] for r in x] == pytest.approx([r["train_loss"] for r in y], rel=LOSS_RTOL)
+    a, b = ({r["id"]: r for r in read_jsonl(tmp_path / d / "scores" / "round_0.jsonl")} for d in ("one", "two"))
+    assert a.keys() == b.keys() and len(a) == 11  # 11 candidates in batches of 4: 3 batches, one spare on process 1
+    for i in a:
+        assert a[i]["mu"] == pytest.approx(b[i]["mu"], abs=MU_TOL)
