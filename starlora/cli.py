@@ -13,6 +13,7 @@ from pathlib import Path
 from . import parallel
 from .config import MethodConfig, RunConfig, resolve
 from .errors import StarloraError, StarloraWarning
+from .tracking import parse_report_to
 
 
 def add_data_options(p: argparse.ArgumentParser, task_required: bool = True) -> None:
@@ -143,7 +144,7 @@ def cmd_run(args) -> None:
     from .experiment import run_seeds
 
     cfg, seeds = run_config(args)
-    run_seeds(cfg, seeds, args.out, dry_run=args.dry_run)
+    run_seeds(cfg, seeds, args.out, dry_run=args.dry_run, report_to=parse_report_to(args.report_to))
 
 
 def cmd_sweep(args) -> None:
@@ -157,7 +158,7 @@ def cmd_sweep(args) -> None:
     flags.pop("task", None)  # --task is one of the grid's tasks
     jobs = plan(blocks, args.out, flags)
     print(f"sweep: {len(jobs)} run(s) into {args.out}")
-    sweep(jobs, args.workers, parse_candidates(args.devices))
+    sweep(jobs, args.workers, parse_candidates(args.devices), report_to=parse_report_to(args.report_to))
     if not args.no_report:
         args.runs, args.out = [str(j.folder) for j in jobs], str(Path(args.out) / "report")
         cmd_report(args)
@@ -194,7 +195,7 @@ def cmd_label(args) -> None:
 def cmd_train(args) -> None:
     from .project import train
 
-    train(args.dir)
+    train(args.dir, report_to=parse_report_to(args.report_to))
 
 
 def cmd_status(args) -> None:
@@ -242,11 +243,18 @@ def add_project_commands(sub) -> None:
     p = sub.add_parser("train", help="human loop: train this round's adapter on every label so far",
                        description="Train a fresh LoRA adapter with STAR's regulariser on all labels so far.")
     p.add_argument("dir", help="the project folder")
+    add_report_option(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("status", help="human loop: rounds, counts, held-out accuracy, and what to do next")
     p.add_argument("dir", help="the project folder")
     p.set_defaults(func=cmd_status)
+
+
+def add_report_option(p) -> None:
+    p.add_argument("--report-to", default="none", metavar="TRACKERS",
+                   help="log to experiment trackers: tensorboard, mlflow, wandb (comma-separated) or none (default); "
+                        "each needs its extra, e.g. pip install 'starlora[tensorboard]'")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -263,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_options(p, task_required=False)
     add_model_options(p)
     add_run_options(p)
+    add_report_option(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="a grid of tasks x strategies x seeds, one run each (resumable), then the report",
@@ -280,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs side by side in worker processes (default 1; CPU threads are shared among them)")
     p.add_argument("--devices", help="one worker per device, e.g. cuda:0,cuda:1 (overrides --workers)")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    add_report_option(p)
     add_data_options(p, task_required=False)
     add_model_options(p)
     add_config_flags(p.add_argument_group("configuration (defaults: the protocol; flags win over the grid file)"),

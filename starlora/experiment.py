@@ -30,6 +30,7 @@ from .masks import adapter_disabled
 from .tokens import join
 from .strategies import Strategy, get_strategy, measure_key
 from .tasks import Task, get_task
+from .tracking import Tracking, run_name
 from .training import TrainSettings, attach_lora, train
 from .uncertainty import mixing_weight
 
@@ -149,6 +150,7 @@ class Experiment:
     initial: list[str]
     measure: str  # what the probe records
     base_state: dict | None  # the weights each round starts from: full fine-tuning's base, a sharded adapter's init
+    tracking: Tracking | None = None  # --report-to
 
     def fresh_model(self):
         """This round's model to train: a fresh adapter on the frozen base, or the starting weights restored (a
@@ -166,24 +168,35 @@ class Experiment:
             self.model = current.unload()  # back to the untouched base model; next round attaches a fresh adapter
 
 
-def run(cfg: RunConfig, out: str | Path, *, dry_run: bool = False, on_round=None) -> dict | None:
+def run(cfg: RunConfig, out: str | Path, *, dry_run: bool = False, on_round=None, report_to=()) -> dict | None:
     """Run (or resume) one AL experiment into `out`; returns the summary. dry_run: check everything (data, model,
-    folder) and return None having written nothing. on_round() is called after each finished round."""
+    folder) and return None having written nothing. on_round() is called after each finished round. report_to:
+    tracker names (tracking.parse_report_to); a resumed run's tracker run starts at the round it resumes."""
     out = Path(out)
     prepared = setup(cfg, out, dry_run)
     if not isinstance(prepared, Experiment):  # a dry run, or a run finished before
         return prepared
     records = read_jsonl(out / "rounds.jsonl")
+    if report_to:
+        prepared.tracking = Tracking(report_to, run_name(cfg.task, cfg.strategy, cfg.seed), out,
+                                     dataclasses.asdict(cfg))
+        prepared.tracking.step = sum(r.get("train_steps", 0) for r in records)
     labeled = [i for r in records for i in r["added"]]
     added = records[-1]["selected"] if records else prepared.initial
     for t in range(len(records), cfg.rounds):
         labeled += added
         records.append(run_round(prepared, t, labeled, added))
         write_jsonl(out / "rounds.jsonl", records)  # the round is finished once this rename lands
+        if prepared.tracking:
+            prepared.tracking.round(records[-1])
         if on_round:
             on_round()
         added = records[-1]["selected"]
-    return summarise(prepared, records)
+    summary = summarise(prepared, records)
+    if prepared.tracking:
+        prepared.tracking.summary(summary)
+        prepared.tracking.finish()
+    return summary
 
 
 def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict | None:
@@ -255,6 +268,8 @@ def run_round(x: Experiment, t: int, labeled: list[str], added: list[str]) -> di
     current = x.fresh_model()
     stats = train(current, x.tokenizer, [x.pool[i] for i in labeled], x.training, desc=f"round {t} training")
     times["train_s"] = time.time() - start
+    for loss in stats["step_losses"] if x.tracking else ():
+        x.tracking.training_step(loss)
     start = time.time()
     result = evaluate(current, x.tokenizer, x.task, x.test, x.settings, desc=f"round {t} evaluating")
     times["eval_s"] = time.time() - start
@@ -283,7 +298,7 @@ def run_round(x: Experiment, t: int, labeled: list[str], added: list[str]) -> di
                 f"loss {stats['loss']:.3f}, {sum(times.values()):.0f}s")
     x.release(current)
     return {"round": t, "n_labeled": len(labeled), "accuracy": result["accuracy"], "added": added,
-            "selected": selected, "lambda": lam, "train_loss": stats["loss"], **times,
+            "selected": selected, "lambda": lam, "train_loss": stats["loss"], "train_steps": stats["steps"], **times,
             **{k: result[k] for k in ("ece", "brier", "wrong_confidence", "truncated") if k in result}}
 
 
@@ -317,8 +332,9 @@ def _num(x):
     return None if np.isnan(x) else x
 
 
-def run_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, dry_run: bool = False) -> list[dict]:
+def run_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, dry_run: bool = False, report_to=()) -> list[dict]:
     """One sub-folder per seed when several are given."""
     if len(seeds) == 1:
-        return [run(dataclasses.replace(cfg, seed=seeds[0]), out, dry_run=dry_run)]
-    return [run(dataclasses.replace(cfg, seed=s), Path(out) / f"seed{s}", dry_run=dry_run) for s in seeds]
+        return [run(dataclasses.replace(cfg, seed=seeds[0]), out, dry_run=dry_run, report_to=report_to)]
+    return [run(dataclasses.replace(cfg, seed=s), Path(out) / f"seed{s}", dry_run=dry_run, report_to=report_to)
+            for s in seeds]

@@ -38,6 +38,7 @@ from .memory import preflight
 from .models import load_model
 from .strategies import get_strategy, measure_key, select
 from .tasks import get_task
+from .tracking import Tracking
 from .training import attach_lora
 
 logger = logging.getLogger(__name__)
@@ -307,8 +308,9 @@ def label(folder, path) -> int:
 # ---------------------------------------------------------------- train
 
 
-def train(folder) -> Path:
-    """Train a fresh adapter (STAR's regulariser when the strategy has it) on every label so far."""
+def train(folder, report_to=()) -> Path:
+    """Train a fresh adapter (STAR's regulariser when the strategy has it) on every label so far. report_to: tracker
+    names (one tracker run per training, named after the project and the round)."""
     project = open_project(folder)
     cfg, task, strategy = project.cfg, project.task, project.strategy
     labels, adapters = project.labels(), project.adapters()
@@ -330,6 +332,12 @@ def train(folder) -> Path:
     if test:
         result = evaluate(model, tokenizer, task, test, settings, desc=f"round {t} held-out")
         record |= {k: result[k] for k in ("accuracy", "ece", "brier") if k in result}
+    if report_to:
+        tracking = Tracking(report_to, f"{project.folder.name}/round{t}", project.folder, dataclasses.asdict(cfg))
+        for loss in stats["step_losses"]:
+            tracking.training_step(loss)
+        tracking.round(record)
+        tracking.finish()
     final = project.folder / "adapters" / f"round_{t}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

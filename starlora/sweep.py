@@ -79,7 +79,7 @@ def finished_rounds(job: Job) -> int:
     return len(read_jsonl(job.folder / "rounds.jsonl")) if (job.folder / "config.json").exists() else 0
 
 
-def sweep(jobs: list[Job], workers: int = 1, devices: list[str] | None = None) -> list[dict]:
+def sweep(jobs: list[Job], workers: int = 1, devices: list[str] | None = None, report_to=()) -> list[dict]:
     """Run every job (finished ones are skipped, interrupted ones resume); one overall progress bar over all rounds,
     with its ETA. workers > 1 or several devices: that many runs side by side, one per worker process."""
     for device in devices or []:
@@ -92,13 +92,13 @@ def sweep(jobs: list[Job], workers: int = 1, devices: list[str] | None = None) -
     bar = progress(total=sum(job.cfg.rounds for job in jobs), initial=done, desc="sweep", unit="round")
     try:
         if slots == 1:
-            return [run(job.cfg, job.folder, on_round=lambda: bar.update(1)) for job in jobs]
-        return _side_by_side(jobs, slots, devices or ["cpu"] * slots, bar)
+            return [run(job.cfg, job.folder, on_round=lambda: bar.update(1), report_to=report_to) for job in jobs]
+        return _side_by_side(jobs, slots, devices or ["cpu"] * slots, bar, report_to)
     finally:
         bar.close()
 
 
-def _side_by_side(jobs, slots, devices, bar) -> list[dict]:
+def _side_by_side(jobs, slots, devices, bar, report_to=()) -> list[dict]:
     """One run per worker process; the bar follows the rounds.jsonl files, the only state the workers share."""
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads or CUDA state
     claims = context.Queue()
@@ -106,7 +106,7 @@ def _side_by_side(jobs, slots, devices, bar) -> list[dict]:
         claims.put(device)
     with futures.ProcessPoolExecutor(slots, mp_context=context, initializer=claim_device,
                                      initargs=(claims, os.cpu_count() or 1, slots)) as pool:
-        pending = [pool.submit(run, job.cfg, job.folder) for job in jobs]  # workers log nothing below warnings
+        pending = [pool.submit(run, job.cfg, job.folder, report_to=report_to) for job in jobs]  # workers log nothing below warnings
         while not all(f.done() for f in pending):
             time.sleep(1)
             bar.update(sum(min(finished_rounds(job), job.cfg.rounds) for job in jobs) - bar.n)

@@ -106,7 +106,8 @@ def batch_order(lengths: list[int], batch_size: int, generator: torch.Generator,
 
 
 def train(model, tokenizer, examples, settings: TrainSettings, desc: str = "training") -> dict:
-    """Train `model` in place (its trainable parameters) on examples; returns {'loss', 'steps', 'seconds'}.
+    """Train `model` in place (its trainable parameters) on examples; returns {'loss' (the last epoch's mean),
+    'steps', 'seconds', 'step_losses' (each optimiser step's loss)}.
 
     LoRA mode runs the frozen base as at inference (its own dropout off, as in MC scoring); only the LoRA dropout
     samples. Full mode trains with every dropout of the model on. An optimiser step takes batch_size x
@@ -167,7 +168,7 @@ def train(model, tokenizer, examples, settings: TrainSettings, desc: str = "trai
     losses = parallel.sum_across(np.array(losses))[0]  # each process holds its rows' share of every batch's loss
     last = losses[-len(epochs[-1]):] if epochs and epochs[-1] else losses
     return {"loss": float(np.mean(last)) if len(last) else float("nan"), "steps": total,
-            "seconds": time.time() - start}
+            "seconds": time.time() - start, "step_losses": [float(x) for x in losses]}
 
 
 def micro_batches(n: int, rank: int, size: int, micro: int) -> list[slice]:
