@@ -184,7 +184,7 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
     out.parent.mkdir(exist_ok=True)
     write_atomic(out, export(task, [fields[i] for i in selected], fmt, cfg.answer_field))
     if fmt == "labelstudio":
-        write_atomic(out.with_name("labelstudio_config.xml"), labelstudio_config(task))
+        write_atomic(out.with_name("labelstudio_config.xml"), labelstudio_config(task, cfg.answer_field))
     write_jsonl(project.folder / "queries.jsonl", queries + [{"round": t, "ids": selected, "file": str(out),
                                                               "how": how}])
     logger.info(f"round {t}: {len(selected)} example(s) chosen by {how}; label them in:")
@@ -205,18 +205,25 @@ def export(task, rows: list[dict], fmt: str, answer_field: str) -> str:
         writer.writerows({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in rec.items()}
                          for rec in records)
         return buf.getvalue()
-    # Label Studio: a list of tasks, each with a "data" object; the labeling config names $prompt
-    return json.dumps([{"data": {k: v for k, v in rec.items() if k != answer_field}} for rec in records],
-                      indent=2, ensure_ascii=False) + "\n"
+    # Label Studio: a list of tasks, each with a "data" object; the labeling config names $prompt. Our id goes in as
+    # LS_ID: Label Studio's JSON-MIN export puts its own task id in "id".
+    return json.dumps([{"data": {LS_ID if k == "id" else k: v for k, v in rec.items() if k != answer_field}}
+                       for rec in records], indent=2, ensure_ascii=False) + "\n"
 
 
-def labelstudio_config(task) -> str:
-    """The labeling interface that goes with the exported tasks: choices for closed-set tasks, a text box otherwise."""
+LS_ID = "starlora_id"
+
+
+def labelstudio_config(task, answer_field: str = "answer") -> str:
+    """The labeling interface that goes with the exported tasks: choices for closed-set tasks, a text box otherwise.
+    The control is named after the answer field, which is the column Label Studio's flat exports (JSON-MIN, CSV)
+    give the answer."""
     if task.closed:
         choices = "".join(f'\n    <Choice value="{c}"/>' for c in task.candidates)
-        answer = f'  <Choices name="answer" toName="prompt" choice="single" required="true">{choices}\n  </Choices>'
+        answer = (f'  <Choices name="{answer_field}" toName="prompt" choice="single" required="true">{choices}'
+                  '\n  </Choices>')
     else:
-        answer = '  <TextArea name="answer" toName="prompt" maxSubmissions="1" required="true"/>'
+        answer = f'  <TextArea name="{answer_field}" toName="prompt" maxSubmissions="1" required="true"/>'
     return f'<View>\n  <Text name="prompt" value="$prompt"/>\n{answer}\n</View>\n'
 
 
@@ -224,10 +231,12 @@ def labelstudio_config(task) -> str:
 
 
 def read_answers(path, answer_field: str) -> list[tuple[str, str | None, str | None]]:
-    """(where, id, answer) from JSON lines, CSV or a Label Studio JSON export."""
+    """(where, id, answer) from JSON lines, CSV, or a Label Studio export: JSON (tasks with annotations), JSON-MIN (a
+    JSON list of flat rows) or CSV. Label Studio rows carry our id as starlora_id (its own id is the task's)."""
     path = Path(path)
     if path.suffix.lower() != ".json":
-        return [(where, _text(row.get("id")), _text(row.get(answer_field))) for where, row in read_rows(path)]
+        return [(where, _text(row.get(LS_ID, row.get("id"))), _text(_first(row.get(answer_field))))
+                for where, row in read_rows(path)]
     try:
         tasks = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -237,9 +246,12 @@ def read_answers(path, answer_field: str) -> list[tuple[str, str | None, str | N
     out = []
     for n, item in enumerate(tasks, 1):
         where = f"{path}: task {n}"
-        data = item.get("data", {}) if isinstance(item, dict) else {}
+        item = item if isinstance(item, dict) else {}
+        if "data" not in item:  # JSON-MIN: the task's data and each control's answer in one flat row
+            out.append((where, _text(item.get(LS_ID, item.get("id"))), _text(_first(item.get(answer_field)))))
+            continue
         answer = None
-        for annotation in item.get("annotations", []) if isinstance(item, dict) else []:
+        for annotation in item.get("annotations", []):
             if annotation.get("was_cancelled"):
                 continue
             for result in annotation.get("result", []):
@@ -247,8 +259,14 @@ def read_answers(path, answer_field: str) -> list[tuple[str, str | None, str | N
                 found = value.get("choices") or value.get("text")
                 if found:
                     answer = found[0]
-        out.append((where, _text(data.get("id")), answer))
+        data = item["data"] if isinstance(item["data"], dict) else {}
+        out.append((where, _text(data.get(LS_ID, data.get("id"))), answer))
     return out
+
+
+def _first(value):
+    """A Label Studio answer may come as a list (choices, text areas): its first entry."""
+    return value[0] if isinstance(value, list) and value else value
 
 
 def _text(value) -> str | None:

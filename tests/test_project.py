@@ -93,10 +93,34 @@ def test_csv_and_label_studio_round_trip(files):
     config = (out.parent / "labelstudio_config.xml").read_text()
     assert '<Choice value="true"/>' in config and 'value="$prompt"' in config
     export = [{"id": 100 + n, "data": t["data"], "annotations": [
-        {"was_cancelled": False, "result": [{"type": "choices", "value": {"choices": [GOLD[t["data"]["id"]]]}}]}]}
+        {"was_cancelled": False, "result": [{"type": "choices", "value": {"choices": [GOLD[t["data"]["starlora_id"]]]}}]}]}
         for n, t in enumerate(tasks)]
     (files / "export.json").write_text(json.dumps(export))
     assert P.label(proj, files / "export.json") == 2
+
+
+def test_label_studio_flat_exports_json_min_and_csv(files):
+    """The shapes Label Studio 1.23's JSON-MIN and CSV exports have (scripts/labelstudio_check.py checks them against
+    a real Label Studio): JSON-MIN's "id" is Label Studio's task id, so our id comes from starlora_id; answers sit
+    under the control's name, which is the answer field."""
+    proj = init(files)
+    tasks = json.loads(P.query(proj, 4, "labelstudio").read_text())
+    ids = [t["data"]["starlora_id"] for t in tasks]
+    assert all("id" not in t["data"] for t in tasks)
+    config = (proj / "queries" / "labelstudio_config.xml").read_text()
+    assert '<Choices name="answer" toName="prompt"' in config
+    json_min = [{"id": n + 1, **tasks[n]["data"], "answer": GOLD[i], "annotator": 1, "annotation_id": n + 1,
+                 "lead_time": None} for n, i in enumerate(ids[:2])]
+    (files / "min.json").write_text(json.dumps(json_min))
+    assert P.label(proj, files / "min.json") == 2
+    with open(files / "ls.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["annotation_id", "annotator", "answer", "id", "prompt", "starlora_id"])
+        w.writeheader()
+        w.writerows({"annotation_id": n, "annotator": 1, "answer": GOLD[i], "id": 50 + n, "prompt": "p",
+                     "starlora_id": i} for n, i in enumerate(ids[2:]))
+    assert P.label(proj, files / "ls.csv") == 2
+    labels = {r["id"]: r["answer"] for r in map(json.loads, (proj / "labels.jsonl").read_text().splitlines())}
+    assert all(labels[i] == GOLD[i] for i in ids)
 
 
 def bad_label(proj, path, rows):
