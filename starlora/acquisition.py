@@ -43,9 +43,7 @@ class BaseCache:
         if self.path and self.path.suffix == ".json":
             self.path = self.path.with_suffix(".jsonl")
         self.task, self.settings, self.reference = task, settings, reference
-        identity = [model_name, task.name, task.candidates, task.numeric, reference, settings.max_prompt_tokens,
-                    settings.max_answer_tokens, settings.max_new_tokens, settings.precision]
-        self.prefix = _digest(json.dumps(identity)) + "|"
+        self.prefix = _digest(json.dumps(self.identity(model_name))) + "|"
         self.values: dict[str, dict[str, float]] = {}
         if self.path:
             legacy = self.path.with_suffix(".json")
@@ -53,6 +51,12 @@ class BaseCache:
                 self.values = json.loads(legacy.read_text())
             self.values |= {r.pop("key"): r for r in read_jsonl(self.path) if isinstance(r, dict) and "key" in r}
         self.computed = 0
+
+    def identity(self, model_name: str) -> list:
+        """Everything besides the example that changes an entry."""
+        task, settings = self.task, self.settings
+        return [model_name, task.name, task.candidates, task.numeric, self.reference, settings.max_prompt_tokens,
+                settings.max_answer_tokens, settings.max_new_tokens, settings.precision]
 
     def key(self, ex) -> str:
         return f"{self.prefix}{ex.id}|{_digest(ex.prompt + (chr(0) + ex.target if self.reference else ''))}"
@@ -64,14 +68,20 @@ class BaseCache:
             part = missing[start:start + self.CHUNK]
             part_of = f" ({start + len(part)} of {len(missing)})" if len(missing) > self.CHUNK else ""
             with adapter_disabled(model):
-                scores = score(model, tokenizer, self.task, [ex for _, ex in part], passes=1, settings=self.settings,
-                               reference=self.reference, desc="base model" + part_of)
-            new = [(k, {name: float(v[i]) for name, v in scores.measures.items()}) for i, (k, _) in enumerate(part)]
+                new = list(zip([k for k, _ in part], self.compute(model, tokenizer, [ex for _, ex in part], part_of)))
             self.values.update(new)
             self.computed += len(part)
             if self.path:
-                append_jsonl(self.path, ({"key": k, **measures} for k, measures in new))
-        rows = [self.values[k] for k in keys]
+                append_jsonl(self.path, ({"key": k, **entry} for k, entry in new))
+        return self.combine([self.values[k] for k in keys])
+
+    def compute(self, model, tokenizer, examples, part_of: str) -> list[dict]:
+        """One JSON-able entry per example, computed with the adapter switched off: the base model's measures."""
+        scores = score(model, tokenizer, self.task, examples, passes=1, settings=self.settings,
+                       reference=self.reference, desc="base model" + part_of)
+        return [{name: float(v[i]) for name, v in scores.measures.items()} for i in range(len(examples))]
+
+    def combine(self, rows: list[dict]) -> dict[str, np.ndarray]:
         return {k: np.array([r[k] for r in rows]) for k in rows[0]} if rows else {}
 
 
@@ -128,6 +138,7 @@ class Acquisition:
     settings: ScoringSettings
     base_cache: BaseCache | None
     reference: bool = False
+    embeddings: BaseCache | None = None  # embeddings.EmbeddingCache: needed by coreset, badge and --diversity
 
     def __post_init__(self):
         if self.base_cache is not None and self.base_cache.reference != self.reference:
@@ -145,6 +156,36 @@ class Acquisition:
 
     def select(self, ids, mu, n: int, taken, t: int) -> list[str]:
         return select(ids, mu, n, taken, seed=RoundSeeds(self.cfg.seed, t).tiebreak)
+
+    @property
+    def needs_embeddings(self) -> bool:
+        return self.strategy.pick != "top" or self.cfg.diversity != "none"
+
+    def query(self, model, tokenizer, task, candidates, labeled, n: int, t: int) -> tuple[list[str], dict]:
+        """Round t's query of n from the candidates (none of them labeled) and the scores to record."""
+        mu = self.scores(model, tokenizer, task, candidates, t)
+        return self.pick(model, tokenizer, candidates, labeled, mu, n, t), mu
+
+    def pick(self, model, tokenizer, candidates, labeled, mu: dict, n: int, t: int) -> list[str]:
+        """The n to label from the candidates (none of them labeled), given their scores `mu`: the top n, or a
+        batch-aware pick on the pool embeddings (`labeled`: the labeled examples, which core-set keeps away from).
+        For core-set and BADGE, mu["mu"] becomes what the pick reads: the distance to the labeled set, the gradient
+        embedding's norm."""
+        ids = [ex.id for ex in candidates]
+        if not self.needs_embeddings:
+            return self.select(ids, mu["mu"], n, (), t)
+        from . import diversity
+
+        seed = RoundSeeds(self.cfg.seed, t).tiebreak
+        emb = self.embeddings.get(model, tokenizer, candidates)
+        if self.strategy.pick == "coreset":
+            order, mu["mu"] = diversity.kcenter_greedy(emb, self.embeddings.get(model, tokenizer, labeled), n, seed)
+        elif self.strategy.pick == "badge":
+            grads = diversity.gradient_embeddings(mu.pop("probs"), emb)
+            order, mu["mu"] = diversity.kmeanspp(grads, n, seed), np.linalg.norm(grads, axis=1)
+        else:
+            order = diversity.cluster_spread(mu["mu"], emb, n, self.cfg.diversity_beta, seed)
+        return [ids[i] for i in order]
 
 
 def acquisition_scores(strategy: Strategy, model, tokenizer, task, candidates, *, t: int, rounds: int,
@@ -164,4 +205,7 @@ def acquisition_scores(strategy: Strategy, model, tokenizer, task, candidates, *
     mu_f = lora.measures[key]
     mu_b = base_cache.get(model, tokenizer, candidates)[key] if strategy.needs_base \
         else np.full(n, np.nan)
-    return {"mu_b": mu_b, "mu_f": mu_f, "mu": strategy.scores(mu_b, mu_f, t, rounds, schedule, normalisation)}
+    out = {"mu_b": mu_b, "mu_f": mu_f, "mu": strategy.scores(mu_b, mu_f, t, rounds, schedule, normalisation)}
+    if strategy.pick == "badge":
+        out["probs"] = lora.probs  # the deterministic pass's label distribution [N, C]
+    return out

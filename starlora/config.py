@@ -31,7 +31,7 @@ class MethodConfig:
     """What decides how a model is trained and how candidates are scored: the same in simulation and human loop."""
 
     task: str = option("boolq", "task", cli=False)
-    strategy: str = option("star-me", "random, pe, me, lc, margin, entropy, bald, star-pe, star-me, "
+    strategy: str = option("star-me", "random, pe, me, lc, margin, entropy, bald, star-pe, star-me, coreset, badge, "
                                       "star-{pe,me}-subtract, star-{pe,me}-no-{dynamic,decay,mcd}")
     model: str = option("smollm2", "model", cli=False)
     seed: int = option(0, "seed", AT_LEAST_ZERO, cli=False)
@@ -68,6 +68,14 @@ class MethodConfig:
                                                  "batch_size x N; the LR schedule counts optimiser steps)", AT_LEAST_ONE)
     gradient_checkpointing: bool = option(False, "recompute each decoder layer's activations in the backward pass: "
                                                  "less memory, more training time, same numbers")
+    cold_start: str = option("random", "the first examples to label (run: the initial set; human loop: the first "
+                                       "query): random, or kmeans (the example nearest each k-means centroid of "
+                                       "the base model's prompt embeddings)", choices=("random", "kmeans"))
+    diversity: str = option("none", "kmeans: spread each query over k-means clusters of the pool embeddings among "
+                                    "the diversity_beta x query best-scoring candidates (cluster-margin style)",
+                            choices=("none", "kmeans"))
+    diversity_beta: float = option(3.0, "with --diversity kmeans: how many times the query size of the best-scoring "
+                                        "candidates are clustered (1 = no diversity)", AT_LEAST_ONE)
 
 
 @dataclass
@@ -90,7 +98,8 @@ class RunConfig(MethodConfig):
 
 
 # What runs and projects made before an option existed used: a stored configuration without the key means this.
-LEGACY = {"dtype": "fp32", "gradient_accumulation_steps": 1, "gradient_checkpointing": False}
+LEGACY = {"dtype": "fp32", "gradient_accumulation_steps": 1, "gradient_checkpointing": False, "diversity": "none",
+          "diversity_beta": 3.0, "cold_start": "random"}
 # Options that change memory or speed but not the numbers: a resume may change them.
 RESUMABLE_CHANGES = {"gradient_checkpointing"}
 
@@ -159,6 +168,9 @@ def check(cfg: MethodConfig) -> None:
         raise StarloraError(f"--mode full trains every weight, which needs fp32 master weights: use --dtype fp32 "
                             f"(got {cfg.dtype}{' -> ' + resolve_dtype(cfg.dtype, device()) if cfg.dtype == 'auto' else ''})")
     strategy = get_strategy(cfg.strategy)
+    if cfg.diversity != "none" and strategy.pick != "top":
+        raise StarloraError(f"--diversity {cfg.diversity} spreads a score-based strategy; --strategy {cfg.strategy} "
+                            "already picks its batch for diversity")
     if strategy.measure == "bald" and not uses_mc_dropout(cfg, strategy):
         raise StarloraError("--strategy bald needs MC dropout (--mode lora, --k 2 or more, --lora-dropout > 0); "
                             "without it the mutual information is 0 for every example")

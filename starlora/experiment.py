@@ -19,6 +19,8 @@ from . import __version__, metrics, parallel
 from .acquisition import Acquisition, BaseCache, subsample
 from .config import LEGACY, PROTOCOLS, RESUMABLE_CHANGES, MethodConfig, RunConfig, resolve, uses_mc_dropout
 from .data import Example, load_data
+from .diversity import kmeans_representatives
+from .embeddings import EmbeddingCache
 from .errors import StarloraError
 from .evaluation import evaluate
 from .files import read_jsonl, write_json, write_jsonl
@@ -48,8 +50,8 @@ def versions() -> dict:
             "sharded": parallel.sharded()}
 
 
-RUN_FILES = ("config.json", "rounds.jsonl", "summary.json", "base_scores.jsonl", "base_scores.json", "probe", "scores",
-             "adapter")  # base_scores.json: the base-score cache in its old format
+RUN_FILES = ("config.json", "rounds.jsonl", "summary.json", "base_scores.jsonl", "base_scores.json", "embeddings.jsonl",
+             "probe", "scores", "adapter")  # base_scores.json: the base-score cache in its old format
 
 
 def check_folder(out: Path, cfg: RunConfig) -> bool:
@@ -123,6 +125,16 @@ def draw_probe_and_initial(pool_ids: list[str], cfg: RunConfig) -> tuple[list[st
     kept = set(probe)
     rest = [i for i in pool_ids if i not in kept]
     return probe, [rest[i] for i in rng.choice(len(rest), cfg.init_size, replace=False)]
+
+
+def cold_start(embeddings: EmbeddingCache, model, tokenizer, pool: list[Example], probe: set, cfg) -> list[str]:
+    """The initial set by diversity: the examples nearest the init_size k-means centroids of the base model's prompt
+    embeddings, over the pool without the probe (a seeded --candidate-subsample of it when set)."""
+    size = max(cfg.candidate_subsample, cfg.init_size) if cfg.candidate_subsample else None
+    rest = subsample([ex for ex in pool if ex.id not in probe], size, cfg.seed, 0)
+    with adapter_disabled(model):
+        vectors = embeddings.get(model, tokenizer, rest)
+    return [rest[i].id for i in kmeans_representatives(vectors, cfg.init_size, cfg.seed)]
 
 
 def fewshot_examples(examples: list[Example], demos: list[Example]) -> list[Example]:
@@ -253,11 +265,18 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
         with adapter_disabled(model):
             base_probe = score(model, tokenizer, task, probe, settings=settings, desc="probe (base)")
         write_json(out / "probe" / "base.json", dict(zip(probe_ids, base_probe.measures[measure].tolist())))
-    if not lora and strategy.needs_base:  # the full-tuned model has no adapter to switch off: cache mu_b up front
-        kept_out = set(probe_ids)
-        cache.get(model, tokenizer, [ex for ex in data.pool if ex.id not in kept_out])
-    return Experiment(cfg, out, task, strategy, pool, test, model, tokenizer, settings, training,
-                      Acquisition(strategy, cfg, settings, cache, reference), probe, initial, measure, base_state)
+    acquisition = Acquisition(strategy, cfg, settings, cache, reference)
+    if acquisition.needs_embeddings or cfg.cold_start == "kmeans":
+        acquisition.embeddings = EmbeddingCache(out / "embeddings.jsonl", cfg.model, task, settings)
+    if cfg.cold_start == "kmeans":
+        initial = cold_start(acquisition.embeddings, model, tokenizer, data.pool, set(probe_ids), cfg)
+    if not lora:  # the full-tuned model has no adapter to switch off: what the base model gives, up front
+        unprobed = [ex for ex in data.pool if ex.id not in set(probe_ids)]
+        for needed in (cache if strategy.needs_base else None, acquisition.embeddings):
+            if needed:
+                needed.get(model, tokenizer, unprobed)
+    return Experiment(cfg, out, task, strategy, pool, test, model, tokenizer, settings, training, acquisition, probe,
+                      initial, measure, base_state)
 
 
 def run_round(x: Experiment, t: int, labeled: list[str], added: list[str]) -> dict:
@@ -283,9 +302,9 @@ def run_round(x: Experiment, t: int, labeled: list[str], added: list[str]) -> di
         taken = set(labeled) | set(probe_ids)  # the probe is never labeled (uncertainty-gap analysis)
         candidates = subsample([ex for ex in x.pool.values() if ex.id not in taken], cfg.candidate_subsample,
                                cfg.seed, t)
-        mu = x.acquisition.scores(current, x.tokenizer, x.task, candidates, t)
+        selected, mu = x.acquisition.query(current, x.tokenizer, x.task, candidates, [x.pool[i] for i in labeled],
+                                           cfg.query_size, t)
         ids = [ex.id for ex in candidates]
-        selected = x.acquisition.select(ids, mu["mu"], cfg.query_size, taken, t)
         lam = mixing_weight(t, cfg.rounds, cfg.schedule) if x.strategy.combine == "mix" else None
         write_scores(out / "scores" / f"round_{t}.jsonl", ids, mu)
         times["score_s"] = time.time() - start

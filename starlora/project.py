@@ -30,6 +30,8 @@ from . import training
 from .acquisition import Acquisition, BaseCache, RoundSeeds, random_scores
 from .config import LEGACY, MethodConfig
 from .data import Example, make_examples, read_rows, row_id
+from .diversity import kmeans_representatives
+from .embeddings import EmbeddingCache
 from .errors import StarloraError
 from .evaluation import evaluate
 from .experiment import method_settings, versions
@@ -159,26 +161,43 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
     t = len(queries)  # this query's round; round t-1's adapter is the current model
     ids = [ex.id for ex in candidates]
     settings, _ = method_settings(cfg, strategy)
-    if random or strategy.measure is None or (not adapters and strategy.measure == "bald"):
+    acquisition = Acquisition(strategy, cfg, settings, None)
+    cold = not labels and cfg.cold_start == "kmeans"
+    if random or not cold and ((strategy.measure is None and not acquisition.needs_embeddings) or
+                               (not adapters and strategy.measure == "bald")):
         mu = random_scores(len(ids), cfg.seed, t)  # BALD of the base model alone is 0 everywhere: say it is random
+        selected = select(ids, mu, n, asked, seed=RoundSeeds(cfg.seed, t).tiebreak)
         how = "random"
     else:
         preflight(cfg, task)
         model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
-        cache = BaseCache(project.folder / "base_scores.jsonl", cfg.model, task, settings)
-        acquisition = Acquisition(strategy, cfg, settings, cache)
+        acquisition.base_cache = BaseCache(project.folder / "base_scores.jsonl", cfg.model, task, settings)
+        if acquisition.needs_embeddings or cold:
+            acquisition.embeddings = EmbeddingCache(project.folder / "embeddings.jsonl", cfg.model, task, settings)
+        prompts = {r["id"]: r["prompt"] for r in pool}
+        labeled = [Example(r["id"], prompts[r["id"]], "", None) for r in labels]
         key = measure_key(strategy, cfg.length_norm)
-        if not adapters:  # no labels yet: the base model is the only model, its uncertainty chooses
-            mu = cache.get(model, tokenizer, candidates)[key]
-            how = f"base-model {key}"
+        if cold:  # a diverse first batch: needs no scores
+            vectors = acquisition.embeddings.get(model, tokenizer, candidates)
+            selected = [ids[i] for i in kmeans_representatives(vectors, n, RoundSeeds(cfg.seed, t).tiebreak)]
+            how = "k-means cold start"
         else:
-            from peft import PeftModel
+            if not adapters and strategy.pick == "top":  # no labels yet: the base model is the only model
+                mu = {"mu": acquisition.base_cache.get(model, tokenizer, candidates)[key]}
+                how = f"base-model {key}"
+            elif not adapters:  # core-set from nothing (a spread-out first batch), BADGE on the base model
+                mu = acquisition.scores(model, tokenizer, task, candidates, 0)
+                how = f"{strategy.name} on the base model"
+            else:
+                from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, str(adapters[-1])).eval()
-            r = min(t - 1, cfg.rounds - 1)  # past the planned R rounds lambda stays at its last value
-            mu = acquisition.scores(model, tokenizer, task, candidates, r)["mu"]
-            how = f"{strategy.name} with round {t - 1}'s adapter"
-    selected = select(ids, mu, n, asked, seed=RoundSeeds(cfg.seed, t).tiebreak)
+                model = PeftModel.from_pretrained(model, str(adapters[-1])).eval()
+                r = min(t - 1, cfg.rounds - 1)  # past the planned R rounds lambda stays at its last value
+                mu = acquisition.scores(model, tokenizer, task, candidates, r)
+                how = f"{strategy.name} with round {t - 1}'s adapter"
+            if cfg.diversity != "none":
+                how += f", spread over k-means clusters (beta {cfg.diversity_beta:g})"
+            selected = acquisition.pick(model, tokenizer, candidates, labeled, mu, n, t)
     fields = {r["id"]: r for r in pool}
     out = project.folder / "queries" / f"round_{t}{FORMATS[fmt]}"
     out.parent.mkdir(exist_ok=True)

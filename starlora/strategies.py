@@ -22,6 +22,7 @@ class Strategy:
     combine: str = "lora"  # "lora": mu_f alone; "mix": STAR's dynamic mixing; "subtract": mu_f - mu_b
     b_decay: bool = False  # train with STAR's decay on lora_B
     mc_dropout: bool = False  # mu_f averaged over K passes with dropout in the LoRA branch
+    pick: str = "top"  # "top": the best scores; "coreset", "badge": batch-aware selection on embeddings (diversity.py)
 
     @property
     def needs_base(self) -> bool:
@@ -49,6 +50,9 @@ def _registry() -> dict[str, Strategy]:
         reg[f"star-{m}-no-dynamic"] = replace(star, name=f"star-{m}-no-dynamic", combine="lora")
         reg[f"star-{m}-no-decay"] = replace(star, name=f"star-{m}-no-decay", b_decay=False)
         reg[f"star-{m}-no-mcd"] = replace(star, name=f"star-{m}-no-mcd", mc_dropout=False)
+    # Batch-aware: core-set reads only the embeddings; BADGE the deterministic pass's label distribution with them.
+    reg["coreset"] = Strategy("coreset", None, pick="coreset")
+    reg["badge"] = Strategy("badge", "margin", pick="badge")
     return reg
 
 

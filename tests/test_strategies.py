@@ -19,9 +19,12 @@ def test_strategy_table():
 
 def test_unknown_or_unsuitable_strategy():
     with pytest.raises(StarloraError, match="unknown --strategy"):
-        get_strategy("coreset")
+        get_strategy("kcenter")
     with pytest.raises(StarloraError, match="closed-set"):
         get_strategy("margin", closed_task=False)
+    with pytest.raises(StarloraError, match="closed-set"):
+        get_strategy("badge", closed_task=False)  # its gradient embedding is over the label distribution
+    assert get_strategy("coreset", closed_task=False).pick == "coreset"
 
 
 def test_star_scores_use_the_round_weight():

@@ -1,0 +1,110 @@
+"""Batch-aware selection on embeddings: core-set (greedy k-center), BADGE (k-means++ seeding on gradient embeddings)
+and a cluster-margin style diversity wrapper for any score. Each returns candidate indices in the order chosen; every
+random choice is drawn from `seed`, so a resumed run picks the same."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def kcenter_greedy(candidates: np.ndarray, labeled: np.ndarray, k: int, seed: int = 0) -> tuple[list[int], np.ndarray]:
+    """Core-set (Sener & Savarese 2018): k times, the candidate farthest from everything labeled or chosen so far.
+    Returns (chosen indices, each candidate's distance to the labeled set before choosing). Without labeled
+    examples the first pick is a seeded random candidate."""
+    x = np.asarray(candidates, dtype=np.float64)
+    n, k = len(x), min(k, len(x))
+    if n == 0:
+        return [], np.zeros(0)
+    if len(labeled):
+        nearest = _min_distances(x, np.asarray(labeled, dtype=np.float64))
+    else:
+        nearest = np.full(n, np.inf)
+    before = nearest.copy()
+    chosen = []
+    for _ in range(k):
+        i = int(np.random.default_rng(seed).integers(n)) if not chosen and np.isinf(nearest).all() \
+            else int(np.argmax(nearest))  # ties: the lowest index
+        chosen.append(i)
+        nearest = np.minimum(nearest, np.linalg.norm(x - x[i], axis=1))
+        nearest[chosen] = -np.inf  # never twice
+    return chosen, np.where(np.isinf(before), np.nan, before)
+
+
+def _min_distances(x: np.ndarray, y: np.ndarray, block: int = 4096) -> np.ndarray:
+    """For each row of x, the Euclidean distance to its nearest row of y, in blocks (no [N, M] matrix at once)."""
+    out = np.empty(len(x))
+    y2 = (y ** 2).sum(1)
+    for s in range(0, len(x), block):
+        part = x[s:s + block]
+        d2 = (part ** 2).sum(1)[:, None] - 2 * part @ y.T + y2[None, :]
+        out[s:s + block] = np.sqrt(np.maximum(d2.min(1), 0.0))
+    return out
+
+
+def gradient_embeddings(probs: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+    """BADGE's gradient embedding of the loss at the model's own prediction y_hat with respect to a last linear
+    layer over the labels: (p - onehot(y_hat)) outer h, flattened: [N, C * H]."""
+    p = np.asarray(probs, dtype=np.float64)
+    residual = p.copy()
+    residual[np.arange(len(p)), p.argmax(1)] -= 1.0
+    return (residual[:, :, None] * np.asarray(hidden, dtype=np.float64)[:, None, :]).reshape(len(p), -1)
+
+
+def kmeanspp(x: np.ndarray, k: int, seed: int = 0) -> list[int]:
+    """BADGE's selection: k-means++ seeding (scikit-learn's, one trial per centre: plain D² sampling), each next
+    point drawn with probability proportional to its squared distance to the nearest point chosen so far."""
+    from sklearn.cluster import kmeans_plusplus
+
+    x = np.asarray(x, dtype=np.float64)
+    k = min(k, len(x))
+    if k == 0:
+        return []
+    distinct = len(np.unique(x, axis=0))
+    _, picked = kmeans_plusplus(x, min(k, distinct), random_state=seed, n_local_trials=1)
+    picked = list(dict.fromkeys(int(i) for i in picked))
+    return picked + [i for i in range(len(x)) if i not in set(picked)][: k - len(picked)]  # duplicates in x
+
+
+def cluster_spread(scores: np.ndarray, embeddings: np.ndarray, k: int, beta: float, seed: int = 0) -> list[int]:
+    """Cluster-margin style diversity (Citovsky et al. 2021): of the ceil(beta * k) best-scoring candidates, k-means
+    with k clusters on their embeddings, then the best-scoring member of each cluster, best first. beta = 1 is the
+    plain top-k; larger beta trades score for spread."""
+    from sklearn.cluster import KMeans
+
+    scores = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)
+    k = min(k, len(scores))
+    if k == 0:
+        return []
+    tiebreak = np.random.default_rng(seed).permutation(len(scores))
+    ranked = np.lexsort((tiebreak, -scores))  # best first, seeded order among ties
+    top = ranked[: max(k, int(np.ceil(beta * k)))]
+    if len(top) == k:
+        return [int(i) for i in top]
+    labels = KMeans(n_clusters=k, n_init=1, random_state=seed).fit_predict(np.asarray(embeddings)[top])
+    best = {}
+    for i, c in zip(top, labels):  # `top` is in score order: the first member seen is the cluster's best
+        best.setdefault(int(c), int(i))
+    picked = sorted(best.values(), key=lambda i: list(top).index(i))
+    if len(picked) < k:  # k-means can leave a cluster empty: fill with the best remaining
+        picked += [int(i) for i in top if int(i) not in picked][: k - len(picked)]
+    return picked
+
+
+def kmeans_representatives(embeddings: np.ndarray, k: int, seed: int = 0) -> list[int]:
+    """A diverse cold start: k-means with k clusters, then the example nearest each centroid (clusters in the order
+    k-means numbers them). Needs no labels and no scores."""
+    from sklearn.cluster import KMeans
+
+    x = np.asarray(embeddings, dtype=np.float64)
+    k = min(k, len(x))
+    if k == 0:
+        return []
+    fit = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(x)
+    picked = []
+    for c in range(k):
+        members = np.flatnonzero(fit.labels_ == c)
+        if len(members):
+            d = np.linalg.norm(x[members] - fit.cluster_centers_[c], axis=1)
+            picked.append(int(members[np.argmin(d)]))
+    picked = list(dict.fromkeys(picked))
+    return picked + [i for i in range(len(x)) if i not in set(picked)][: k - len(picked)]  # empty clusters

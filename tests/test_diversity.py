@@ -1,0 +1,152 @@
+"""Batch-aware selection: hand-computed cases on small arrays, properties (no example twice, never a labeled one,
+deterministic per seed), the embedding cache, and whole runs with coreset, badge and --diversity kmeans."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from starlora import diversity as D
+from starlora.config import resolve
+from starlora.errors import StarloraError
+from starlora.experiment import run
+from starlora.files import read_jsonl
+from helpers import separated_inputs
+
+
+def test_kcenter_greedy_by_hand():
+    # points on a line at 0, 1, 2, 10, 11; labeled at 0. Distances to the labeled set: 0, 1, 2, 10, 11 -> pick 11
+    # (index 4); then distances min(d, |x - 11|): 0, 1, 2, 1, 0 -> pick 2 (index 2); then 0, 1, 0, 1, 0 -> the
+    # lowest index of the tie, 1.
+    x = np.array([[0.0], [1.0], [2.0], [10.0], [11.0]])
+    order, before = D.kcenter_greedy(x, np.array([[0.0]]), 3)
+    assert order == [4, 2, 1]
+    np.testing.assert_allclose(before, [0, 1, 2, 10, 11])
+    # no labeled examples: the first pick is a seeded random one, then the farthest from it
+    order, before = D.kcenter_greedy(x, np.zeros((0, 1)), 2, seed=5)
+    first = int(np.random.default_rng(5).integers(5))
+    assert order[0] == first and order[1] == (0 if x[first, 0] > 5 else 4) and np.isnan(before).all()
+
+
+def test_gradient_embeddings_by_hand():
+    # p = (0.7, 0.3): y_hat = 0, residual (-0.3, 0.3); h = (1, 2) -> (-0.3, -0.6, 0.3, 0.6)
+    g = D.gradient_embeddings(np.array([[0.7, 0.3]]), np.array([[1.0, 2.0]]))
+    np.testing.assert_allclose(g, [[-0.3, -0.6, 0.3, 0.6]])
+
+
+def test_kmeanspp_takes_one_point_from_each_far_cluster():
+    # two tight clusters 100 apart: once a point of one is chosen, the other cluster holds all but ~1e-6 of the D² mass
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 0.01, (10, 3)), rng.normal(100, 0.01, (10, 3))])
+    for seed in range(5):
+        a, b = D.kmeanspp(x, 2, seed)
+        assert (a < 10) != (b < 10)
+
+
+def test_cluster_spread_trades_score_for_spread():
+    # scores favour three near-duplicates at 0; with beta 2 and k 2 the 4 best are clustered into 2 groups
+    # ({0, 0.01, 0.02} and {5}), and each group's best goes in: index 0 (score 10) and index 3 (score 7)
+    x = np.array([[0.0], [0.01], [0.02], [5.0], [9.0]])
+    scores = np.array([10.0, 9.0, 8.0, 7.0, 1.0])
+    assert D.cluster_spread(scores, x, 2, beta=1.0) == [0, 1]  # beta 1: the plain top 2
+    assert D.cluster_spread(scores, x, 2, beta=2.0) == [0, 3]
+
+
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 30), k=st.integers(1, 12), seed=st.integers(0, 3), data_seed=st.integers(0, 100))
+def test_selection_properties(n, k, seed, data_seed):
+    rng = np.random.default_rng(data_seed)
+    x = rng.normal(size=(n, 4)).round(1)  # rounding makes duplicate points likely
+    scores = rng.random(n)
+    picks = [D.kcenter_greedy(x, rng.normal(size=(3, 4)), k, seed)[0], D.kmeanspp(x, k, seed),
+             D.cluster_spread(scores, x, k, 3.0, seed)]
+    again = [D.kcenter_greedy(x, rng.normal(size=(3, 4)), k, seed)[0], D.kmeanspp(x, k, seed),
+             D.cluster_spread(scores, x, k, 3.0, seed)]
+    for p in picks:
+        assert len(p) == min(n, k) and len(set(p)) == len(p) and all(0 <= i < n for i in p)
+    assert picks[1:] == again[1:]  # deterministic per seed (core-set's labeled set was drawn anew above)
+
+
+def small_run(tmp_path, **kw):
+    paths = separated_inputs(tmp_path, 40, 8)
+    cfg = resolve("paper", **{**dict(model=paths["model"], task="boolq", train_file=paths["train_file"],
+                                     test_file=paths["test_file"], strategy="me", init_size=6, query_size=5, rounds=3,
+                                     epochs=1, batch_size=4, seed=0, probe_size=4, lora_r=4, score_batch_size=16,
+                                     precision="fp32"), **kw})
+    out = tmp_path / "run"
+    run(cfg, out)
+    return out, read_jsonl(out / "rounds.jsonl")
+
+
+@pytest.mark.parametrize("kw", [dict(strategy="coreset"), dict(strategy="badge"),
+                                dict(strategy="star-me", diversity="kmeans", diversity_beta=2.0)])
+def test_runs_with_batch_aware_strategies(tmp_path, kw):
+    out, rounds = small_run(tmp_path, **kw)
+    labeled = [i for r in rounds for i in r["added"]]
+    probe = set(__import__("json").loads((out / "probe" / "base.json").read_text()))
+    assert len(labeled) == len(set(labeled)) == 6 + 5 + 5 and not probe & set(labeled)
+    for r in rounds[:-1]:
+        assert len(r["selected"]) == 5
+    embedded = read_jsonl(out / "embeddings.jsonl")
+    assert len({e["key"] for e in embedded}) == len(embedded)  # each example embedded once, cached after
+    scores = read_jsonl(out / "scores" / "round_0.jsonl")
+    if kw["strategy"] == "coreset":  # the recorded mu is the distance to the labeled set; the first pick the farthest
+        by_id = {s["id"]: s["mu"] for s in scores}
+        assert by_id[rounds[0]["selected"][0]] == max(by_id.values())
+
+
+def test_diversity_refused_with_a_batch_aware_strategy():
+    with pytest.raises(StarloraError, match="already picks its batch"):
+        resolve("paper", strategy="coreset", diversity="kmeans")
+
+
+@pytest.mark.parametrize("kw", [dict(strategy="coreset"), dict(strategy="me", diversity="kmeans")])
+def test_human_loop_queries_batch_aware_from_the_first_query_on(tmp_path, kw):
+    import json
+
+    from starlora import project as P
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Is {i} {'odd' if i % 2 else 'even'}?",
+                                        "passage": "p"}) + "\n" for i in range(16)))
+    cfg = resolve("paper", P.MethodConfig, model="tiny-random", task="boolq", epochs=1, batch_size=2, lora_r=4, **kw)
+    proj = P.init(tmp_path / "proj", cfg, pool).folder
+    asked = []
+    for _ in range(2):
+        rows = read_jsonl(P.query(proj, 4, "jsonl"))
+        asked += [r["id"] for r in rows]
+        labels = tmp_path / "labels.jsonl"
+        labels.write_text("".join(json.dumps({"id": r["id"], "answer": "yes"}) + "\n" for r in rows))
+        P.label(proj, labels)
+        P.train(proj)
+    assert len(asked) == len(set(asked)) == 8  # never asked twice, never an already labeled one
+    queries = read_jsonl(proj / "queries.jsonl")
+    name = kw["strategy"]
+    assert queries[0]["how"].startswith(f"{name} on the base model" if name == "coreset" else "base-model me")
+    assert queries[1]["how"].startswith(f"{name} with round 0's adapter")
+    assert ("k-means" in queries[1]["how"]) == ("diversity" in kw)
+    assert len(read_jsonl(proj / "embeddings.jsonl")) == 16  # every candidate of the first query, once
+
+
+def test_kmeans_representatives_by_hand():
+    # three well-separated groups; each representative is the member nearest its centroid (the middle one)
+    x = np.array([[0.0], [1.0], [2.0], [10.0], [11.0], [12.0], [20.0], [21.0], [22.0]])
+    assert sorted(D.kmeans_representatives(x, 3, seed=0)) == [1, 4, 7]
+
+
+def test_cold_start_by_kmeans_in_a_run_and_the_human_loop(tmp_path):
+    import json
+
+    from starlora import project as P
+
+    out, rounds = small_run(tmp_path, strategy="random", cold_start="kmeans")
+    random_out, random_rounds = small_run(tmp_path / "r", strategy="random")
+    assert len(rounds[0]["added"]) == 6 and rounds[0]["added"] != random_rounds[0]["added"]
+    assert (out / "embeddings.jsonl").exists() and not (random_out / "embeddings.jsonl").exists()
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Q{i}?", "passage": "p"}) + "\n"
+                            for i in range(12)))
+    cfg = resolve("paper", P.MethodConfig, model="tiny-random", task="boolq", cold_start="kmeans")
+    proj = P.init(tmp_path / "proj", cfg, pool).folder
+    assert len(read_jsonl(P.query(proj, 3, "jsonl"))) == 3
+    assert read_jsonl(proj / "queries.jsonl")[0]["how"] == "k-means cold start"
