@@ -68,6 +68,9 @@ class MethodConfig:
                                                  "batch_size x N; the LR schedule counts optimiser steps)", AT_LEAST_ONE)
     gradient_checkpointing: bool = option(False, "recompute each decoder layer's activations in the backward pass: "
                                                  "less memory, more training time, same numbers")
+    quantization: str = option("none", "frozen base's linear layers in 4 bits (NF4, QLoRA) or 8 bits through "
+                                       "bitsandbytes (the qlora extra); LoRA weights stay fp32",
+                               choices=("none", "4bit", "8bit"))
     cold_start: str = option("random", "the first examples to label (run: the initial set; human loop: the first "
                                        "query): random, or kmeans (the example nearest each k-means centroid of "
                                        "the base model's prompt embeddings)", choices=("random", "kmeans"))
@@ -99,7 +102,7 @@ class RunConfig(MethodConfig):
 
 # What runs and projects made before an option existed used: a stored configuration without the key means this.
 LEGACY = {"dtype": "fp32", "gradient_accumulation_steps": 1, "gradient_checkpointing": False, "diversity": "none",
-          "diversity_beta": 3.0, "cold_start": "random"}
+          "diversity_beta": 3.0, "cold_start": "random", "quantization": "none"}
 # Options that change memory or speed but not the numbers: a resume may change them.
 RESUMABLE_CHANGES = {"gradient_checkpointing"}
 
@@ -167,6 +170,9 @@ def check(cfg: MethodConfig) -> None:
     if cfg.mode == "full" and resolve_dtype(cfg.dtype, device()) != "fp32":
         raise StarloraError(f"--mode full trains every weight, which needs fp32 master weights: use --dtype fp32 "
                             f"(got {cfg.dtype}{' -> ' + resolve_dtype(cfg.dtype, device()) if cfg.dtype == 'auto' else ''})")
+    if cfg.mode == "full" and cfg.quantization != "none":
+        raise StarloraError(f"--mode full trains every weight; --quantization {cfg.quantization} freezes the base in "
+                            "4/8 bits: use --mode lora")
     strategy = get_strategy(cfg.strategy)
     if cfg.diversity != "none" and strategy.pick != "top":
         raise StarloraError(f"--diversity {cfg.diversity} spreads a score-based strategy; --strategy {cfg.strategy} "

@@ -233,11 +233,14 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
     if cfg.target == "reference":
         logger.warning("target=reference reads the pool's gold labels (reproduces the official code; simulation only)")
 
+    if parallel.sharded() and cfg.quantization != "none":
+        raise StarloraError("FSDP (accelerate launch --use_fsdp) does not shard 4/8-bit weights; use --quantization "
+                            "none, or plain data parallelism (--multi_gpu)")
     if parallel.sharded() and not lora:
         raise StarloraError("FSDP (accelerate launch --use_fsdp) shards LoRA runs only; use --mode lora, or plain "
                             "data parallelism (--multi_gpu) for --mode full")
     preflight(cfg, task)  # before any weights load
-    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
+    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization)
     if dry_run:
         logger.info(json.dumps(dataclasses.asdict(cfg), indent=2))
         logger.info(f"{out}: configuration, data ({len(data.pool)} pool, {len(test)} test) and model {cfg.model} "

@@ -9,6 +9,7 @@ bound: it refuses runs clearly too large and lets the rest try.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from dataclasses import dataclass
@@ -62,6 +63,22 @@ def count_parameters(config, targets=tuple(LORA_TARGETS), r: int = 0) -> tuple[i
     return total, lora
 
 
+def projection_parameters(config, targets=tuple(LORA_TARGETS)) -> int:
+    """Weights of the target projections: what bitsandbytes quantizes (embeddings, norms and the head stay)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(m.weight.numel() for name, m in model.named_modules()
+               if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in targets)
+
+
+# Bytes per quantized weight: NF4 packs two per byte plus one fp32 absmax per block of 64; int8 one byte plus one
+# fp32 scale per row (negligible).
+QUANTIZED_BYTES = {"4bit": 0.5 + 4 / 64, "8bit": 1.0}
+
+
 def estimate(cfg, config, generates: bool = True) -> Estimate:
     """Memory one process needs for the configuration `cfg` (a MethodConfig) with the model `config`; `generates`:
     the task's answers are generated (open tasks), which holds a KV cache."""
@@ -70,6 +87,10 @@ def estimate(cfg, config, generates: bool = True) -> Estimate:
     total, lora = count_parameters(config, r=cfg.lora_r)
     trainable = lora if cfg.mode == "lora" else total
     weights = total * DTYPES[dtype].itemsize
+    quantization = getattr(cfg, "quantization", "none")
+    if quantization != "none":
+        projections = projection_parameters(config)
+        weights -= int(projections * (DTYPES[dtype].itemsize - QUANTIZED_BYTES[quantization]))
     training_state = trainable * (4 + 4 + 8) - (total * 4 if cfg.mode == "full" else 0)  # full: weights are the copy
     half = dtype != "fp32" or resolve_precision(cfg.precision, dev) == "bf16"
     act_bytes = 2 if half else 4
@@ -115,8 +136,10 @@ def preflight(cfg, task, cache=None) -> Estimate:
     if need.total <= free:
         return need
     hints = []
-    if resolve_dtype(cfg.dtype, dev) == "fp32":
+    if resolve_dtype(cfg.dtype, dev) == "fp32" and cfg.quantization == "none":
         hints.append(f"--dtype bf16 (weights {need.weights / 2 / GIB:.1f} GiB)")
+    if cfg.quantization == "none" and importlib.util.find_spec("bitsandbytes") is not None:
+        hints.append("--quantization 4bit")
     if not cfg.gradient_checkpointing:
         hints.append("--gradient-checkpointing")
     if cfg.batch_size > 1:

@@ -7,6 +7,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -33,19 +34,57 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "starlora"
 
 
-def load_model(name: str = EMBEDDED, cache: str | os.PathLike | None = None, dtype: str = "fp32"):
+def load_model(name: str = EMBEDDED, cache: str | os.PathLike | None = None, dtype: str = "fp32",
+               quantization: str = "none"):
     """(model, tokenizer) in eval mode on this process's device, weights in `dtype` (auto, fp32, bf16 or fp16; see
-    hardware.resolve_dtype): a built-in name, a local folder or a hub id."""
+    hardware.resolve_dtype), the decoder's linear layers in 4 or 8 bits with `quantization` (bitsandbytes): a
+    built-in name, a local folder or a hub id."""
     dtype = resolve_dtype(dtype, device())
-    if name == TINY:
+    if name == TINY and quantization == "none":
         return tiny_random(dtype=dtype)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = _path(name, cache)
-    with _unknown_model(name):
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype])
+    with tempfile.TemporaryDirectory() as tmp:
+        if name == TINY:  # the random model has no checkpoint: quantize it through one
+            tiny, tokenizer = tiny_random(dtype=dtype)
+            tiny.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        path = tmp if name == TINY else _path(name, cache)
+        with _unknown_model(name):
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            quantized = quantization_config(quantization, dtype)
+            placed = {"device_map": {"": str(device())}} if quantized else {}  # bitsandbytes quantizes as it places
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], quantization_config=quantized,
+                                                         **placed)
+    if name == TINY:
+        model.config.name_or_path = TINY
     return _prepare(model, tokenizer)
+
+
+QUANTIZATIONS = ("none", "4bit", "8bit")
+
+
+def quantization_config(quantization: str, dtype: str):
+    """transformers' BitsAndBytesConfig for 4-bit NF4 (QLoRA's; computing in the base dtype) or 8-bit, None for
+    none. A missing bitsandbytes is a one-line error naming the extra."""
+    if quantization == "none":
+        return None
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise StarloraError(f"--quantization {quantization} needs bitsandbytes: pip install 'starlora[qlora]'")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=DTYPES[dtype])
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def _no_cpu_repacking(model) -> None:
+    """bitsandbytes 0.49-0.50 repack a 4-bit weight in place at its first no-grad eval forward on CPUs with
+    AVX512-BF16, into a layout its backward does not read: LoRA gradients after a scoring pass came out wrong
+    (and small layers crashed) on this project's machine. Keep the one layout training and scoring both read."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def model_config(name: str = EMBEDDED, cache: str | os.PathLike | None = None):
@@ -79,7 +118,9 @@ def _prepare(model, tokenizer):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    if not parallel.sharded():  # sharded, the weights stay on the CPU: fully_shard moves each process's shard only
+    _no_cpu_repacking(model)
+    quantized = getattr(model, "is_quantized", False)  # bitsandbytes placed its weights already (and refuses .to)
+    if not parallel.sharded() and not quantized:  # sharded, the weights stay on the CPU: fully_shard moves shards
         model.to(device())
     return model.eval(), tokenizer
 

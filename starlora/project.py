@@ -170,7 +170,7 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
         how = "random"
     else:
         preflight(cfg, task)
-        model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
+        model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization)
         acquisition.base_cache = BaseCache(project.folder / "base_scores.jsonl", cfg.model, task, settings)
         if acquisition.needs_embeddings or cold:
             acquisition.embeddings = EmbeddingCache(project.folder / "embeddings.jsonl", cfg.model, task, settings)
@@ -361,7 +361,7 @@ def train(folder, report_to=()) -> Path:
     settings, train_settings = method_settings(cfg, strategy)
     t = len(adapters)
     preflight(cfg, task)
-    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype)
+    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization)
     model = attach_lora(model, train_settings)
     stats = training.train(model, tokenizer, examples, train_settings, desc=f"round {t} training")
     record = {"round": t, "n_labels": len(labels), "train_loss": stats["loss"], "train_s": stats["seconds"]}
