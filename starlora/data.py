@@ -107,15 +107,92 @@ def drop_overlap(pool: list[Example], test: list[Example], source: str) -> list[
 # ---------------------------------------------------------------- user files
 
 
+HUB_PREFIX = "hf:"  # --dataset NAME[:CONFIG] with its splits becomes the file names hf:NAME[:CONFIG]@SPLIT
+HUB_LOADER = None  # datasets.load_dataset; replaced in tests (no network here)
+
+
 def read_rows(path: str | Path):
-    """Yield ('file:line', dict) from a JSON-lines or CSV file (by extension; .csv is CSV, anything else JSONL)."""
+    """Yield ('where', dict) from a data file, by its name: .csv CSV, .parquet Parquet, .json a JSON list of
+    objects, a folder written by datasets' save_to_disk, hf:NAME[:CONFIG]@SPLIT a hub dataset, anything else JSON
+    lines. 'where' names the file and the line or row, for error messages."""
+    if str(path).startswith(HUB_PREFIX):
+        yield from _read_hub(str(path)[len(HUB_PREFIX):])
+        return
     path = Path(path)
+    if path.is_dir():
+        yield from _read_saved(path)
+        return
     if not path.is_file():
         raise StarloraError(f"{path}: no such file")
-    if path.suffix.lower() == ".csv":
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
         yield from _read_csv(path)
+    elif suffix == ".parquet":
+        yield from _read_parquet(path)
+    elif suffix == ".json":
+        yield from _read_json_list(path)
     else:
         yield from _read_jsonl(path)
+
+
+def _read_parquet(path: Path):
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a corrupt file
+        raise StarloraError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:200]})") from None
+    for number, row in enumerate(table.to_pylist(), 1):
+        yield f"{path}: row {number}", row
+
+
+def _read_json_list(path: Path):
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise StarloraError(f"{path}: not valid UTF-8") from None
+    except json.JSONDecodeError as e:
+        raise StarloraError(f"{path}: malformed JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(rows, list):
+        raise StarloraError(f"{path}: expected a JSON list of objects (one per example), got {type(rows).__name__}")
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise StarloraError(f"{path}: item {number}: expected a JSON object, got {type(row).__name__}")
+        yield f"{path}: item {number}", row
+
+
+def _read_saved(path: Path):
+    """A dataset folder from datasets' save_to_disk: one split (a DatasetDict's split is its sub-folder)."""
+    from datasets import Dataset, load_from_disk
+
+    try:
+        saved = load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 - not a saved dataset, or a damaged one
+        raise StarloraError(f"{path}: not a dataset folder written by save_to_disk "
+                            f"({str(e).splitlines()[0][:200]})") from None
+    if not isinstance(saved, Dataset):
+        splits = ", ".join(saved)
+        raise StarloraError(f"{path}: holds several splits ({splits}); give one split's folder, e.g. "
+                            f"{path / next(iter(saved))}")
+    for number, row in enumerate(saved, 1):
+        yield f"{path}: row {number}", row
+
+
+def _read_hub(spec: str):
+    """NAME[:CONFIG]@SPLIT through datasets.load_dataset."""
+    name, _, split = spec.rpartition("@")
+    if not name or not split:
+        raise StarloraError(f"{HUB_PREFIX}{spec}: expected {HUB_PREFIX}NAME[:CONFIG]@SPLIT")
+    name, _, config = name.partition(":")
+    load_dataset = HUB_LOADER
+    if load_dataset is None:
+        from datasets import load_dataset
+    try:
+        ds = load_dataset(name, config or None, split=split)
+    except Exception as e:  # noqa: BLE001 - any hub failure becomes one line naming the dataset
+        raise StarloraError(f"cannot load {name} ({split}) from the hub: {str(e).splitlines()[0][:200]}") from None
+    for number, row in enumerate(ds, 1):
+        yield f"{name} {split}: row {number}", dict(row)
 
 
 def _read_jsonl(path: Path):

@@ -112,3 +112,98 @@ def test_embedded_splits_are_deterministic_and_disjoint():
     assert [e.id for e in again.test[:5]] == [e.id for e in load_data(get_task("boolq")).test[:5]]
     ex = again.pool[0]
     assert ex.prompt.startswith("Question: ") and ex.prompt.endswith("?\nAnswer:") and ex.gold in ("true", "false")
+
+
+ROWS = [{"id": f"r{i}", "question": f"Question: is {i} even?\nAnswer:", "answer": ["false", "true"][i % 2 == 0]}
+        for i in range(5)]
+
+
+def saved_formats(tmp_path):
+    """The same rows as JSON lines, Parquet, a JSON list and a save_to_disk folder (and a DatasetDict folder)."""
+    import datasets
+
+    (tmp_path / "rows.jsonl").write_text(jsonl(ROWS))
+    datasets.Dataset.from_list(ROWS).to_parquet(str(tmp_path / "rows.parquet"))
+    (tmp_path / "rows.json").write_text(json.dumps(ROWS))
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS),
+                          "test": datasets.Dataset.from_list(ROWS[:2])}).save_to_disk(str(tmp_path / "dict"))
+    return tmp_path
+
+
+def test_every_format_reads_the_same_examples(tmp_path):
+    from starlora.data import read_rows
+
+    d = saved_formats(tmp_path)
+    task = get_task("boolq", template="{question}", user_files=True)
+    want = make_examples(read_rows(d / "rows.jsonl"), task, "jsonl")
+    for source in ("rows.parquet", "rows.json", "saved", "dict/train"):
+        got = make_examples(read_rows(d / source), task, source)
+        assert [(e.id, e.prompt, e.target) for e in got] == [(e.id, e.prompt, e.target) for e in want], source
+    assert [w for w, _ in read_rows(d / "rows.parquet")][1] == f"{d / 'rows.parquet'}: row 2"
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("bad.parquet", b"PAR1 not really", "not a readable Parquet file"),
+    ("bad.json", b'{"id": 1}', "expected a JSON list of objects"),
+    ("items.json", b'[{"id": "a", "question": "q", "answer": "true"}, 3]', "items.json: item 2: expected a JSON object"),
+    ("broken.json", b'[{"id": ', "malformed JSON"),
+])
+def test_bad_new_format_files(tmp_path, name, content, message):
+    from starlora.data import read_rows
+
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(StarloraError, match=message):
+        list(read_rows(tmp_path / name))
+
+
+def test_dataset_folders_name_their_splits_and_bad_rows(tmp_path):
+    from starlora.data import read_rows
+
+    d = saved_formats(tmp_path)
+    with pytest.raises(StarloraError, match=r"holds several splits \(train, test\); give one split's folder"):
+        list(read_rows(d / "dict"))
+    (d / "empty").mkdir()
+    with pytest.raises(StarloraError, match="not a dataset folder written by save_to_disk"):
+        list(read_rows(d / "empty"))
+    import datasets
+
+    datasets.Dataset.from_list([*ROWS[:2], {"id": "r9", "question": "Q?", "answer": "maybe"}]).to_parquet(
+        str(d / "bad_answer.parquet"))
+    task = get_task("boolq", template="{question}", user_files=True)
+    with pytest.raises(StarloraError, match=r"bad_answer.parquet: row 3"):
+        make_examples(read_rows(d / "bad_answer.parquet"), task, "x")
+
+
+def test_dataset_option_loads_a_hub_dataset_through_datasets(tmp_path, monkeypatch):
+    """--dataset NAME:CONFIG --train-split S: datasets.load_dataset(NAME, CONFIG, split=S), replaced here."""
+    from starlora import cli, data
+
+    calls = []
+
+    def fake(name, config, split):
+        calls.append((name, config, split))
+        return ROWS if split == "train" else [{**r, "id": f"t{i}", "question": f"Is {i} odd?"} for i, r in
+                                              enumerate(ROWS[:3])]
+
+    monkeypatch.setattr(data, "HUB_LOADER", fake)
+    out = tmp_path / "run"
+    args = ["run", "--model", "tiny-random", "--task", "boolq", "--dataset", "me/yesno:small", "--test-split", "dev",
+            "--init-size", "2", "--query-size", "1", "--rounds", "2", "--epochs", "1", "--probe-size", "0",
+            "--lora-r", "2", "--out", str(out)]
+    assert cli.main(args) == 0
+    assert set(calls) == {("me/yesno", "small", "dev"), ("me/yesno", "small", "train")}
+    assert json.loads((out / "config.json").read_text())["config"]["train_file"] == "hf:me/yesno:small@train"
+    assert cli.main([*args[:-2], "--train-file", "x.jsonl", "--out", str(tmp_path / "other")]) == 2
+    assert not (tmp_path / "other").exists()
+
+
+def test_human_loop_init_reads_a_parquet_pool(tmp_path):
+    from starlora import cli
+    from starlora.files import read_jsonl
+
+    d = saved_formats(tmp_path)
+    assert cli.main(["init", str(d / "proj"), "--task", "boolq", "--pool", str(d / "rows.parquet"), "--test",
+                     str(d / "dict" / "test"), "--model", "tiny-random"]) == 0
+    assert cli.main(["query", str(d / "proj"), "-n", "2", "--random"]) == 0
+    assert len(read_jsonl(d / "proj" / "queries" / "round_0.jsonl")) == 2
