@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -150,7 +151,8 @@ def cmd_run(args) -> None:
     from .experiment import run_seeds
 
     cfg, seeds = run_config(args)
-    run_seeds(cfg, seeds, args.out, dry_run=args.dry_run, report_to=parse_report_to(args.report_to))
+    run_seeds(cfg, seeds, args.out, dry_run=args.dry_run, report_to=parse_report_to(args.report_to),
+              push_to_hub=args.push_to_hub, command=args.command_line)
 
 
 def cmd_sweep(args) -> None:
@@ -201,7 +203,8 @@ def cmd_label(args) -> None:
 def cmd_train(args) -> None:
     from .project import train
 
-    train(args.dir, report_to=parse_report_to(args.report_to))
+    train(args.dir, report_to=parse_report_to(args.report_to), push_to_hub=args.push_to_hub,
+          command=args.command_line)
 
 
 def cmd_status(args) -> None:
@@ -252,6 +255,7 @@ def add_project_commands(sub) -> None:
                        description="Train a fresh LoRA adapter with STAR's regulariser on all labels so far.")
     p.add_argument("dir", help="the project folder")
     add_report_option(p)
+    add_push_option(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("status", help="human loop: rounds, counts, held-out accuracy, and what to do next")
@@ -263,6 +267,11 @@ def add_report_option(p) -> None:
     p.add_argument("--report-to", default="none", metavar="TRACKERS",
                    help="log to experiment trackers: tensorboard, mlflow, wandb (comma-separated) or none (default); "
                         "each needs its extra, e.g. pip install 'starlora[tensorboard]'")
+
+
+def add_push_option(p) -> None:
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="upload the final adapter with its model card to this Hub "
+                                                         "model repo (huggingface_hub; needs a token and the network)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -280,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p)
     add_run_options(p)
     add_report_option(p)
+    add_push_option(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("sweep", help="a grid of tasks x strategies x seeds, one run each (resumable), then the report",
@@ -464,6 +474,7 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
     configure_logging()
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["starlora", *(sys.argv[1:] if argv is None else argv)])  # for model cards
     if getattr(args, "cache_dir", None):  # one place for every command, and inherited by sweep workers
         os.environ["STARLORA_CACHE"] = args.cache_dir
     if getattr(args, "template", None):  # a shell cannot easily pass a newline: --template 'Q: {question}\nA:'

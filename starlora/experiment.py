@@ -19,6 +19,7 @@ from . import __version__, metrics, parallel
 from .acquisition import Acquisition, BaseCache, subsample
 from .config import LEGACY, PROTOCOLS, RESUMABLE_CHANGES, MethodConfig, RunConfig, resolve, uses_mc_dropout
 from .data import Example, load_data
+from .card import push, write_card
 from .diversity import kmeans_representatives
 from .embeddings import EmbeddingCache
 from .errors import StarloraError
@@ -180,10 +181,12 @@ class Experiment:
             self.model = current.unload()  # back to the untouched base model; next round attaches a fresh adapter
 
 
-def run(cfg: RunConfig, out: str | Path, *, dry_run: bool = False, on_round=None, report_to=()) -> dict | None:
+def run(cfg: RunConfig, out: str | Path, *, dry_run: bool = False, on_round=None, report_to=(),
+        push_to_hub: str | None = None, command: str | None = None) -> dict | None:
     """Run (or resume) one AL experiment into `out`; returns the summary. dry_run: check everything (data, model,
     folder) and return None having written nothing. on_round() is called after each finished round. report_to:
-    tracker names (tracking.parse_report_to); a resumed run's tracker run starts at the round it resumes."""
+    tracker names (tracking.parse_report_to); a resumed run's tracker run starts at the round it resumes. The final
+    adapter gets a model card (card.py; `command` is what made it) and goes to the Hub repo `push_to_hub`."""
     out = Path(out)
     prepared = setup(cfg, out, dry_run)
     if not isinstance(prepared, Experiment):  # a dry run, or a run finished before
@@ -205,6 +208,11 @@ def run(cfg: RunConfig, out: str | Path, *, dry_run: bool = False, on_round=None
             on_round()
         added = records[-1]["selected"]
     summary = summarise(prepared, records)
+    if cfg.mode == "lora" and parallel.is_main():
+        curve = [{"round": r["round"], "labeled": r["n_labeled"], "accuracy": r["accuracy"]} for r in records]
+        write_card(out / "adapter", cfg, curve, command, f"{cfg.task} / {cfg.strategy} / seed {cfg.seed}")
+        if push_to_hub:
+            push(out / "adapter", push_to_hub)
     if prepared.tracking:
         prepared.tracking.summary(summary)
         prepared.tracking.finish()
@@ -354,9 +362,11 @@ def _num(x):
     return None if np.isnan(x) else x
 
 
-def run_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, dry_run: bool = False, report_to=()) -> list[dict]:
-    """One sub-folder per seed when several are given."""
+def run_seeds(cfg: RunConfig, seeds: list[int], out: str | Path, dry_run: bool = False, **options) -> list[dict]:
+    """One sub-folder per seed when several are given; options go to every run (report_to, command; push_to_hub
+    only with one seed: one repo holds one adapter)."""
     if len(seeds) == 1:
-        return [run(dataclasses.replace(cfg, seed=seeds[0]), out, dry_run=dry_run, report_to=report_to)]
-    return [run(dataclasses.replace(cfg, seed=s), Path(out) / f"seed{s}", dry_run=dry_run, report_to=report_to)
-            for s in seeds]
+        return [run(dataclasses.replace(cfg, seed=seeds[0]), out, dry_run=dry_run, **options)]
+    if options.get("push_to_hub"):
+        raise StarloraError("--push-to-hub takes one seed (one repo holds one adapter); push each seed's run alone")
+    return [run(dataclasses.replace(cfg, seed=s), Path(out) / f"seed{s}", dry_run=dry_run, **options) for s in seeds]

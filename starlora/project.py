@@ -29,6 +29,7 @@ from pathlib import Path
 from . import training
 from .acquisition import Acquisition, BaseCache, RoundSeeds, random_scores
 from .config import LEGACY, MethodConfig
+from .card import push, write_card
 from .data import Example, make_examples, read_rows, row_id
 from .diversity import kmeans_representatives
 from .embeddings import EmbeddingCache
@@ -345,9 +346,10 @@ def label(folder, path) -> int:
 # ---------------------------------------------------------------- train
 
 
-def train(folder, report_to=()) -> Path:
+def train(folder, report_to=(), push_to_hub: str | None = None, command: str | None = None) -> Path:
     """Train a fresh adapter (STAR's regulariser when the strategy has it) on every label so far. report_to: tracker
-    names (one tracker run per training, named after the project and the round)."""
+    names (one tracker run per training, named after the project and the round). The adapter gets a model card
+    (`command`: what made it) and goes to the Hub repo `push_to_hub`."""
     project = open_project(folder)
     cfg, task, strategy = project.cfg, project.task, project.strategy
     labels, adapters = project.labels(), project.adapters()
@@ -379,11 +381,16 @@ def train(folder, report_to=()) -> Path:
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
+    earlier = [json.loads((a / "train.json").read_text()) for a in adapters]
+    curve = [{"round": r["round"], "labeled": r["n_labels"], "accuracy": r.get("accuracy")} for r in earlier + [record]]
+    write_card(tmp, cfg, curve, command, f"{project.folder.name}: round {t}")
     write_json(tmp / "train.json", record)
     shutil.rmtree(final, ignore_errors=True)  # a half-renamed leftover without train.json
     tmp.rename(final)  # the round exists once this rename lands
     extra = f", held-out accuracy {record['accuracy']:.1f}%" if "accuracy" in record else ""
     logger.info(f"round {t}: adapter trained on {len(labels)} labels (loss {stats['loss']:.3f}{extra}): {final}")
+    if push_to_hub:
+        push(final, push_to_hub)
     return final
 
 
