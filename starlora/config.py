@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from .errors import StarloraError
 from .hardware import DTYPES, device, resolve_dtype, resolve_precision
+from .stopping import parse_stop_rule
 from .strategies import get_strategy
 from .uncertainty import mixing_weight
 
@@ -71,6 +72,11 @@ class MethodConfig:
     quantization: str = option("none", "frozen base's linear layers in 4 bits (NF4, QLoRA) or 8 bits through "
                                        "bitsandbytes (the qlora extra); LoRA weights stay fp32",
                                choices=("none", "4bit", "8bit"))
+    stop_set_size: int = option(0, "pool examples set aside (never labeled, apart from the probe) whose predictions "
+                                   "give the stopping criteria every round; 0: none", AT_LEAST_ZERO)
+    stop_when: str | None = option(None, "stop once a criterion holds: kappa:K:N (Cohen's kappa of consecutive "
+                                         "rounds' stop-set predictions >= K for N rounds) or uncertainty:D:N (mean "
+                                         "uncertainty changing by <= D for N rounds); needs --stop-set-size")
     cold_start: str = option("random", "the first examples to label (run: the initial set; human loop: the first "
                                        "query): random, or kmeans (the example nearest each k-means centroid of "
                                        "the base model's prompt embeddings)", choices=("random", "kmeans"))
@@ -102,7 +108,8 @@ class RunConfig(MethodConfig):
 
 # What runs and projects made before an option existed used: a stored configuration without the key means this.
 LEGACY = {"dtype": "fp32", "gradient_accumulation_steps": 1, "gradient_checkpointing": False, "diversity": "none",
-          "diversity_beta": 3.0, "cold_start": "random", "quantization": "none"}
+          "diversity_beta": 3.0, "cold_start": "random", "quantization": "none",
+          "stop_set_size": 0, "stop_when": None}
 # Options that change memory or speed but not the numbers: a resume may change them.
 RESUMABLE_CHANGES = {"gradient_checkpointing"}
 
@@ -170,6 +177,8 @@ def check(cfg: MethodConfig) -> None:
     if cfg.mode == "full" and resolve_dtype(cfg.dtype, device()) != "fp32":
         raise StarloraError(f"--mode full trains every weight, which needs fp32 master weights: use --dtype fp32 "
                             f"(got {cfg.dtype}{' -> ' + resolve_dtype(cfg.dtype, device()) if cfg.dtype == 'auto' else ''})")
+    if parse_stop_rule(cfg.stop_when) and not cfg.stop_set_size:
+        raise StarloraError(f"--stop-when {cfg.stop_when} reads the stop set: give --stop-set-size (e.g. 100)")
     if cfg.mode == "full" and cfg.quantization != "none":
         raise StarloraError(f"--mode full trains every weight; --quantization {cfg.quantization} freezes the base in "
                             "4/8 bits: use --mode lora")

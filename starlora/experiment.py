@@ -31,6 +31,7 @@ from .models import load_model
 from .scoring import ScoringSettings, score
 from .masks import adapter_disabled
 from .tokens import join
+from .stopping import draw_stop_set, parse_stop_rule, stop_figures
 from .strategies import Strategy, get_strategy, measure_key
 from .tasks import Task, get_task
 from .tracking import Tracking, run_name
@@ -52,7 +53,7 @@ def versions() -> dict:
 
 
 RUN_FILES = ("config.json", "rounds.jsonl", "summary.json", "base_scores.jsonl", "base_scores.json", "embeddings.jsonl",
-             "probe", "scores", "adapter")  # base_scores.json: the base-score cache in its old format
+             "probe", "stop", "scores", "adapter")  # base_scores.json: the base-score cache in its old format
 
 
 def check_folder(out: Path, cfg: RunConfig) -> bool:
@@ -161,9 +162,10 @@ class Experiment:
     acquisition: Acquisition
     probe: list[Example]
     initial: list[str]
-    measure: str  # what the probe records
+    measure: str  # what the probe and the stop set record
     base_state: dict | None  # the weights each round starts from: full fine-tuning's base, a sharded adapter's init
     tracking: Tracking | None = None  # --report-to
+    stop: list[Example] = dataclasses.field(default_factory=list)  # the stop set: never labeled, apart from the probe
 
     def fresh_model(self):
         """This round's model to train: a fresh adapter on the frozen base, or the starting weights restored (a
@@ -200,12 +202,15 @@ def run(cfg: RunConfig, out: str | Path, *, dry_run: bool = False, on_round=None
     added = records[-1]["selected"] if records else prepared.initial
     for t in range(len(records), cfg.rounds):
         labeled += added
-        records.append(run_round(prepared, t, labeled, added))
+        records.append(run_round(prepared, t, labeled, added, records))
         write_jsonl(out / "rounds.jsonl", records)  # the round is finished once this rename lands
         if prepared.tracking:
             prepared.tracking.round(records[-1])
         if on_round:
             on_round()
+        if records[-1].get("stopped"):
+            logger.info(f"{out}: --stop-when {cfg.stop_when} holds after round {t}: stopping early")
+            break
         added = records[-1]["selected"]
     summary = summarise(prepared, records)
     if cfg.mode == "lora" and parallel.is_main():
@@ -225,13 +230,14 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
     strategy = get_strategy(cfg.strategy, task.closed)
     data = load_data(task, cfg.data, cfg.train_file, cfg.test_file, cfg.id_field, cfg.answer_field)
     needed = cfg.init_size + cfg.query_size * (cfg.rounds - 1)
-    if needed + cfg.probe_size > len(data.pool):
+    if needed + cfg.probe_size + cfg.stop_set_size > len(data.pool):
         raise StarloraError(f"--init-size {cfg.init_size} + {cfg.rounds - 1} queries of {cfg.query_size} need {needed} "
-                            f"pool examples besides the --probe-size {cfg.probe_size} probe (never labeled); "
-                            f"the pool has {len(data.pool)}")
+                            f"pool examples besides the --probe-size {cfg.probe_size} probe and the --stop-set-size "
+                            f"{cfg.stop_set_size} stop set (never labeled); the pool has {len(data.pool)}")
     test = data.test[: cfg.test_size] if cfg.test_size else data.test
     resume = check_folder(out, cfg)
-    if resume and len(read_jsonl(out / "rounds.jsonl")) >= cfg.rounds and (out / "summary.json").exists():
+    done = read_jsonl(out / "rounds.jsonl") if resume else []
+    if (len(done) >= cfg.rounds or done and done[-1].get("stopped")) and (out / "summary.json").exists():
         logger.info(f"{out}: all {cfg.rounds} rounds already finished")
         return json.loads((out / "summary.json").read_text())
     lora = cfg.mode == "lora"
@@ -257,6 +263,7 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
     open_folder(out, cfg, resume)  # nothing is written before the data and the model have loaded
     pool = {ex.id: ex for ex in data.pool}
     probe_ids, initial = draw_probe_and_initial([ex.id for ex in data.pool], cfg)
+    stop_ids = draw_stop_set([ex.id for ex in data.pool], set(probe_ids) | set(initial), cfg.stop_set_size, cfg.seed)
     settings, training = method_settings(cfg, strategy)
     base_state = None
     if not lora:
@@ -280,19 +287,23 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
     if acquisition.needs_embeddings or cfg.cold_start == "kmeans":
         acquisition.embeddings = EmbeddingCache(out / "embeddings.jsonl", cfg.model, task, settings)
     if cfg.cold_start == "kmeans":
-        initial = cold_start(acquisition.embeddings, model, tokenizer, data.pool, set(probe_ids), cfg)
+        initial = cold_start(acquisition.embeddings, model, tokenizer, data.pool, set(probe_ids) | set(stop_ids),
+                             cfg)
     if not lora:  # the full-tuned model has no adapter to switch off: what the base model gives, up front
         unprobed = [ex for ex in data.pool if ex.id not in set(probe_ids)]
         for needed in (cache if strategy.needs_base else None, acquisition.embeddings):
             if needed:
                 needed.get(model, tokenizer, unprobed)
+    if stop_ids:
+        (out / "stop").mkdir(exist_ok=True)
     return Experiment(cfg, out, task, strategy, pool, test, model, tokenizer, settings, training, acquisition, probe,
-                      initial, measure, base_state)
+                      initial, measure, base_state, stop=[pool[i] for i in stop_ids])
 
 
-def run_round(x: Experiment, t: int, labeled: list[str], added: list[str]) -> dict:
-    """Round t: train a fresh model on the labeled set, evaluate, record the probe and (except in the last round)
-    score the candidates and select the next query. Returns the round's record."""
+def run_round(x: Experiment, t: int, labeled: list[str], added: list[str], previous: list[dict] = ()) -> dict:
+    """Round t: train a fresh model on the labeled set, evaluate, record the probe and the stop set and (except in
+    the last round, or when --stop-when holds after `previous` rounds and this one) score the candidates and select
+    the next query. Returns the round's record."""
     cfg, out, times = x.cfg, x.out, {}
     start = time.time()
     current = x.fresh_model()
@@ -307,10 +318,14 @@ def run_round(x: Experiment, t: int, labeled: list[str], added: list[str]) -> di
     if x.probe:
         probe = score(current, x.tokenizer, x.task, x.probe, settings=x.settings, desc=f"round {t} probe")
         write_json(out / "probe" / f"round_{t}.json", dict(zip(probe_ids, probe.measures[x.measure].tolist())))
+    figures = stop_set_figures(x, current, t)
+    rule = parse_stop_rule(cfg.stop_when)
+    stopped = bool(rule and rule.holds([*previous, {"round": t, **figures}]))
     selected, lam = [], None
-    if t < cfg.rounds - 1:
+    if t < cfg.rounds - 1 and not stopped:
         start = time.time()
-        taken = set(labeled) | set(probe_ids)  # the probe is never labeled (uncertainty-gap analysis)
+        # the probe (uncertainty-gap analysis) and the stop set are never labeled
+        taken = set(labeled) | set(probe_ids) | {ex.id for ex in x.stop}
         candidates = subsample([ex for ex in x.pool.values() if ex.id not in taken], cfg.candidate_subsample,
                                cfg.seed, t)
         selected, mu = x.acquisition.query(current, x.tokenizer, x.task, candidates, [x.pool[i] for i in labeled],
@@ -319,7 +334,7 @@ def run_round(x: Experiment, t: int, labeled: list[str], added: list[str]) -> di
         lam = mixing_weight(t, cfg.rounds, cfg.schedule) if x.strategy.combine == "mix" else None
         write_scores(out / "scores" / f"round_{t}.jsonl", ids, mu)
         times["score_s"] = time.time() - start
-    if t == cfg.rounds - 1 and cfg.mode == "lora":
+    if (t == cfg.rounds - 1 or stopped) and cfg.mode == "lora":
         state = parallel.full_state(current) if parallel.sharded() else None  # every process takes part in gathering
         if parallel.is_main():
             current.save_pretrained(out / "adapter", state_dict=state)
@@ -329,7 +344,22 @@ def run_round(x: Experiment, t: int, labeled: list[str], added: list[str]) -> di
     x.release(current)
     return {"round": t, "n_labeled": len(labeled), "accuracy": result["accuracy"], "added": added,
             "selected": selected, "lambda": lam, "train_loss": stats["loss"], "train_steps": stats["steps"], **times,
-            **{k: result[k] for k in ("ece", "brier", "wrong_confidence", "truncated") if k in result}}
+            **{k: result[k] for k in ("ece", "brier", "wrong_confidence", "truncated") if k in result},
+            **figures, **({"stopped": True} if stopped else {})}
+
+
+def stop_set_figures(x: Experiment, current, t: int) -> dict:
+    """Round t's stopping figures (stopping.py) from the current model's predictions on the stop set; each round's
+    predictions are kept in stop/round_T.json for the next round's kappa (and a resumed run's)."""
+    if not x.stop:
+        return {}
+    scores = score(current, x.tokenizer, x.task, x.stop, settings=x.settings, desc=f"round {t} stop set")
+    previous = x.out / "stop" / f"round_{t - 1}.json"
+    figures = stop_figures(json.loads(previous.read_text()) if t and previous.exists() else None,
+                           scores.predictions, scores.measures[x.measure])
+    write_json(x.out / "stop" / f"round_{t}.json", {"ids": [ex.id for ex in x.stop], "predictions": scores.predictions,
+                                                    "mean": figures["stop_uncertainty"]})
+    return figures
 
 
 def summarise(x: Experiment, records: list[dict]) -> dict:
@@ -339,6 +369,8 @@ def summarise(x: Experiment, records: list[dict]) -> dict:
                "curve": [r["accuracy"] for r in records], "n_labeled": [r["n_labeled"] for r in records],
                "auc": metrics.auc([r["accuracy"] for r in records]), "final_accuracy": records[-1]["accuracy"],
                "probe_measure": x.measure}
+    if records[-1].get("stopped"):
+        summary["stopped_at"] = records[-1]["round"]  # --stop-when held: the curve ends here
     if x.task.closed and cfg.fewshot > 0:
         if cfg.mode != "lora":
             x.model.load_state_dict(x.base_state)

@@ -28,8 +28,8 @@ from pathlib import Path
 
 from . import training
 from .acquisition import Acquisition, BaseCache, RoundSeeds, random_scores
-from .config import LEGACY, MethodConfig
 from .card import push, write_card
+from .config import LEGACY, MethodConfig
 from .data import Example, make_examples, read_rows, row_id
 from .diversity import kmeans_representatives
 from .embeddings import EmbeddingCache
@@ -39,6 +39,8 @@ from .experiment import method_settings, versions
 from .files import read_jsonl, write_atomic, write_json, write_jsonl
 from .memory import preflight
 from .models import load_model
+from .scoring import score
+from .stopping import draw_stop_set, parse_stop_rule, stop_figures
 from .strategies import get_strategy, measure_key, select
 from .tasks import get_task
 from .tracking import Tracking
@@ -153,7 +155,8 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
                             f"run starlora train {project.folder} first")
     asked = {i for q in queries for i in q["ids"]}
     pool = project.pool()
-    candidates = [Example(r["id"], r["prompt"], "", None) for r in pool if r["id"] not in asked]
+    kept = asked | set(stop_set(project))  # the stop set is never asked
+    candidates = [Example(r["id"], r["prompt"], "", None) for r in pool if r["id"] not in kept]
     if not candidates:
         raise StarloraError(f"every pool example has been asked already ({len(pool)}); nothing left to query")
     if n > len(candidates):
@@ -371,6 +374,12 @@ def train(folder, report_to=(), push_to_hub: str | None = None, command: str | N
     if test:
         result = evaluate(model, tokenizer, task, test, settings, desc=f"round {t} held-out")
         record |= {k: result[k] for k in ("accuracy", "ece", "brier") if k in result}
+    stop_examples = [Example(i, prompts[i], "", None) for i in stop_set(project)]
+    if stop_examples:  # the stopping criteria: this adapter's predictions on the stop set against the last one's
+        stop_scores = score(model, tokenizer, task, stop_examples, settings=settings, desc=f"round {t} stop set")
+        last = adapters[-1] / "stop.json" if adapters else None
+        record |= stop_figures(json.loads(last.read_text()) if last and last.exists() else None,
+                               stop_scores.predictions, stop_scores.measures[stop_measure(strategy, cfg)])
     if report_to:
         tracking = Tracking(report_to, f"{project.folder.name}/round{t}", project.folder, dataclasses.asdict(cfg))
         for loss in stats["step_losses"]:
@@ -384,6 +393,9 @@ def train(folder, report_to=(), push_to_hub: str | None = None, command: str | N
     earlier = [json.loads((a / "train.json").read_text()) for a in adapters]
     curve = [{"round": r["round"], "labeled": r["n_labels"], "accuracy": r.get("accuracy")} for r in earlier + [record]]
     write_card(tmp, cfg, curve, command, f"{project.folder.name}: round {t}")
+    if stop_examples:
+        write_json(tmp / "stop.json", {"ids": [ex.id for ex in stop_examples], "predictions": stop_scores.predictions,
+                                       "mean": record["stop_uncertainty"]})
     write_json(tmp / "train.json", record)
     shutil.rmtree(final, ignore_errors=True)  # a half-renamed leftover without train.json
     tmp.rename(final)  # the round exists once this rename lands
@@ -414,8 +426,26 @@ def status(folder) -> str:
     lines += [f"round {t} query: {q.get('how', '?')}" for t, q in enumerate(queries)]
     if not queries:
         lines.append(f"first query: {first_query_rule(project.strategy)}")
+    records = [json.loads((a / "train.json").read_text()) for a in adapters]
+    if records and "stop_uncertainty" in records[-1]:
+        last, rule = records[-1], parse_stop_rule(cfg.stop_when)
+        kappa = "n/a (first round)" if last["stop_kappa"] is None else f"{last['stop_kappa']:.3f}"
+        lines.append(f"stopping ({len(stop_set(project))}-example stop set): kappa with the previous round {kappa}, "
+                     f"mean uncertainty {last['stop_uncertainty']:.4f}")
+        if rule:
+            lines.append(f"you can stop: {rule} holds" if rule.holds(records) else f"{rule} does not hold yet")
     lines.append("next: " + next_step(project, labels, queries, adapters))
     return "\n".join(lines)
+
+
+def stop_set(project) -> list[str]:
+    """The project's stop set (--stop-set-size at init): seeded from the pool, never queried."""
+    return draw_stop_set([r["id"] for r in project.pool()], set(), project.cfg.stop_set_size, project.cfg.seed)
+
+
+def stop_measure(strategy, cfg) -> str:
+    """The uncertainty the stopping figures average: the strategy's own, ME for those without one."""
+    return measure_key(strategy, cfg.length_norm) or ("me_norm" if cfg.length_norm else "me")
 
 
 def first_query_rule(strategy) -> str:

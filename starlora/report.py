@@ -137,7 +137,36 @@ def _fmt_delta(row) -> tuple[str, str]:
     return f"{d['mean']:+.2f}{ci}", f"{d['wins']}/{d['n']}"
 
 
-def write_tables(rows, out: Path) -> None:
+STOP_RULES = ("kappa:0.99:2", "kappa:0.95:2", "uncertainty:0.01:2")  # what the report asks of runs with a stop set
+
+
+def stopping_lines(runs) -> list[str]:
+    """For runs that recorded a stop set: per group x strategy and rule, at which round the rule would have stopped
+    the run and the accuracy that stopping there leaves on the table (final accuracy minus the stopping round's)."""
+    from .stopping import parse_stop_rule
+
+    lines = []
+    for g in group_runs(runs):
+        for strategy in sorted({r["strategy"] for r in g["runs"]}):
+            rs = [r for r in g["runs"] if r["strategy"] == strategy and any("stop_kappa" in x for x in r["rounds"])]
+            for text in STOP_RULES if rs else ():
+                rule = parse_stop_rule(text)
+                stops = [rule.first_round(r["rounds"]) for r in rs]
+                hit = [(t, r) for t, r in zip(stops, rs) if t is not None]
+                left = [r["final_accuracy"] - r["rounds"][t]["accuracy"] for t, r in hit]
+                lines.append(f"| {g['task']} | {strategy} | `{text}` | {len(hit)}/{len(rs)} | "
+                             f"{'—' if not hit else format(np.mean([t for t, _ in hit]), '.1f')} | "
+                             f"{'—' if not left else format(np.mean(left), '+.1f')} |")
+    if not lines:
+        return []
+    return ["", "## Stopping criteria", "",
+            "| task | strategy | rule | runs it stopped | mean stopping round | accuracy left (points) |",
+            "|---|---|---|---|---|---|", *lines, "",
+            "A rule stops a run after the first round where it holds (stopping.py); accuracy left = the run's final "
+            "accuracy minus its accuracy at that round, over the runs it stopped (negative: stopping was better)."]
+
+
+def write_tables(rows, out: Path, extra: list[str] = ()) -> None:
     grouped = any(r["group"] for r in rows)  # a group column only where some task has runs of several groups
     head = ["task"] + ["group"] * grouped + ["strategy", "seeds", "final accuracy (%)", "AUC", "RIPL (%)",
                                              "ΔAUC vs random [95% CI]", "wins"]
@@ -156,7 +185,8 @@ def write_tables(rows, out: Path) -> None:
                 f"the strategy's AUC is higher / seeds paired. {NO_RANDOM}: the group has no random runs to compare "
                 "with.")
     note = f"\nValues are mean ± std over seeds, [± half-width of the 95% t-interval]. {groups}\n\n{baseline}\n"
-    write_atomic(out / "report.md", "# starlora report\n\n" + "\n".join(lines) + "\n" + note)
+    write_atomic(out / "report.md", "# starlora report\n\n" + "\n".join(lines) + "\n" + note +
+                 "".join(line + "\n" for line in extra))
     with open(out / "report.csv", "w", newline="") as f:
         w = csv.writer(f)
         cols, delta = ["final_accuracy", "auc", "ripl"], ["mean", "low", "high", "n", "wins"]
@@ -317,6 +347,6 @@ def report(paths, out) -> list[dict]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = table(runs)
-    write_tables(rows, out)
+    write_tables(rows, out, stopping_lines(runs))
     plot(runs, rows, out)
     return rows
