@@ -131,6 +131,20 @@ PROTOCOLS = {
 }
 
 
+def variant(cfg) -> str:
+    """A run's strategy with the selection options that change what it labels: star-me, star-me+kmeans,
+    star-me+kmeans(beta 5), random+cold-kmeans. Sweep folders and report rows are named by it, so the variants of
+    a strategy compare with random like strategies do."""
+    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    name = get("strategy")
+    if get("diversity", "none") != "none":
+        beta = get("diversity_beta", LEGACY["diversity_beta"])
+        name += f"+{get('diversity')}" + ("" if beta == LEGACY["diversity_beta"] else f"(beta {beta:g})")
+    if get("cold_start", "random") != "random":
+        name += f"+cold-{get('cold_start')}"
+    return name
+
+
 def resolve(protocol: str = "paper", config=RunConfig, **overrides):
     """Paper defaults < protocol < overrides, validated whole (nothing is written before this passes), with
     precision and dtype 'auto' resolved for this machine so a resume elsewhere cannot silently switch them."""

@@ -15,10 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
+from .config import LEGACY, variant
 from .errors import StarloraError
 from .files import read_jsonl, write_atomic
 
-VARIED = ("strategy", "seed")  # what may differ inside a group; everything else in config.json must agree
+# what may differ inside a group (a row is a config.variant: strategy with its selection options); everything else in
+# config.json must agree
+VARIED = ("strategy", "seed", "diversity", "diversity_beta", "cold_start")
 NO_RANDOM = "n/a (no random runs)"
 
 
@@ -40,8 +43,9 @@ def load_runs(paths) -> list[dict]:
     for folder in find_runs(paths):
         summary = json.loads((folder / "summary.json").read_text())
         config = folder / "config.json"
-        runs.append({**summary, "folder": folder, "rounds": read_jsonl(folder / "rounds.jsonl"),
-                     "config": json.loads(config.read_text())["config"] if config.exists() else None})
+        cfg = json.loads(config.read_text())["config"] if config.exists() else None
+        runs.append({**summary, "folder": folder, "rounds": read_jsonl(folder / "rounds.jsonl"), "config": cfg,
+                     "strategy": variant(cfg) if cfg else summary["strategy"]})
     return runs
 
 
@@ -49,7 +53,8 @@ def group_key(run) -> dict:
     """What must agree for two runs to be compared; runs without config.json (older versions) say task and model."""
     if run["config"] is None:
         return {"task": run["task"], "model": run.get("model"), "config.json": False}
-    return {k: v for k, v in run["config"].items() if k not in VARIED}
+    config = {**LEGACY, **run["config"]}  # an option added later has its old meaning in folders made before it
+    return {k: v for k, v in config.items() if k not in VARIED}
 
 
 def group_runs(runs) -> list[dict]:

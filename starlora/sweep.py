@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from .config import RunConfig, resolve
+from .config import RunConfig, resolve, variant
 from .errors import StarloraError
 from .experiment import run
 from .files import read_jsonl
@@ -68,7 +68,7 @@ def plan(blocks: list[dict], out, overrides: dict | None = None) -> list[Job]:
                 for strategy in block["strategies"]:
                     cfg = resolve(block.get("protocol") or "paper", **{**config, "task": task, "strategy": strategy,
                                                                           "seed": seed})
-                    folder = Path(out) / str(task) / str(strategy) / f"seed{seed}"
+                    folder = Path(out) / str(task) / variant(cfg) / f"seed{seed}"
                     if folder not in seen:  # blocks may overlap: each run once
                         seen.add(folder)
                         jobs.append(Job(cfg, folder))

@@ -150,3 +150,20 @@ def test_cold_start_by_kmeans_in_a_run_and_the_human_loop(tmp_path):
     proj = P.init(tmp_path / "proj", cfg, pool).folder
     assert len(read_jsonl(P.query(proj, 3, "jsonl"))) == 3
     assert read_jsonl(proj / "queries.jsonl")[0]["how"] == "k-means cold start"
+
+
+def test_variants_name_sweep_folders_and_report_rows(tmp_path):
+    """star-me with --diversity is its own row next to star-me, paired with random of the same seed."""
+    from starlora.config import variant
+    from starlora.sweep import plan
+
+    assert variant(resolve("paper", strategy="star-me")) == "star-me"
+    assert variant(resolve("paper", strategy="star-me", diversity="kmeans")) == "star-me+kmeans"
+    assert variant({"strategy": "me", "diversity": "kmeans", "diversity_beta": 5.0}) == "me+kmeans(beta 5)"
+    assert variant({"strategy": "random", "cold_start": "kmeans"}) == "random+cold-kmeans"
+    assert variant({"strategy": "me"}) == "me"  # a folder from before these options
+    blocks = [{"tasks": ["sst2"], "protocol": "sst2", "strategies": ["random", "star-me"], "seeds": [0]},
+              {"tasks": ["sst2"], "protocol": "sst2", "strategies": ["star-me"], "seeds": [0],
+               "config": {"diversity": "kmeans"}}]
+    folders = [str(j.folder.relative_to(tmp_path)) for j in plan(blocks, tmp_path)]
+    assert folders == ["sst2/random/seed0", "sst2/star-me/seed0", "sst2/star-me+kmeans/seed0"]

@@ -163,3 +163,13 @@ def test_heatmap_hatches_undefined_cells_without_numbers():
     plt.close(fig)
     assert sorted(texts) == ["-0.50", "-0.50", "1.00", "1.00"]  # the four defined cells only
     assert len(ax.patches) == 5  # base's row and column, hatched
+
+
+def test_runs_from_before_an_option_group_with_runs_that_store_its_old_value():
+    from starlora.report import group_key
+
+    old = {"config": {"task": "sst2", "strategy": "me", "seed": 0, "lr": 1e-3}}
+    new = {"config": {"task": "sst2", "strategy": "random", "seed": 0, "lr": 1e-3, "dtype": "fp32",
+                      "gradient_accumulation_steps": 1, "gradient_checkpointing": False, "quantization": "none"}}
+    assert group_key(old) == group_key(new)
+    assert group_key(old) != group_key({"config": {**new["config"], "dtype": "bf16"}})
