@@ -17,7 +17,8 @@ import torch
 
 from . import __version__, metrics, parallel
 from .acquisition import Acquisition, BaseCache, subsample
-from .config import LEGACY, PROTOCOLS, RESUMABLE_CHANGES, MethodConfig, RunConfig, resolve, uses_mc_dropout
+from .config import (LEGACY, PROTOCOLS, RESUMABLE_CHANGES, MethodConfig, RunConfig, resolve, uses_mc_dropout,
+                     variant)
 from .data import Example, load_data
 from .card import push, write_card
 from .diversity import kmeans_representatives
@@ -195,7 +196,7 @@ def run(cfg: RunConfig, out: str | Path, *, dry_run: bool = False, on_round=None
         return prepared
     records = read_jsonl(out / "rounds.jsonl")
     if report_to:
-        prepared.tracking = Tracking(report_to, run_name(cfg.task, cfg.strategy, cfg.seed), out,
+        prepared.tracking = Tracking(report_to, run_name(cfg.task, variant(cfg), cfg.seed), out,
                                      dataclasses.asdict(cfg))
         prepared.tracking.step = sum(r.get("train_steps", 0) for r in records)
     labeled = [i for r in records for i in r["added"]]
@@ -215,7 +216,7 @@ def run(cfg: RunConfig, out: str | Path, *, dry_run: bool = False, on_round=None
     summary = summarise(prepared, records)
     if cfg.mode == "lora" and parallel.is_main():
         curve = [{"round": r["round"], "labeled": r["n_labeled"], "accuracy": r["accuracy"]} for r in records]
-        write_card(out / "adapter", cfg, curve, command, f"{cfg.task} / {cfg.strategy} / seed {cfg.seed}")
+        write_card(out / "adapter", cfg, curve, command, f"{cfg.task} / {variant(cfg)} / seed {cfg.seed}")
         if push_to_hub:
             push(out / "adapter", push_to_hub)
     if prepared.tracking:
