@@ -5,7 +5,13 @@ The names a user needs are importable from here (loaded on first use, so `import
     from starlora import load_model, get_task, load_data, resolve, run, report
 """
 
+import logging
+
 __version__ = "0.1.0"
+
+# bitsandbytes (imported by PEFT whenever it is installed) warns at import on AVX512-BF16 CPUs that it cannot fetch a
+# hub kernel for a weight layout that models._no_cpu_repacking switches off anyway
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 _EXPORTS = {  # name -> module
     "load_model": "models", "get_task": "tasks", "load_data": "data", "Example": "data",

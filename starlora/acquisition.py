@@ -199,13 +199,22 @@ def acquisition_scores(strategy: Strategy, model, tokenizer, task, candidates, *
     if reference:
         warnings.warn(REFERENCE_WARNING, StarloraWarning, stacklevel=2)
     key = measure_key(strategy, length_norm)
-    lora = score(model, tokenizer, task, candidates, passes=passes if strategy.mc_dropout else 1,
-                 mc_dropout=strategy.mc_dropout, reference=reference, settings=settings, desc=f"scoring round {t}",
-                 seed=RoundSeeds(seed, t).masks)  # reproducible per seed and round, whatever the process split
-    mu_f = lora.measures[key]
+    mu_f, probs = [], []
+    for start in range(0, n, BaseCache.CHUNK):  # a pool-independent working set (token lists) per chunk
+        part = candidates[start:start + BaseCache.CHUNK]
+        part_of = f" ({start + len(part)} of {n})" if n > BaseCache.CHUNK else ""
+        # masks reproducible per seed, round and chunk, whatever the process split; the first chunk (every pool up
+        # to CHUNK) keeps the round's own seed
+        masks = RoundSeeds(seed, t).masks + 10**9 * (start // BaseCache.CHUNK)
+        lora = score(model, tokenizer, task, part, passes=passes if strategy.mc_dropout else 1,
+                     mc_dropout=strategy.mc_dropout, reference=reference, settings=settings,
+                     desc=f"scoring round {t}{part_of}", seed=masks)
+        mu_f.append(lora.measures[key])
+        probs.append(lora.probs)
+    mu_f = np.concatenate(mu_f) if mu_f else np.zeros(0)
     mu_b = base_cache.get(model, tokenizer, candidates)[key] if strategy.needs_base \
         else np.full(n, np.nan)
     out = {"mu_b": mu_b, "mu_f": mu_f, "mu": strategy.scores(mu_b, mu_f, t, rounds, schedule, normalisation)}
     if strategy.pick == "badge":
-        out["probs"] = lora.probs  # the deterministic pass's label distribution [N, C]
+        out["probs"] = np.concatenate(probs)  # the deterministic pass's label distribution [N, C]
     return out

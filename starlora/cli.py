@@ -452,9 +452,6 @@ def configure_logging() -> None:
     logger.handlers = [Console()]
     logger.setLevel(logging.INFO)  # records still propagate: an embedding application (or pytest) sees them too
     Console.info_stream = "stdout"
-    # bitsandbytes on AVX512-BF16 CPUs warns at import that it cannot fetch a hub kernel for a weight layout that
-    # models._no_cpu_repacking switches off anyway
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     import warnings
 
     shown = warnings.showwarning

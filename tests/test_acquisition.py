@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from starlora import acquisition as A
 from starlora.acquisition import BaseCache
@@ -90,3 +91,32 @@ def test_an_old_single_object_cache_file_is_still_read_and_never_written(tmp_pat
     assert computed(tmp_path / "old" / "base_scores.jsonl", examples=[dataclasses.replace(EXAMPLES[0], id="n")]) == 1
     assert (tmp_path / "old" / "base_scores.json").read_text() == old
     assert len(read_jsonl(tmp_path / "old" / "base_scores.jsonl")) == 1  # new entries go to the JSON-lines file
+
+
+def test_large_pools_are_scored_in_chunks_with_the_same_deterministic_scores(monkeypatch):
+    """Pools above CHUNK are scored chunk by chunk (a bounded working set): the deterministic measures equal one
+    unchunked call's (to float rounding: other batches), MC-dropout scores are reproducible per seed and round, and
+    the chunks draw different masks."""
+    from starlora.strategies import get_strategy
+    from starlora.training import TrainSettings, attach_lora
+
+    base, tok = tiny_random()
+    model = attach_lora(base, TrainSettings(lora_r=4, seed=2))
+    for p in model.parameters():  # a trained-looking adapter: B != 0, so the LoRA path changes the scores
+        if p.requires_grad:
+            p.data.normal_(0, 0.5, generator=torch.Generator().manual_seed(3))
+    pool = [Example(f"p{i}", f"Question: is {i} odd?\nAnswer:", "", None) for i in range(12)]
+
+    def scores(strategy, chunk):
+        monkeypatch.setattr(BaseCache, "CHUNK", chunk)
+        return A.acquisition_scores(get_strategy(strategy), model, tok, BOOLQ, pool, t=1, rounds=3, passes=3,
+                                    base_cache=BaseCache(None, "tiny", BOOLQ, FP32), settings=FP32, seed=0)
+
+    whole, chunked = scores("me", 4096), scores("me", 5)
+    np.testing.assert_allclose(chunked["mu_f"], whole["mu_f"], rtol=1e-5, atol=1e-7)
+    mc = scores("star-me", 5)
+    np.testing.assert_array_equal(mc["mu"], scores("star-me", 5)["mu"])  # same seed, round and chunking
+    # one prompt everywhere: chunks 1 and 2 (rows 0-4, 5-9, batched alike) differ only by their masks
+    pool[:] = [dataclasses.replace(ex, prompt=pool[0].prompt) for ex in pool]
+    same = scores("star-me", 5)["mu_f"]
+    assert not np.allclose(same[:5], same[5:10])  # chunk 2 does not reuse chunk 1's masks
