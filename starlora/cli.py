@@ -213,6 +213,12 @@ def cmd_status(args) -> None:
     print(status(args.dir))
 
 
+def cmd_serve(args) -> None:
+    from .serve import serve
+
+    serve(args.dir, args.host, args.port)
+
+
 def add_project_commands(sub) -> None:
     p = sub.add_parser("init", help="human loop: create a project folder from your unlabeled pool",
                        description="Create a project folder holding your unlabeled pool, the labels to come, each "
@@ -261,6 +267,15 @@ def add_project_commands(sub) -> None:
     p = sub.add_parser("status", help="human loop: rounds, counts, held-out accuracy, and what to do next")
     p.add_argument("dir", help="the project folder")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("serve", help="human loop: label, train and query from a web page",
+                       description="Serve the project as a local web page (the serve extra: pip install "
+                                   "'starlora[serve]'). The page and the commands share the folder and mix freely.")
+    p.add_argument("dir", help="the project folder")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; any other address requires the printed token)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765)")
+    p.set_defaults(func=cmd_serve)
 
 
 def add_report_option(p) -> None:

@@ -25,6 +25,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from filelock import FileLock
 
 from . import training
 from .acquisition import Acquisition, BaseCache, RoundSeeds, random_scores
@@ -44,6 +45,7 @@ from .stopping import draw_stop_set, parse_stop_rule, stop_figures
 from .strategies import get_strategy, measure_key, select
 from .tasks import get_task
 from .tracking import Tracking
+from .uncertainty import mixing_weight
 from .training import attach_lora
 
 logger = logging.getLogger(__name__)
@@ -146,13 +148,7 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
     if n < 1:
         raise StarloraError(f"-n must be at least 1 (got {n})")
     labels, adapters, queries = project.labels(), project.adapters(), project.queries()
-    waiting = pending(queries, labels)
-    if waiting:
-        raise StarloraError(f"{len(waiting)} example(s) of the last query ({queries[-1]['file']}) have no label yet; "
-                            f"import them with starlora label {project.folder} FILE first")
-    if labels and len(adapters) < len(queries):
-        raise StarloraError(f"the labels of round {len(queries) - 1} are not trained on yet; "
-                            f"run starlora train {project.folder} first")
+    check_can_query(project, labels, adapters, queries)
     asked = {i for q in queries for i in q["ids"]}
     pool = project.pool()
     kept = asked | set(stop_set(project))  # the stop set is never asked
@@ -171,7 +167,7 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
                                (not adapters and strategy.measure == "bald")):
         mu = random_scores(len(ids), cfg.seed, t)  # BALD of the base model alone is 0 everywhere: say it is random
         selected = select(ids, mu, n, asked, seed=RoundSeeds(cfg.seed, t).tiebreak)
-        how = "random"
+        how, shown = "random", {}
     else:
         preflight(cfg, task)
         model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization)
@@ -181,6 +177,7 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
         prompts = {r["id"]: r["prompt"] for r in pool}
         labeled = [Example(r["id"], prompts[r["id"]], "", None) for r in labels]
         key = measure_key(strategy, cfg.length_norm)
+        mu, lam = None, None
         if cold:  # a diverse first batch: needs no scores
             vectors = acquisition.embeddings.get(model, tokenizer, candidates)
             selected = [ids[i] for i in kmeans_representatives(vectors, n, RoundSeeds(cfg.seed, t).tiebreak)]
@@ -196,12 +193,16 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
                 from peft import PeftModel
 
                 model = PeftModel.from_pretrained(model, str(adapters[-1])).eval()
-                r = min(t - 1, cfg.rounds - 1)  # past the planned R rounds lambda stays at its last value
-                mu = acquisition.scores(model, tokenizer, task, candidates, r)
+                mu = acquisition.scores(model, tokenizer, task, candidates, scoring_round(cfg, t))
                 how = f"{strategy.name} with round {t - 1}'s adapter"
+                lam = query_lambda(project, t)
+                if lam is not None:
+                    how += f", lambda {lam:.3f}"
             if cfg.diversity != "none":
                 how += f", spread over k-means clusters (beta {cfg.diversity_beta:g})"
             selected = acquisition.pick(model, tokenizer, candidates, labeled, mu, n, t)
+        shown = guesses(model, tokenizer, task, settings, [c for c in candidates if c.id in set(selected)], ids, mu)
+        shown["lambda"] = lam
     fields = {r["id"]: r for r in pool}
     out = project.folder / "queries" / f"round_{t}{FORMATS[fmt]}"
     out.parent.mkdir(exist_ok=True)
@@ -209,10 +210,41 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
     if fmt == "labelstudio":
         write_atomic(out.with_name("labelstudio_config.xml"), labelstudio_config(task, cfg.answer_field))
     write_jsonl(project.folder / "queries.jsonl", queries + [{"round": t, "ids": selected, "file": str(out),
-                                                              "how": how}])
+                                                              "how": how, **shown}])
     logger.info(f"round {t}: {len(selected)} example(s) chosen by {how}; label them in:")
     logger.info(str(out))
     return out
+
+
+def check_can_query(project, labels, adapters, queries) -> None:
+    waiting = pending(queries, labels)
+    if waiting:
+        raise StarloraError(f"{len(waiting)} example(s) of the last query ({queries[-1]['file']}) have no label yet; "
+                            f"import them with starlora label {project.folder} FILE first")
+    if labels and len(adapters) < len(queries):
+        raise StarloraError(f"the labels of round {len(queries) - 1} are not trained on yet; "
+                            f"run starlora train {project.folder} first")
+
+
+def scoring_round(cfg, t: int) -> int:
+    """Query t scores with round t-1's adapter; past the planned R rounds lambda stays at its last value."""
+    return min(t - 1, cfg.rounds - 1)
+
+
+def query_lambda(project, t: int) -> float | None:
+    """lambda(t) that query t mixes with (STAR's dynamic strategies, once an adapter exists); None otherwise."""
+    if project.strategy.combine != "mix" or t < 1:
+        return None
+    return mixing_weight(scoring_round(project.cfg, t), project.cfg.rounds, project.cfg.schedule)
+
+
+def guesses(model, tokenizer, task, settings, chosen: list[Example], ids: list[str], mu: dict | None) -> dict:
+    """What the web page may show beside each chosen example: the current model's answer (one deterministic pass
+    over the chosen few) and the score that chose it."""
+    found = score(model, tokenizer, task, chosen, settings=settings, desc="the model's guesses")
+    where = {i: j for j, i in enumerate(ids)}
+    return {"guesses": dict(zip(found.ids, found.predictions)),
+            "scores": {ex.id: float(mu["mu"][where[ex.id]]) for ex in chosen} if mu else {}}
 
 
 def export(task, rows: list[dict], fmt: str, answer_field: str) -> str:
@@ -299,12 +331,61 @@ def _text(value) -> str | None:
 def label(folder, path) -> int:
     """Import answers for the last query. Every row is checked first; any bad row: all are listed, none imported."""
     project = open_project(folder)
-    task = project.task
     answers = read_answers(path, project.cfg.answer_field)
     if not answers:
         raise StarloraError(f"{path}: no rows")
+    with locked(project):
+        labels = project.labels()
+        new, repeated, problems = check_answers(project, labels, answers)
+        if problems:
+            shown = "\n  ".join(problems[:50]) + (f"\n  … and {len(problems) - 50} more" if len(problems) > 50 else "")
+            raise StarloraError(f"{path}: {len(problems)} bad row(s), nothing imported:\n  {shown}")
+        write_jsonl(project.folder / "labels.jsonl", labels + new)  # the one write: all of the file or none of it
+    left = len(pending(project.queries(), labels + new))
+    logger.info(f"{len(new)} label(s) imported" + (f", {repeated} already there" if repeated else "") +
+        (f"; {left} example(s) of the query still unlabeled" if left else "; the query is fully labeled") +
+        f"; {len(labels) + len(new)} labels in all")
+    return len(new)
+
+
+def label_one(folder, id_: str, answer: str) -> bool:
+    """One answer for the last query (the web page's label button), checked and written as `label` does. Returns
+    False when the same answer was there already (a second tab, a retry); a different one is refused."""
+    project = open_project(folder)
+    with locked(project):
+        labels = project.labels()
+        new, _, problems = check_answers(project, labels, [("label", _text(id_), _text(answer))])
+        if problems:
+            raise StarloraError(problems[0].removeprefix("label: "))
+        if new:
+            write_jsonl(project.folder / "labels.jsonl", labels + new)
+    return bool(new)
+
+
+def unlabel(folder, id_: str) -> None:
+    """Take back one label of the last query (undo), as long as no adapter has been trained on that round."""
+    project = open_project(folder)
+    with locked(project):
+        labels, queries = project.labels(), project.queries()
+        if not any(r["id"] == id_ for r in labels):
+            raise StarloraError(f"id {id_!r} has no label to undo")
+        if not queries or id_ not in queries[-1]["ids"]:
+            raise StarloraError(f"id {id_!r} is not in the last query; only its labels can be undone")
+        if len(project.adapters()) >= len(queries):
+            raise StarloraError(f"round {len(queries) - 1} is trained already; its labels can no longer be undone")
+        write_jsonl(project.folder / "labels.jsonl", [r for r in labels if r["id"] != id_])
+
+
+def locked(project):
+    """One writer of labels.jsonl at a time across processes (the label command, each tab of the web page): the
+    check against the labels so far and the write that follows it happen under this lock."""
+    return FileLock(project.folder / ".labels.lock")
+
+
+def check_answers(project, labels, answers) -> tuple[list[dict], int, list[str]]:
+    """(new label records, answers already there unchanged, problems) for (where, id, answer) rows."""
+    task = project.task
     pool_ids = {r["id"] for r in project.pool()}
-    labels = project.labels()
     already = {r["id"]: r["answer"] for r in labels}
     queries = project.queries()
     last = set(queries[-1]["ids"]) if queries else set()
@@ -335,15 +416,7 @@ def label(folder, path) -> int:
                     repeated += 1  # the same answer imported again (e.g. after a crash): nothing to do
                 continue
             new.append({"id": id_, "answer": answer, "round": len(queries) - 1})
-    if problems:
-        shown = "\n  ".join(problems[:50]) + (f"\n  … and {len(problems) - 50} more" if len(problems) > 50 else "")
-        raise StarloraError(f"{path}: {len(problems)} bad row(s), nothing imported:\n  {shown}")
-    write_jsonl(project.folder / "labels.jsonl", labels + new)  # the one write: all of the file or none of it
-    left = len(pending(queries, labels + new))
-    logger.info(f"{len(new)} label(s) imported" + (f", {repeated} already there" if repeated else "") +
-        (f"; {left} example(s) of the query still unlabeled" if left else "; the query is fully labeled") +
-        f"; {len(labels) + len(new)} labels in all")
-    return len(new)
+    return new, repeated, problems
 
 
 # ---------------------------------------------------------------- train
@@ -356,11 +429,7 @@ def train(folder, report_to=(), push_to_hub: str | None = None, command: str | N
     project = open_project(folder)
     cfg, task, strategy = project.cfg, project.task, project.strategy
     labels, adapters = project.labels(), project.adapters()
-    if not labels:
-        raise StarloraError(f"{project.folder} has no labels yet: starlora query, then starlora label, first")
-    trained = json.loads((adapters[-1] / "train.json").read_text())["n_labels"] if adapters else 0
-    if len(labels) == trained:
-        raise StarloraError(f"no new labels since round {len(adapters) - 1}'s adapter ({trained} labels)")
+    check_can_train(project, labels, adapters)
     prompts = {r["id"]: r["prompt"] for r in project.pool()}
     examples = [Example(r["id"], prompts[r["id"]], task.target(r["answer"]), task.gold(r["answer"])) for r in labels]
     settings, train_settings = method_settings(cfg, strategy)
@@ -406,6 +475,14 @@ def train(folder, report_to=(), push_to_hub: str | None = None, command: str | N
     return final
 
 
+def check_can_train(project, labels, adapters) -> None:
+    if not labels:
+        raise StarloraError(f"{project.folder} has no labels yet: starlora query, then starlora label, first")
+    trained = json.loads((adapters[-1] / "train.json").read_text())["n_labels"] if adapters else 0
+    if len(labels) == trained:
+        raise StarloraError(f"no new labels since round {len(adapters) - 1}'s adapter ({trained} labels)")
+
+
 # ---------------------------------------------------------------- status
 
 
@@ -426,16 +503,23 @@ def status(folder) -> str:
     lines += [f"round {t} query: {q.get('how', '?')}" for t, q in enumerate(queries)]
     if not queries:
         lines.append(f"first query: {first_query_rule(project.strategy)}")
-    records = [json.loads((a / "train.json").read_text()) for a in adapters]
-    if records and "stop_uncertainty" in records[-1]:
-        last, rule = records[-1], parse_stop_rule(cfg.stop_when)
-        kappa = "n/a (first round)" if last["stop_kappa"] is None else f"{last['stop_kappa']:.3f}"
-        lines.append(f"stopping ({len(stop_set(project))}-example stop set): kappa with the previous round {kappa}, "
-                     f"mean uncertainty {last['stop_uncertainty']:.4f}")
-        if rule:
-            lines.append(f"you can stop: {rule} holds" if rule.holds(records) else f"{rule} does not hold yet")
+    lines += stopping_lines(project, [json.loads((a / "train.json").read_text()) for a in adapters])
     lines.append("next: " + next_step(project, labels, queries, adapters))
     return "\n".join(lines)
+
+
+def stopping_lines(project, records: list[dict]) -> list[str]:
+    """The stopping criteria after the last trained round (records: the rounds' train.json), and whether the
+    project's --stop-when rule holds ("you can stop")."""
+    if not records or "stop_uncertainty" not in records[-1]:
+        return []
+    last, rule = records[-1], parse_stop_rule(project.cfg.stop_when)
+    kappa = "n/a (first round)" if last["stop_kappa"] is None else f"{last['stop_kappa']:.3f}"
+    lines = [f"stopping ({len(stop_set(project))}-example stop set): kappa with the previous round {kappa}, "
+             f"mean uncertainty {last['stop_uncertainty']:.4f}"]
+    if rule:
+        lines.append(f"you can stop: {rule} holds" if rule.holds(records) else f"{rule} does not hold yet")
+    return lines
 
 
 def stop_set(project) -> list[str]:

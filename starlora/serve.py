@@ -1,0 +1,284 @@
+"""`starlora serve PROJECT`: the human loop as a local web page over the same project folder the commands use.
+
+The page is presentation only. Every label goes through project.label_one (the checks and the atomic write of
+`starlora label`, under the same lock); training and querying run project.train and project.query in one
+background thread; every request reads the folder afresh. So the page and the commands mix freely, and killing the
+server at any moment leaves the folder as killing the command would.
+
+Bound to localhost by default, where only requests addressed to localhost are answered (a page elsewhere cannot
+reach it through DNS rebinding). Any other address needs a token, generated and printed at start, on every request.
+"""
+
+import ipaddress
+import json
+import logging
+import secrets
+import threading
+import time
+from collections import Counter
+from importlib.resources import files
+from pathlib import Path
+
+from . import project as P
+from .errors import StarloraError
+from .tokens import watch_progress
+
+logger = logging.getLogger(__name__)
+LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
+TOKEN_COOKIE = "starlora_token"
+
+
+def is_local(host: str) -> bool:
+    try:
+        return host in LOCAL_NAMES or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Job:
+    """One background training or query: its current progress bar, its last log line, and how it ended."""
+
+    def __init__(self, kind: str):
+        self.kind, self.started = kind, time.time()
+        self.bar = None
+        self.messages: list[str] = []
+        self.error: str | None = None
+        self.finished: float | None = None
+        self.thread: threading.Thread | None = None
+
+    def view(self) -> dict:
+        bar = self.bar
+        return {"kind": self.kind, "running": self.finished is None, "error": self.error, "message": " ".join(self.messages),
+                "step": bar.desc if bar is not None else "loading the model",
+                "done": bar.n if bar is not None else 0, "total": bar.total if bar is not None else None,
+                "seconds": round((self.finished or time.time()) - self.started, 1)}
+
+
+class Jobs:
+    """At most one training or query at a time: a second start is refused while one runs."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.current: Job | None = None
+
+    @property
+    def running(self) -> Job | None:
+        job = self.current
+        return job if job is not None and job.finished is None else None
+
+    def start(self, kind: str, check, work) -> Job:
+        """Run work() in the background after check() (which raises when the folder is not ready for it)."""
+        with self._lock:
+            self.refuse_if_busy()
+            check()
+            job = self.current = Job(kind)
+        job.thread = threading.Thread(target=self._run, args=(job, work), name=f"starlora-{kind}", daemon=True)
+        job.thread.start()
+        return job
+
+    def refuse_if_busy(self) -> None:
+        if self.running:
+            what = "training" if self.running.kind == "train" else "a query"
+            raise Busy(f"{what} is already running; wait for it to finish")
+
+    def _run(self, job: Job, work) -> None:
+        handler = _LastLine(job)
+        logging.getLogger("starlora").addHandler(handler)
+        try:
+            with watch_progress(lambda bar: setattr(job, "bar", bar)):
+                work()
+        except StarloraError as e:
+            job.error = str(e)
+        except Exception as e:  # the page says what failed; the server keeps serving
+            logger.exception(f"{job.kind} failed")
+            job.error = f"{type(e).__name__}: {e}"
+        finally:
+            logging.getLogger("starlora").removeHandler(handler)
+            job.finished = time.time()
+
+
+class Busy(StarloraError):
+    pass
+
+
+class _LastLine(logging.Handler):
+    """Keeps the job's info lines (e.g. the held-out accuracy of the adapter just trained) for the page."""
+
+    def __init__(self, job: Job):
+        super().__init__(logging.INFO)
+        self.job, self.thread = job, threading.get_ident()
+
+    def emit(self, record):
+        if record.thread == self.thread:
+            self.job.messages.append(record.getMessage())
+
+
+# ---------------------------------------------------------------- what the page shows
+
+
+def state(folder) -> dict:
+    """The project as the page shows it: counts, the learning curve, the last query, what to do next."""
+    project = P.open_project(folder)
+    cfg, task = project.cfg, project.task
+    labels, queries, adapters, pool = project.labels(), project.queries(), project.adapters(), project.pool()
+    records = [json.loads((a / "train.json").read_text()) for a in adapters]
+    per_round = Counter(r["round"] for r in labels)
+    rounds = [{"round": t, "queried": len(queries[t]["ids"]) if t < len(queries) else 0,
+               "labeled": per_round.get(t, 0),
+               "trained_on": records[t]["n_labels"] if t < len(records) else None,
+               "accuracy": records[t].get("accuracy") if t < len(records) else None}
+              for t in range(max(len(queries), len(records)))]
+    last = queries[-1] if queries else None
+    waiting = P.pending(queries, labels)
+    return {
+        "project": {"name": project.folder.name, "task": cfg.task, "strategy": cfg.strategy, "model": cfg.model,
+                    "closed": task.closed, "candidates": list(task.candidates or []), "rounds_planned": cfg.rounds},
+        "counts": {"pool": len(pool), "labeled": len(labels), "asked": sum(len(q["ids"]) for q in queries),
+                   "awaiting": len(waiting), "held_out": len(project.test())},
+        "answers": dict(Counter(task.gold(r["answer"]) for r in labels)) if task.closed else {},
+        "rounds": rounds,
+        "query": None if last is None else {
+            "round": len(queries) - 1, "size": len(last["ids"]), "labeled": len(last["ids"]) - len(waiting),
+            "how": last.get("how", "?"), "lambda": last.get("lambda"), "file": last["file"],
+            "trained": len(adapters) >= len(queries)},
+        "next_lambda": P.query_lambda(project, len(queries)),
+        "mixes": project.strategy.combine == "mix",
+        "can_train": not waiting and bool(labels) and (not records or records[-1]["n_labels"] < len(labels)),
+        "can_query": not waiting and not (labels and len(adapters) < len(queries)),
+        "stopping": P.stopping_lines(project, records),
+        "next": P.next_step(project, labels, queries, adapters),
+    }
+
+
+def query_items(folder) -> dict:
+    """The last query's examples in order, each with its label so far and the model's guess and score."""
+    project = P.open_project(folder)
+    queries = project.queries()
+    if not queries:
+        return {"round": None, "items": []}
+    last = queries[-1]
+    rows = {r["id"]: r for r in project.pool()}
+    answers = {r["id"]: r["answer"] for r in project.labels()}
+    guesses, scores = last.get("guesses", {}), last.get("scores", {})
+    return {"round": len(queries) - 1, "items": [
+        {"id": i, "prompt": rows[i]["prompt"], "answer": answers.get(i),
+         "guess": guesses.get(i), "score": scores.get(i)} for i in last["ids"]]}
+
+
+# ---------------------------------------------------------------- the application
+
+
+def create_app(folder, token: str | None = None, local: bool = True):
+    """The FastAPI application over a project folder. token: required on every request (query parameter `token`,
+    which also sets a cookie, the header X-Starlora-Token, or that cookie). local: answer only requests addressed to
+    localhost."""
+    try:
+        from fastapi import FastAPI, HTTPException, Request
+        from fastapi.responses import HTMLResponse, PlainTextResponse
+        from pydantic import BaseModel, Field
+    except ImportError:
+        raise StarloraError("starlora serve needs the web extra: pip install 'starlora[serve]'") from None
+    folder = Path(folder)
+    P.open_project(folder)  # a clear error before anything is served
+    jobs = Jobs()
+    app = FastAPI(title="starlora", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.jobs = jobs
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if local and not is_local(request.url.hostname or ""):
+            return PlainTextResponse("starlora serve answers requests to localhost only", status_code=403)
+        if token is not None:
+            given = (request.query_params.get("token") or request.headers.get("x-starlora-token")
+                     or request.cookies.get(TOKEN_COOKIE) or "")
+            if not secrets.compare_digest(given.encode(), token.encode()):
+                return PlainTextResponse("starlora serve: this address needs the token printed when the server "
+                                         "started (open the URL it printed)", status_code=403)
+        response = await call_next(request)
+        if token is not None and request.query_params.get("token"):
+            response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
+        return response
+
+    def refused(e: StarloraError):
+        return HTTPException(status_code=409 if isinstance(e, Busy) else 400, detail=str(e))
+
+    class LabelIn(BaseModel):
+        id: str
+        answer: str
+
+    class UndoIn(BaseModel):
+        id: str
+
+    class QueryIn(BaseModel):
+        n: int = Field(ge=1, le=100_000)
+        random: bool = False
+
+    @app.get("/", response_class=HTMLResponse)
+    def page():
+        return files("starlora").joinpath("web/index.html").read_text(encoding="utf-8")
+
+    @app.get("/api/state")
+    def get_state():
+        job = jobs.current
+        return {**state(folder), "job": job.view() if job else None}
+
+    @app.get("/api/query")
+    def get_query():
+        return query_items(folder)
+
+    @app.post("/api/label")
+    def post_label(item: LabelIn):
+        try:
+            new = P.label_one(folder, item.id, item.answer)
+        except StarloraError as e:
+            raise refused(e) from None
+        return {"new": new, **state(folder)["query"]}
+
+    @app.post("/api/undo")
+    def post_undo(item: UndoIn):
+        try:
+            jobs.refuse_if_busy()  # a training reads the labels as they are now
+            P.unlabel(folder, item.id)
+        except StarloraError as e:
+            raise refused(e) from None
+        return state(folder)["query"]
+
+    @app.post("/api/train", status_code=202)
+    def post_train():
+        project = P.open_project(folder)
+        try:
+            job = jobs.start("train", lambda: P.check_can_train(project, project.labels(), project.adapters()),
+                             lambda: P.train(folder, command=f"starlora serve {folder}"))
+        except StarloraError as e:
+            raise refused(e) from None
+        return job.view()
+
+    @app.post("/api/query", status_code=202)
+    def post_query(item: QueryIn):
+        project = P.open_project(folder)
+        try:
+            job = jobs.start("query", lambda: P.check_can_query(project, project.labels(), project.adapters(),
+                                                                 project.queries()),
+                             lambda: P.query(folder, item.n, random=item.random))
+        except StarloraError as e:
+            raise refused(e) from None
+        return job.view()
+
+    return app
+
+
+def serve(folder, host: str = "127.0.0.1", port: int = 8765) -> None:
+    """Run the page until Ctrl+C. Another address than localhost gets a fresh token, printed with the URL."""
+    try:
+        import uvicorn
+    except ImportError:
+        raise StarloraError("starlora serve needs the web extra: pip install 'starlora[serve]'") from None
+    local = is_local(host)
+    token = None if local else secrets.token_urlsafe(16)
+    app = create_app(folder, token=token, local=local)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    url = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/" + (f"?token={token}" if token else "")
+    logger.info(f"starlora serve: {folder} at {url}  (Ctrl+C stops)")
+    if token:
+        logger.info("every request needs this token; share the URL only with the people who label")
+    uvicorn.run(app, host=host, port=port, log_level="warning")
