@@ -239,12 +239,15 @@ def query_lambda(project, t: int) -> float | None:
 
 
 def guesses(model, tokenizer, task, settings, chosen: list[Example], ids: list[str], mu: dict | None) -> dict:
-    """What the web page may show beside each chosen example: the current model's answer (one deterministic pass
-    over the chosen few) and the score that chose it."""
-    found = score(model, tokenizer, task, chosen, settings=settings, desc="the model's guesses")
+    """What the web page may show beside each chosen example: the score that chose it and, for closed-set tasks, the
+    current model's answer (one deterministic forward pass over the chosen few; for an open task the answer would
+    cost a generation per example, so none is kept)."""
     where = {i: j for j, i in enumerate(ids)}
-    return {"guesses": dict(zip(found.ids, found.predictions)),
-            "scores": {ex.id: float(mu["mu"][where[ex.id]]) for ex in chosen} if mu else {}}
+    shown = {"scores": {ex.id: float(mu["mu"][where[ex.id]]) for ex in chosen} if mu else {}}
+    if task.closed:
+        found = score(model, tokenizer, task, chosen, settings=settings, desc="the model's guesses")
+        shown["guesses"] = dict(zip(found.ids, found.predictions))
+    return shown
 
 
 def export(task, rows: list[dict], fmt: str, answer_field: str) -> str:

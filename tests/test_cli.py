@@ -16,7 +16,8 @@ def test_help_lists_commands():
     out = run("--help")
     assert out.returncode == 0
     listed = set(re.findall(r"^    (\w+)\s{2,}\S", out.stdout, re.M))  # the sub-command table, one per line
-    assert listed == {"run", "sweep", "report", "eval", "demo", "bench", "init", "query", "label", "train", "status"}
+    assert listed == {"run", "sweep", "report", "eval", "demo", "bench", "init", "query", "label", "train", "status",
+                      "serve"}
     sub = run("eval", "--help")
     assert "--train-file" in sub.stdout and "--template" in sub.stdout and "--model" in sub.stdout
 

@@ -247,3 +247,18 @@ def test_killing_the_server_mid_training_leaves_the_folder_as_the_commands_would
         assert main(["train", str(proj)]) == 0
     assert json.loads((proj / "adapters" / "round_0" / "train.json").read_text())["n_labels"] == 4
     assert main(["query", str(proj), "-n", "2"]) == 0
+
+
+def test_an_open_task_takes_free_text_and_keeps_no_guess(tmp_path):
+    (tmp_path / "pool.jsonl").write_text("".join(
+        json.dumps({"id": f"m{i}", "question": f"What is {i} plus {i}?\nAnswer:"}) + "\n" for i in range(8)))
+    assert main(["init", str(tmp_path / "proj"), "--task", "open", "--pool", str(tmp_path / "pool.jsonl"),
+                 "--model", "tiny-random", "--epochs", "1", "--lora-r", "4", "--max-new-tokens", "4"]) == 0
+    client = TestClient(create_app(tmp_path / "proj"), base_url="http://127.0.0.1")
+    assert not client.get("/api/state").json()["project"]["closed"]
+    ids = queried(client, 2)
+    items = client.get("/api/query").json()["items"]
+    assert all(it["guess"] is None and isinstance(it["score"], float) for it in items)
+    assert client.post("/api/label", json={"id": ids[0], "answer": "  "}).status_code == 400
+    assert client.post("/api/label", json={"id": ids[0], "answer": "the answer is 12"}).json()["new"]
+    assert P.open_project(tmp_path / "proj").labels()[0]["answer"] == "the answer is 12"
