@@ -32,7 +32,7 @@ from .models import load_model
 from .scoring import ScoringSettings, score
 from .masks import adapter_disabled
 from .tokens import join
-from .stopping import draw_stop_set, parse_stop_rule, stop_figures
+from .stopping import draw_stop_set, parse_stop_rule, stop_figures, stop_measure
 from .strategies import Strategy, get_strategy, measure_key
 from .tasks import Task, get_task
 from .tracking import Tracking, run_name
@@ -201,7 +201,8 @@ def run(cfg: RunConfig, out: str | Path, *, dry_run: bool = False, on_round=None
         prepared.tracking.step = sum(r.get("train_steps", 0) for r in records)
     labeled = [i for r in records for i in r["added"]]
     added = records[-1]["selected"] if records else prepared.initial
-    for t in range(len(records), cfg.rounds):
+    stopped = bool(records and records[-1].get("stopped"))  # a crash after the stopping round: it stays stopped
+    for t in range(len(records), len(records) if stopped else cfg.rounds):
         labeled += added
         records.append(run_round(prepared, t, labeled, added, records))
         write_jsonl(out / "rounds.jsonl", records)  # the round is finished once this rename lands
@@ -357,7 +358,7 @@ def stop_set_figures(x: Experiment, current, t: int) -> dict:
     scores = score(current, x.tokenizer, x.task, x.stop, settings=x.settings, desc=f"round {t} stop set")
     previous = x.out / "stop" / f"round_{t - 1}.json"
     figures = stop_figures(json.loads(previous.read_text()) if t and previous.exists() else None,
-                           scores.predictions, scores.measures[x.measure])
+                           scores.predictions, scores.measures[stop_measure(x.strategy, x.cfg.length_norm)])
     write_json(x.out / "stop" / f"round_{t}.json", {"ids": [ex.id for ex in x.stop], "predictions": scores.predictions,
                                                     "mean": figures["stop_uncertainty"]})
     return figures

@@ -41,7 +41,7 @@ from .files import read_jsonl, write_atomic, write_json, write_jsonl
 from .memory import preflight
 from .models import load_model
 from .scoring import score
-from .stopping import draw_stop_set, parse_stop_rule, stop_figures
+from .stopping import draw_stop_set, parse_stop_rule, stop_figures, stop_measure
 from .strategies import get_strategy, measure_key, select
 from .tasks import get_task
 from .tracking import Tracking
@@ -451,7 +451,7 @@ def train(folder, report_to=(), push_to_hub: str | None = None, command: str | N
         stop_scores = score(model, tokenizer, task, stop_examples, settings=settings, desc=f"round {t} stop set")
         last = adapters[-1] / "stop.json" if adapters else None
         record |= stop_figures(json.loads(last.read_text()) if last and last.exists() else None,
-                               stop_scores.predictions, stop_scores.measures[stop_measure(strategy, cfg)])
+                               stop_scores.predictions, stop_scores.measures[stop_measure(strategy, cfg.length_norm)])
     if report_to:
         tracking = Tracking(report_to, f"{project.folder.name}/round{t}", project.folder, dataclasses.asdict(cfg))
         for loss in stats["step_losses"]:
@@ -469,8 +469,14 @@ def train(folder, report_to=(), push_to_hub: str | None = None, command: str | N
         write_json(tmp / "stop.json", {"ids": [ex.id for ex in stop_examples], "predictions": stop_scores.predictions,
                                        "mean": record["stop_uncertainty"]})
     write_json(tmp / "train.json", record)
-    shutil.rmtree(final, ignore_errors=True)  # a half-renamed leftover without train.json
-    tmp.rename(final)  # the round exists once this rename lands
+    with locked(project):  # a label trained on and undone meanwhile would make this adapter a lie
+        now = {r["id"]: r["answer"] for r in project.labels()}
+        if any(now.get(r["id"]) != r["answer"] for r in labels):
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise StarloraError(f"{project.folder}: labels were undone or changed while round {t} trained; nothing "
+                                f"saved: starlora train again")
+        shutil.rmtree(final, ignore_errors=True)  # a half-renamed leftover without train.json
+        tmp.rename(final)  # the round exists once this rename lands
     extra = f", held-out accuracy {record['accuracy']:.1f}%" if "accuracy" in record else ""
     logger.info(f"round {t}: adapter trained on {len(labels)} labels (loss {stats['loss']:.3f}{extra}): {final}")
     if push_to_hub:
@@ -528,11 +534,6 @@ def stopping_lines(project, records: list[dict]) -> list[str]:
 def stop_set(project) -> list[str]:
     """The project's stop set (--stop-set-size at init): seeded from the pool, never queried."""
     return draw_stop_set([r["id"] for r in project.pool()], set(), project.cfg.stop_set_size, project.cfg.seed)
-
-
-def stop_measure(strategy, cfg) -> str:
-    """The uncertainty the stopping figures average: the strategy's own, ME for those without one."""
-    return measure_key(strategy, cfg.length_norm) or ("me_norm" if cfg.length_norm else "me")
 
 
 def first_query_rule(strategy) -> str:

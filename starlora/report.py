@@ -264,7 +264,8 @@ def _delta_auc(plt, rows, title, path) -> list[Path]:
     """ΔAUC against random per strategy: the mean with its paired 95% interval, and each seed's difference as a dot."""
     if not rows:
         return []
-    fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(rows) + 2), 4))
+    per_row = max(1.2, 0.085 * max(len(r["strategy"]) for r in rows))  # inches: long names must not overlap
+    fig, ax = plt.subplots(figsize=(max(4, per_row * len(rows) + 2), 4))
     for x, r in enumerate(rows):
         d = r["delta_auc"]
         ax.scatter([x - 0.15] * d["n"], d["deltas"], s=12, color="grey", alpha=0.6, zorder=2)

@@ -9,6 +9,7 @@ Bound to localhost by default, where only requests addressed to localhost are an
 reach it through DNS rebinding). Any other address needs a token, generated and printed at start, on every request.
 """
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -18,6 +19,7 @@ import time
 from collections import Counter
 from importlib.resources import files
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from . import project as P
 from .errors import StarloraError
@@ -33,6 +35,16 @@ def is_local(host: str) -> bool:
         return host in LOCAL_NAMES or ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def cross_site(headers) -> bool:
+    """A request another site's page sent (a form or fetch from the user's browser; CSRF): browsers say so in
+    Sec-Fetch-Site, older ones name the page's origin, which must then be the host the request went to."""
+    site = headers.get("sec-fetch-site")
+    if site is not None:
+        return site not in ("same-origin", "none")
+    origin = headers.get("origin")
+    return origin is not None and urlsplit(origin).netloc != headers.get("host")
 
 
 class Job:
@@ -77,9 +89,17 @@ class Jobs:
         return job
 
     def refuse_if_busy(self) -> None:
-        if self.running:
-            what = "training" if self.running.kind == "train" else "a query"
+        running = self.running  # read once: the job may finish in between
+        if running:
+            what = "training" if running.kind == "train" else "a query"
             raise Busy(f"{what} is already running; wait for it to finish")
+
+    @contextlib.contextmanager
+    def idle(self):
+        """Hold off any start while a label changes: a training reads the labels as they are when it starts."""
+        with self._lock:
+            self.refuse_if_busy()
+            yield
 
     def _run(self, job: Job, work) -> None:
         handler = _LastLine(job)
@@ -188,6 +208,8 @@ def create_app(folder, token: str | None = None, local: bool = True):
     async def guard(request: Request, call_next):
         if local and not is_local(request.url.hostname or ""):
             return PlainTextResponse("starlora serve answers requests to localhost only", status_code=403)
+        if request.method != "GET" and cross_site(request.headers):
+            return PlainTextResponse("starlora serve: changes come from its own page only", status_code=403)
         if token is not None:
             given = (request.query_params.get("token") or request.headers.get("x-starlora-token")
                      or request.cookies.get(TOKEN_COOKIE) or "")
@@ -229,7 +251,8 @@ def create_app(folder, token: str | None = None, local: bool = True):
     @app.post("/api/label")
     def post_label(item: LabelIn):
         try:
-            new = P.label_one(folder, item.id, item.answer)
+            with jobs.idle():
+                new = P.label_one(folder, item.id, item.answer)
         except StarloraError as e:
             raise refused(e) from None
         return {"new": new, **state(folder)["query"]}
@@ -237,8 +260,8 @@ def create_app(folder, token: str | None = None, local: bool = True):
     @app.post("/api/undo")
     def post_undo(item: UndoIn):
         try:
-            jobs.refuse_if_busy()  # a training reads the labels as they are now
-            P.unlabel(folder, item.id)
+            with jobs.idle():
+                P.unlabel(folder, item.id)
         except StarloraError as e:
             raise refused(e) from None
         return state(folder)["query"]

@@ -127,6 +127,7 @@ def test_every_refusal_names_the_problem(client, proj):
     assert client.post("/api/train").status_code == 202
     assert "training is already running" in client.post("/api/train").json()["detail"]  # a second click
     assert client.post("/api/train").status_code == 409
+    assert "running" in client.post("/api/label", json={"id": ids[1], "answer": "true"}).json()["detail"]
     assert "running" in client.post("/api/undo", json={"id": ids[0]}).json()["detail"]
     wait_for_job(client)
     assert "trained already" in client.post("/api/undo", json={"id": ids[0]}).json()["detail"]
@@ -199,6 +200,42 @@ def test_another_address_needs_the_token(proj, monkeypatch):
     logs.clear()
     serve(proj, host="127.0.0.1", port=9999)
     assert "token" not in logs[0]
+
+
+def test_another_site_cannot_make_changes(client, proj):
+    # a page elsewhere can make the user's browser POST to localhost (CSRF); browsers name the sending site
+    for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
+                    {"Origin": "http://evil.example"}):
+        r = client.post("/api/query", json={"n": 2}, headers=headers)
+        assert r.status_code == 403 and "its own page" in r.text
+    assert client.get("/api/state", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200  # reading is fine
+    assert not (proj / "queries").exists()  # nothing was done
+    # the page itself: Sec-Fetch-Site same-origin, or an Origin naming the host it asks
+    assert client.post("/api/query", json={"n": 2}, headers={"Sec-Fetch-Site": "same-origin"}).status_code == 202
+    wait_for_job(client)
+    first = client.get("/api/query").json()["items"][0]["id"]
+    r = client.post("/api/label", json={"id": first, "answer": GOLD[first]}, headers={"Origin": "http://127.0.0.1"})
+    assert r.status_code == 200 and r.json()["new"]
+
+
+def test_labels_undone_while_training_keep_the_adapter_out(proj, monkeypatch):
+    P.query(proj, 4)
+    ids = P.open_project(proj).queries()[0]["ids"]
+    for i in ids:
+        P.label_one(proj, i, GOLD[i])
+    real = P.training.train
+
+    def undo_meanwhile(*args, **kwargs):  # another process undoes a label this round is training on
+        P.unlabel(proj, ids[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(P.training, "train", undo_meanwhile)
+    with pytest.raises(P.StarloraError, match="undone or changed while round 0 trained; nothing saved"):
+        P.train(proj)
+    assert not (proj / "adapters" / "round_0").exists() and P.open_project(proj).adapters() == []
+    monkeypatch.setattr(P.training, "train", real)
+    P.label_one(proj, ids[0], GOLD[ids[0]])
+    assert P.train(proj).name == "round_0"
 
 
 def test_not_a_project_is_one_line(tmp_path, capsys):

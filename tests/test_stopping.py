@@ -55,6 +55,10 @@ def test_a_run_records_the_criteria_stops_early_and_stays_stopped(tmp_path):
     assert (out / "adapter" / "adapter_model.safetensors").exists()  # the stopping round's adapter is the result
     run(resolve("paper", **base, stop_when="kappa:0:1"), out)  # re-running a stopped run: nothing more
     assert len(read_jsonl(out / "rounds.jsonl")) == 2
+    (out / "summary.json").unlink()  # a crash after the stopping round landed, before its summary
+    run(resolve("paper", **base, stop_when="kappa:0:1"), out)
+    assert read_jsonl(out / "rounds.jsonl") == rounds  # no round trained after the stop; the summary is written
+    assert json.loads((out / "summary.json").read_text())["stopped_at"] == 1
     # without a rule the same stop set is recorded every round, apart from the probe, never a candidate or labeled
     full = tmp_path / "full"
     run(resolve("paper", **base), full)
