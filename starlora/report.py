@@ -222,20 +222,24 @@ def plot(runs, rows, out: Path) -> list[Path]:
 
 
 def _learning_curves(plt, runs, title, path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for strategy in sorted({r["strategy"] for r in runs}):
+    strategies = sorted({r["strategy"] for r in runs})
+    fig, ax = plt.subplots(figsize=(6 + 2 * (len(strategies) > 4), 4))  # room for a legend beside many curves
+    for strategy in strategies:
         rs = [r for r in runs if r["strategy"] == strategy]
         n = min(len(r["curve"]) for r in rs)
         curves = np.array([r["curve"][:n] for r in rs])
         x = rs[0]["n_labeled"][:n]
         (line,) = ax.plot(x, curves.mean(0), marker="o", label=f"{strategy} (n={len(rs)})")
         if len(rs) > 1:  # the band in its line's colour
-            ax.fill_between(x, curves.mean(0) - curves.std(0), curves.mean(0) + curves.std(0), alpha=0.2,
+            ax.fill_between(x, curves.mean(0) - curves.std(0), curves.mean(0) + curves.std(0), alpha=0.12,
                             color=line.get_color())
     ax.set(xlabel="labeled examples", ylabel="test accuracy (%)")
     ax.set_title(f"{title}: learning curves (mean ± std)", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if len(strategies) > 4:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    else:
+        ax.legend()
     return _save(fig, path)
 
 
