@@ -322,7 +322,8 @@ def run_round(x: Experiment, t: int, labeled: list[str], added: list[str], previ
         write_json(out / "probe" / f"round_{t}.json", dict(zip(probe_ids, probe.measures[x.measure].tolist())))
     figures = stop_set_figures(x, current, t)
     rule = parse_stop_rule(cfg.stop_when)
-    stopped = bool(rule and rule.holds([*previous, {"round": t, **figures}]))
+    # the last planned round ends the run anyway: "stopped" means ended early
+    stopped = bool(rule and t < cfg.rounds - 1 and rule.holds([*previous, {"round": t, **figures}]))
     selected, lam = [], None
     if t < cfg.rounds - 1 and not stopped:
         start = time.time()

@@ -59,6 +59,11 @@ def test_a_run_records_the_criteria_stops_early_and_stays_stopped(tmp_path):
     run(resolve("paper", **base, stop_when="kappa:0:1"), out)
     assert read_jsonl(out / "rounds.jsonl") == rounds  # no round trained after the stop; the summary is written
     assert json.loads((out / "summary.json").read_text())["stopped_at"] == 1
+    # a rule that first holds in the last planned round ends nothing early
+    last = tmp_path / "last"
+    run(resolve("paper", **{**base, "rounds": 2}, stop_when="kappa:0:1"), last)
+    assert "stopped" not in read_jsonl(last / "rounds.jsonl")[-1]
+    assert "stopped_at" not in json.loads((last / "summary.json").read_text())
     # without a rule the same stop set is recorded every round, apart from the probe, never a candidate or labeled
     full = tmp_path / "full"
     run(resolve("paper", **base), full)
