@@ -62,7 +62,7 @@ def kmeanspp(x: np.ndarray, k: int, seed: int = 0) -> list[int]:
     distinct = len(np.unique(x, axis=0))
     _, picked = kmeans_plusplus(x, min(k, distinct), random_state=seed, n_local_trials=1)
     picked = list(dict.fromkeys(int(i) for i in picked))
-    return picked + [i for i in range(len(x)) if i not in set(picked)][: k - len(picked)]  # duplicates in x
+    return picked + _fill(len(x), picked, k)  # duplicates in x
 
 
 def cluster_spread(scores: np.ndarray, embeddings: np.ndarray, k: int, beta: float, seed: int = 0) -> list[int]:
@@ -107,4 +107,10 @@ def kmeans_representatives(embeddings: np.ndarray, k: int, seed: int = 0) -> lis
             d = np.linalg.norm(x[members] - fit.cluster_centers_[c], axis=1)
             picked.append(int(members[np.argmin(d)]))
     picked = list(dict.fromkeys(picked))
-    return picked + [i for i in range(len(x)) if i not in set(picked)][: k - len(picked)]  # empty clusters
+    return picked + _fill(len(x), picked, k)  # empty clusters
+
+
+def _fill(n: int, picked: list[int], k: int) -> list[int]:
+    """The lowest indices not yet picked, up to k picks in all."""
+    taken = set(picked)
+    return [i for i in range(n) if i not in taken][: k - len(picked)]

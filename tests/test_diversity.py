@@ -58,13 +58,14 @@ def test_selection_properties(n, k, seed, data_seed):
     rng = np.random.default_rng(data_seed)
     x = rng.normal(size=(n, 4)).round(1)  # rounding makes duplicate points likely
     scores = rng.random(n)
-    picks = [D.kcenter_greedy(x, rng.normal(size=(3, 4)), k, seed)[0], D.kmeanspp(x, k, seed),
-             D.cluster_spread(scores, x, k, 3.0, seed)]
-    again = [D.kcenter_greedy(x, rng.normal(size=(3, 4)), k, seed)[0], D.kmeanspp(x, k, seed),
-             D.cluster_spread(scores, x, k, 3.0, seed)]
+    labeled = rng.normal(size=(3, 4))
+    picks = [D.kcenter_greedy(x, labeled, k, seed)[0], D.kcenter_greedy(x, labeled[:0], k, seed)[0],
+             D.kmeanspp(x, k, seed), D.cluster_spread(scores, x, k, 3.0, seed)]
+    again = [D.kcenter_greedy(x, labeled, k, seed)[0], D.kcenter_greedy(x, labeled[:0], k, seed)[0],
+             D.kmeanspp(x, k, seed), D.cluster_spread(scores, x, k, 3.0, seed)]
     for p in picks:
         assert len(p) == min(n, k) and len(set(p)) == len(p) and all(0 <= i < n for i in p)
-    assert picks[1:] == again[1:]  # deterministic per seed (core-set's labeled set was drawn anew above)
+    assert picks == again  # deterministic per seed, core-set with and without a labeled set too
 
 
 def small_run(tmp_path, **kw):
