@@ -181,8 +181,7 @@ class Acquisition:
         if self.strategy.pick == "coreset":
             order, mu["mu"] = diversity.kcenter_greedy(emb, self.embeddings.get(model, tokenizer, labeled), n, seed)
         elif self.strategy.pick == "badge":
-            grads = diversity.gradient_embeddings(mu.pop("probs"), emb)
-            order, mu["mu"] = diversity.kmeanspp(grads, n, seed), np.linalg.norm(grads, axis=1)
+            order, mu["mu"] = diversity.badge(mu.pop("probs"), emb, n, seed)
         else:
             order = diversity.cluster_spread(mu["mu"], emb, n, self.cfg.diversity_beta, seed)
         return [ids[i] for i in order]

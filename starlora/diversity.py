@@ -43,26 +43,52 @@ def _min_distances(x: np.ndarray, y: np.ndarray, block: int = 4096) -> np.ndarra
 
 def gradient_embeddings(probs: np.ndarray, hidden: np.ndarray) -> np.ndarray:
     """BADGE's gradient embedding of the loss at the model's own prediction y_hat with respect to a last linear
-    layer over the labels: (p - onehot(y_hat)) outer h, flattened: [N, C * H]."""
-    p = np.asarray(probs, dtype=np.float64)
-    residual = p.copy()
-    residual[np.arange(len(p)), p.argmax(1)] -= 1.0
-    return (residual[:, :, None] * np.asarray(hidden, dtype=np.float64)[:, None, :]).reshape(len(p), -1)
+    layer over the labels: (p - onehot(y_hat)) outer h, flattened: [N, C * H]. `badge` never forms it; this is the
+    definition its distances are tested against."""
+    return (_residuals(probs)[:, :, None] * np.asarray(hidden, dtype=np.float64)[:, None, :]).reshape(len(probs), -1)
 
 
-def kmeanspp(x: np.ndarray, k: int, seed: int = 0) -> list[int]:
-    """BADGE's selection: k-means++ seeding (scikit-learn's, one trial per centre: plain D² sampling), each next
-    point drawn with probability proportional to its squared distance to the nearest point chosen so far."""
-    from sklearn.cluster import kmeans_plusplus
+def _residuals(probs: np.ndarray) -> np.ndarray:
+    r = np.array(probs, dtype=np.float64)
+    r[np.arange(len(r)), r.argmax(1)] -= 1.0
+    return r
 
-    x = np.asarray(x, dtype=np.float64)
-    k = min(k, len(x))
-    if k == 0:
-        return []
-    distinct = len(np.unique(x, axis=0))
-    _, picked = kmeans_plusplus(x, min(k, distinct), random_state=seed, n_local_trials=1)
-    picked = list(dict.fromkeys(int(i) for i in picked))
-    return picked + _fill(len(x), picked, k)  # duplicates in x
+
+def badge(probs: np.ndarray, hidden: np.ndarray, k: int, seed: int = 0) -> tuple[list[int], np.ndarray]:
+    """BADGE (Ash et al. 2020): k-means++ seeding on the gradient embeddings g_i = r_i outer h_i, r = p - onehot(y_hat),
+    from their factors (gradient_d2), so memory is N (C + H), not the N C H of the embeddings themselves (70k
+    examples, 4 labels and a 70B model's 8192 would be 18 GB). Returns (picks in order, |g_i|)."""
+    r, h = _residuals(probs), np.asarray(hidden, dtype=np.float64)
+    sq = (r * r).sum(1) * (h * h).sum(1)
+    return d2_sampling(len(sq), lambda i: gradient_d2(r, h, sq, i), k, seed), np.sqrt(sq)
+
+
+def gradient_d2(r: np.ndarray, h: np.ndarray, sq: np.ndarray, i: int) -> np.ndarray:
+    """|g_j - g_i|^2 for every j: |g_j|^2 + |g_i|^2 - 2 (r_j . r_i)(h_j . h_i) (sq: the |g|^2); the rounding noise
+    left where two embeddings coincide is set to 0."""
+    d2 = sq + sq[i] - 2 * (r @ r[i]) * (h @ h[i])
+    return np.where(d2 > 1e-12 * (sq + sq[i]), d2, 0.0)
+
+
+def d2_sampling(n: int, d2_to, k: int, seed: int = 0) -> list[int]:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007) with one trial per centre, as BADGE uses it: the first point
+    uniformly, each next with probability proportional to its squared distance to the nearest point chosen so far
+    (d2_to(i): every point's squared distance to point i). Points that coincide with chosen ones have D^2 = 0 and are
+    never drawn; when only such points are left, the lowest indices fill the k."""
+    rng = np.random.default_rng(seed)
+    k, picked, nearest = min(k, n), [], np.full(n, np.inf)
+    while len(picked) < k:
+        if picked:
+            total = nearest.sum()
+            if not total > 0:
+                break
+            i = int(rng.choice(n, p=nearest / total))
+        else:
+            i = int(rng.integers(n))
+        picked.append(i)
+        nearest = np.minimum(nearest, d2_to(i))
+        nearest[i] = 0.0
+    return picked + _fill(n, picked, k)
 
 
 def cluster_spread(scores: np.ndarray, embeddings: np.ndarray, k: int, beta: float, seed: int = 0) -> list[int]:

@@ -34,13 +34,31 @@ def test_gradient_embeddings_by_hand():
     np.testing.assert_allclose(g, [[-0.3, -0.6, 0.3, 0.6]])
 
 
-def test_kmeanspp_takes_one_point_from_each_far_cluster():
+def test_badge_distances_from_the_factors_equal_the_embeddings():
+    rng = np.random.default_rng(1)
+    probs, hidden = rng.dirichlet(np.ones(3), size=7), rng.normal(size=(7, 5))
+    g = D.gradient_embeddings(probs, hidden)
+    r = probs.copy()
+    r[np.arange(7), probs.argmax(1)] -= 1
+    sq = (g ** 2).sum(1)
+    for i in range(7):
+        np.testing.assert_allclose(D.gradient_d2(r, hidden, sq, i), ((g - g[i]) ** 2).sum(1), atol=1e-12)
+    np.testing.assert_allclose(D.badge(probs, hidden, 3, 0)[1], np.linalg.norm(g, axis=1), rtol=1e-12)
+
+
+def test_badge_takes_one_point_from_each_far_cluster():
     # two tight clusters 100 apart: once a point of one is chosen, the other cluster holds all but ~1e-6 of the D² mass
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(0, 0.01, (10, 3)), rng.normal(100, 0.01, (10, 3))])
+    probs = np.tile([0.7, 0.3], (20, 1))  # one residual for all: g = (-0.3, 0.3) outer h keeps the clusters apart
     for seed in range(5):
-        a, b = D.kmeanspp(x, 2, seed)
+        a, b = D.badge(probs, x, 2, seed)[0]
         assert (a < 10) != (b < 10)
+    # a point that coincides with a chosen one is never drawn while others are left: 3 distinct points, 2 copies
+    same = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [1.0, 1.0]])
+    for seed in range(10):
+        picks = D.badge(np.tile([0.9, 0.1], (5, 1)), same, 4, seed)[0]
+        assert len({tuple(same[i]) for i in picks[:3]}) == 3 and len(set(picks)) == 4
 
 
 def test_cluster_spread_trades_score_for_spread():
@@ -58,11 +76,12 @@ def test_selection_properties(n, k, seed, data_seed):
     rng = np.random.default_rng(data_seed)
     x = rng.normal(size=(n, 4)).round(1)  # rounding makes duplicate points likely
     scores = rng.random(n)
+    probs = rng.dirichlet(np.ones(2), size=n).round(1)
     labeled = rng.normal(size=(3, 4))
     picks = [D.kcenter_greedy(x, labeled, k, seed)[0], D.kcenter_greedy(x, labeled[:0], k, seed)[0],
-             D.kmeanspp(x, k, seed), D.cluster_spread(scores, x, k, 3.0, seed)]
+             D.badge(probs, x, k, seed)[0], D.cluster_spread(scores, x, k, 3.0, seed)]
     again = [D.kcenter_greedy(x, labeled, k, seed)[0], D.kcenter_greedy(x, labeled[:0], k, seed)[0],
-             D.kmeanspp(x, k, seed), D.cluster_spread(scores, x, k, 3.0, seed)]
+             D.badge(probs, x, k, seed)[0], D.cluster_spread(scores, x, k, 3.0, seed)]
     for p in picks:
         assert len(p) == min(n, k) and len(set(p)) == len(p) and all(0 <= i < n for i in p)
     assert picks == again  # deterministic per seed, core-set with and without a labeled set too
