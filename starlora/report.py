@@ -145,6 +145,12 @@ def _fmt_delta(row) -> tuple[str, str]:
 STOP_RULES = ("kappa:0.99:2", "kappa:0.95:2", "uncertainty:0.01:2")  # what the report asks of runs with a stop set
 
 
+def early_rounds(run) -> list[dict]:
+    """The rounds after which stopping ends a run early: all but the last planned one (which ends it anyway)."""
+    planned = run["config"]["rounds"] if run["config"] else len(run["rounds"])
+    return [x for x in run["rounds"] if x["round"] < planned - 1]
+
+
 def stopping_lines(runs) -> list[str]:
     """For runs that recorded a stop set: per group x strategy and rule, at which round the rule would have stopped
     the run and the accuracy that stopping there leaves on the table (final accuracy minus the stopping round's)."""
@@ -156,7 +162,7 @@ def stopping_lines(runs) -> list[str]:
             rs = [r for r in g["runs"] if r["strategy"] == strategy and any("stop_kappa" in x for x in r["rounds"])]
             for text in STOP_RULES if rs else ():
                 rule = parse_stop_rule(text)
-                stops = [rule.first_round(r["rounds"]) for r in rs]
+                stops = [rule.first_round(early_rounds(r)) for r in rs]
                 hit = [(t, r) for t, r in zip(stops, rs) if t is not None]
                 left = [r["final_accuracy"] - r["rounds"][t]["accuracy"] for t, r in hit]
                 lines.append(f"| {g['task']} | {strategy} | `{text}` | {len(hit)}/{len(rs)} | "
@@ -167,8 +173,9 @@ def stopping_lines(runs) -> list[str]:
     return ["", "## Stopping criteria", "",
             "| task | strategy | rule | runs it stopped | mean stopping round | accuracy left (points) |",
             "|---|---|---|---|---|---|", *lines, "",
-            "A rule stops a run after the first round where it holds (stopping.py); accuracy left = the run's final "
-            "accuracy minus its accuracy at that round, over the runs it stopped (negative: stopping was better)."]
+            "A rule stops a run after the first round where it holds (stopping.py) before the last planned one; "
+            "accuracy left = the run's final accuracy minus its accuracy at that round, over the runs it stopped "
+            "(negative: stopping was better)."]
 
 
 def write_tables(rows, out: Path, extra: list[str] = ()) -> None:

@@ -8,7 +8,8 @@ from starlora.config import resolve
 from starlora.errors import StarloraError
 from starlora.experiment import run
 from starlora.files import read_jsonl
-from starlora.stopping import StopRule, cohen_kappa, parse_stop_rule, stop_figures
+from starlora.stopping import StopRule, cohen_kappa, parse_stop_rule, stop_figures, stop_measure
+from starlora.strategies import get_strategy
 from helpers import separated_inputs
 
 
@@ -21,6 +22,15 @@ def test_cohen_kappa_by_hand():
     assert figures == {"stop_kappa": 1.0, "stop_uncertainty": pytest.approx(0.3),
                        "stop_uncertainty_change": pytest.approx(-0.2)}
     assert stop_figures(None, ["a"], [1.0])["stop_kappa"] is None
+
+
+def test_stop_set_uncertainty_is_the_strategys_own_or_me():
+    assert stop_measure(get_strategy("star-pe", True), False) == "pe"
+    assert stop_measure(get_strategy("star-pe", True), True) == "pe_norm"
+    assert stop_measure(get_strategy("badge", True), False) == "margin"  # what its deterministic pass reads
+    for name in ("random", "coreset", "bald"):  # none of their own; BALD is 0 in one deterministic pass
+        assert stop_measure(get_strategy(name, True), False) == "me"
+    assert stop_measure(get_strategy("bald", True), True) == "me_norm"
 
 
 def test_rules():
@@ -91,7 +101,7 @@ def test_report_says_where_each_rule_would_have_stopped(tmp_path):
     assert "## Stopping criteria" in text
     rounds = read_jsonl(tmp_path / "me" / "rounds.jsonl")
     rule = parse_stop_rule("kappa:0.95:2")
-    stop = rule.first_round(rounds)
+    stop = rule.first_round(rounds[:-1])  # holding first in the last round (3) would not have ended anything early
     want = "—" if stop is None else f"{stop:.1f}"
     assert f"| boolq | me | `kappa:0.95:2` | {int(stop is not None)}/1 | {want} |" in text
 
