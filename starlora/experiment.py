@@ -32,8 +32,8 @@ from .models import load_model
 from .scoring import ScoringSettings, score
 from .masks import adapter_disabled
 from .tokens import join
-from .stopping import draw_stop_set, parse_stop_rule, stop_figures, stop_measure
-from .strategies import Strategy, get_strategy, measure_key
+from .stopping import draw_stop_set, parse_stop_rule, stop_figures
+from .strategies import Strategy, get_strategy, one_pass_measure
 from .tasks import Task, get_task
 from .tracking import Tracking, run_name
 from .training import TrainSettings, attach_lora, train
@@ -277,7 +277,7 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
         logger.info(f"FSDP over {parallel.world()[1]} processes: this one holds {held:,} of {total:,} parameters")
     reference = cfg.target == "reference"
     cache = BaseCache(out / "base_scores.jsonl", cfg.model, task, settings, reference=reference)
-    measure = measure_key(strategy, cfg.length_norm) or ("me_norm" if cfg.length_norm else "me")
+    measure = one_pass_measure(strategy, cfg.length_norm)
     (out / "scores").mkdir(exist_ok=True)
     (out / "probe").mkdir(exist_ok=True)
     probe = [pool[i] for i in probe_ids]
@@ -359,7 +359,7 @@ def stop_set_figures(x: Experiment, current, t: int) -> dict:
     scores = score(current, x.tokenizer, x.task, x.stop, settings=x.settings, desc=f"round {t} stop set")
     previous = x.out / "stop" / f"round_{t - 1}.json"
     figures = stop_figures(json.loads(previous.read_text()) if t and previous.exists() else None,
-                           scores.predictions, scores.measures[stop_measure(x.strategy, x.cfg.length_norm)])
+                           scores.predictions, scores.measures[x.measure])
     write_json(x.out / "stop" / f"round_{t}.json", {"ids": [ex.id for ex in x.stop], "predictions": scores.predictions,
                                                     "mean": figures["stop_uncertainty"]})
     return figures

@@ -41,8 +41,8 @@ from .files import read_jsonl, write_atomic, write_json, write_jsonl
 from .memory import preflight
 from .models import load_model
 from .scoring import score
-from .stopping import draw_stop_set, parse_stop_rule, stop_figures, stop_measure
-from .strategies import get_strategy, measure_key, select
+from .stopping import draw_stop_set, parse_stop_rule, stop_figures
+from .strategies import get_strategy, measure_key, one_pass_measure, select
 from .tasks import get_task
 from .tracking import Tracking
 from .uncertainty import mixing_weight
@@ -451,7 +451,7 @@ def train(folder, report_to=(), push_to_hub: str | None = None, command: str | N
         stop_scores = score(model, tokenizer, task, stop_examples, settings=settings, desc=f"round {t} stop set")
         last = adapters[-1] / "stop.json" if adapters else None
         record |= stop_figures(json.loads(last.read_text()) if last and last.exists() else None,
-                               stop_scores.predictions, stop_scores.measures[stop_measure(strategy, cfg.length_norm)])
+                               stop_scores.predictions, stop_scores.measures[one_pass_measure(strategy, cfg.length_norm)])
     if report_to:
         tracking = Tracking(report_to, f"{project.folder.name}/round{t}", project.folder, dataclasses.asdict(cfg))
         for loss in stats["step_losses"]:

@@ -80,8 +80,7 @@ class Jobs:
 
     def start(self, kind: str, check, work) -> Job:
         """Run work() in the background after check() (which raises when the folder is not ready for it)."""
-        with self._lock:
-            self.refuse_if_busy()
+        with self.idle():
             check()
             job = self.current = Job(kind)
         job.thread = threading.Thread(target=self._run, args=(job, work), name=f"starlora-{kind}", daemon=True)
@@ -96,7 +95,8 @@ class Jobs:
 
     @contextlib.contextmanager
     def idle(self):
-        """Hold off any start while a label changes: a training reads the labels as they are when it starts."""
+        """Nothing else starts meanwhile (and nothing runs now): a start, or a label change, which a training must not
+        see half-way, since it reads the labels as they are when it starts."""
         with self._lock:
             self.refuse_if_busy()
             yield

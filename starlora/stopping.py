@@ -11,7 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import StarloraError
-from .strategies import Strategy, measure_key
 
 FIELDS = {"kappa": "stop_kappa", "uncertainty": "stop_uncertainty_change"}  # criterion -> its rounds.jsonl field
 
@@ -82,9 +81,3 @@ def draw_stop_set(pool_ids: list[str], kept_out: set, size: int, seed: int) -> l
     chosen = np.random.default_rng([seed, 5]).choice(len(rest), min(size, len(rest)), replace=False)
     return [rest[i] for i in sorted(chosen)]
 
-
-def stop_measure(strategy: Strategy, length_norm: bool) -> str:
-    """The uncertainty the stop set's mean averages: the strategy's own; ME for strategies without one and for BALD
-    (the stop set is scored by one deterministic pass, where BALD is 0 for every example)."""
-    key = measure_key(strategy, length_norm)
-    return key if key not in (None, "bald") else ("me_norm" if length_norm else "me")

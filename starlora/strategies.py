@@ -75,6 +75,13 @@ def measure_key(strategy: Strategy, length_norm: bool) -> str | None:
     return strategy.measure
 
 
+def one_pass_measure(strategy: Strategy, length_norm: bool) -> str:
+    """What one deterministic pass records for this strategy (the probe, the stop set): its own measure; ME for
+    strategies without one and for BALD, which is 0 for every example without MC passes."""
+    key = measure_key(strategy, length_norm)
+    return key if key not in (None, "bald") else ("me_norm" if length_norm else "me")
+
+
 def select(ids, scores, k: int, labeled, seed: int) -> list[str]:
     """The k highest-scoring ids not in `labeled`; ties fall in a seeded random order, so results are reproducible."""
     labeled = set(labeled)

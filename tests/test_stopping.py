@@ -8,8 +8,8 @@ from starlora.config import resolve
 from starlora.errors import StarloraError
 from starlora.experiment import run
 from starlora.files import read_jsonl
-from starlora.stopping import StopRule, cohen_kappa, parse_stop_rule, stop_figures, stop_measure
-from starlora.strategies import get_strategy
+from starlora.stopping import StopRule, cohen_kappa, parse_stop_rule, stop_figures
+from starlora.strategies import get_strategy, one_pass_measure
 from helpers import separated_inputs
 
 
@@ -24,13 +24,13 @@ def test_cohen_kappa_by_hand():
     assert stop_figures(None, ["a"], [1.0])["stop_kappa"] is None
 
 
-def test_stop_set_uncertainty_is_the_strategys_own_or_me():
-    assert stop_measure(get_strategy("star-pe", True), False) == "pe"
-    assert stop_measure(get_strategy("star-pe", True), True) == "pe_norm"
-    assert stop_measure(get_strategy("badge", True), False) == "margin"  # what its deterministic pass reads
+def test_one_pass_uncertainty_is_the_strategys_own_or_me():
+    assert one_pass_measure(get_strategy("star-pe", True), False) == "pe"
+    assert one_pass_measure(get_strategy("star-pe", True), True) == "pe_norm"
+    assert one_pass_measure(get_strategy("badge", True), False) == "margin"  # what its deterministic pass reads
     for name in ("random", "coreset", "bald"):  # none of their own; BALD is 0 in one deterministic pass
-        assert stop_measure(get_strategy(name, True), False) == "me"
-    assert stop_measure(get_strategy("bald", True), True) == "me_norm"
+        assert one_pass_measure(get_strategy(name, True), False) == "me"
+    assert one_pass_measure(get_strategy("bald", True), True) == "me_norm"
 
 
 def test_rules():
