@@ -103,7 +103,7 @@ def cluster_spread(scores: np.ndarray, embeddings: np.ndarray, k: int, beta: flo
         return []
     tiebreak = np.random.default_rng(seed).permutation(len(scores))
     ranked = np.lexsort((tiebreak, -scores))  # best first, seeded order among ties
-    top = ranked[: max(k, int(np.ceil(beta * k)))]
+    top = ranked[: max(k, int(np.ceil(beta * k - 1e-9)))]  # 1.1 * 100 is 110.00000000000001: 110, not 111
     if len(top) == k:
         return [int(i) for i in top]
     labels = KMeans(n_clusters=k, n_init=1, random_state=seed).fit_predict(np.asarray(embeddings)[top])

@@ -112,6 +112,9 @@ def init(folder, cfg: MethodConfig, pool_file, test_file=None) -> Project:
     get_strategy(cfg.strategy, task.closed)
     rows = list(read_rows(pool_file))
     examples = make_examples(rows, task, str(pool_file), cfg.id_field, cfg.answer_field, labeled=False)
+    if cfg.stop_set_size >= len(examples):
+        raise StarloraError(f"--stop-set-size {cfg.stop_set_size} leaves nothing to label: {pool_file} has "
+                            f"{len(examples)} example(s), and the stop set is never queried")
     fields = {}
     for _, row in rows:  # the row behind each example, for the files handed out to label
         fields.setdefault(row_id(row, cfg.id_field, task.prompt(row), ""),
@@ -183,12 +186,12 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
             selected = [ids[i] for i in kmeans_representatives(vectors, n, RoundSeeds(cfg.seed, t).tiebreak)]
             how = "k-means cold start"
         else:
-            if not adapters and strategy.pick == "top":  # no labels yet: the base model is the only model
+            if not adapters and strategy.pick == "top" and key is not None:  # no labels yet: the base model alone
                 mu = {"mu": acquisition.base_cache.get(model, tokenizer, candidates)[key]}
                 how = f"base-model {key}"
-            elif not adapters:  # core-set from nothing (a spread-out first batch), BADGE on the base model
-                mu = acquisition.scores(model, tokenizer, task, candidates, 0)
-                how = f"{strategy.name} on the base model"
+            elif not adapters:  # core-set from nothing, BADGE on the base model, random spread over clusters
+                mu = acquisition.scores(model, tokenizer, task, candidates, t)
+                how = "random" if key is None and strategy.pick == "top" else f"{strategy.name} on the base model"
             else:
                 from peft import PeftModel
 
@@ -511,7 +514,7 @@ def status(folder) -> str:
                      f"{info.get('n_labels', '-'):>10}  {acc}")
     lines += [f"round {t} query: {q.get('how', '?')}" for t, q in enumerate(queries)]
     if not queries:
-        lines.append(f"first query: {first_query_rule(project.strategy)}")
+        lines.append(f"first query: {first_query_rule(project.strategy, project.cfg)}")
     lines += stopping_lines(project, [json.loads((a / "train.json").read_text()) for a in adapters])
     lines.append("next: " + next_step(project, labels, queries, adapters))
     return "\n".join(lines)
@@ -536,14 +539,22 @@ def stop_set(project) -> list[str]:
     return draw_stop_set([r["id"] for r in project.pool()], set(), project.cfg.stop_set_size, project.cfg.seed)
 
 
-def first_query_rule(strategy) -> str:
+def first_query_rule(strategy, cfg=None) -> str:
     """How the first query chooses, said once for status and the README: before any label the adapter would be the
     base model (B = 0), so the base model's uncertainty chooses; the simulation's round 0 is random instead."""
+    if cfg is not None and cfg.cold_start == "kmeans":
+        return "k-means over the pool embeddings (--cold-start kmeans), the example nearest each centroid"
+    if strategy.pick == "coreset":
+        return "core-set from nothing: a seeded random first example, then each farthest from those chosen"
+    if strategy.pick == "badge":
+        return "BADGE on the base model's label distribution (k-means++ seeding on gradient embeddings)"
+    spread = "" if cfg is None or cfg.diversity == "none" else \
+        f", spread over k-means clusters of the best {cfg.diversity_beta:g} x query size"
     if strategy.measure is None:
-        return "random (the strategy is random)"
+        return "random (the strategy is random)" + spread
     if strategy.measure == "bald":
         return "random in effect: BALD needs MC dropout on a trained adapter, so the base model's BALD is 0 for all"
-    return (f"the base model's {strategy.measure.upper()} (a fresh adapter is the base model); "
+    return (f"the base model's {strategy.measure.upper()} (a fresh adapter is the base model){spread}; "
             f"add --random to choose at random, as starlora run's round 0 does")
 
 

@@ -56,12 +56,12 @@ def parse_stop_rule(text: str | None) -> StopRule | None:
 def cohen_kappa(previous: list, current: list) -> float:
     """Cohen's kappa of two rounds' predictions on the same examples (scikit-learn's); identical predictions give 1
     even when they are all one label (where the formula is 0/0)."""
-    if list(previous) == list(current):
+    previous, current = (["" if p is None else str(p) for p in side] for side in (previous, current))
+    if previous == current:  # compared as the strings scikit-learn is given, so "the same" means the same to both
         return 1.0
     from sklearn.metrics import cohen_kappa_score
 
-    labels = ["" if p is None else str(p) for p in previous], ["" if p is None else str(p) for p in current]
-    return float(cohen_kappa_score(*labels))
+    return float(cohen_kappa_score(previous, current))
 
 
 def stop_figures(previous: dict | None, predictions: list, uncertainties: np.ndarray) -> dict:

@@ -85,6 +85,23 @@ def test_selection_properties(n, k, seed, data_seed):
     for p in picks:
         assert len(p) == min(n, k) and len(set(p)) == len(p) and all(0 <= i < n for i in p)
     assert picks == again  # deterministic per seed, core-set with and without a labeled set too
+    # the defining properties: cluster-spread picks among the ceil(beta k) best scores only; each core-set pick is
+    # (up to ties) the candidate farthest from the labeled set and the picks before it
+    assert set(picks[3]) <= set(np.argsort(-scores)[:int(np.ceil(3.0 * k))])
+    nearest = np.linalg.norm(x[:, None] - labeled[None], axis=2).min(1)
+    for i in picks[0]:
+        assert nearest[i] == pytest.approx(nearest.max())
+        nearest = np.minimum(nearest, np.linalg.norm(x - x[i], axis=1))
+        nearest[i] = -np.inf
+
+
+def test_cluster_spread_takes_exactly_ceil_beta_k():
+    # 1.1 * 100 is 110.00000000000001 in floats: the 111th best (far from the rest, so any clustering of it would
+    # pick it) must stay out
+    x = np.arange(200, dtype=float)[:, None]
+    x[110] = 1e6
+    picks = D.cluster_spread(-np.arange(200.0), x, 100, beta=1.1)
+    assert len(picks) == 100 and max(picks) < 110
 
 
 def small_run(tmp_path, **kw):
@@ -159,10 +176,21 @@ def test_cold_start_by_kmeans_in_a_run_and_the_human_loop(tmp_path):
 
     from starlora import project as P
 
-    out, rounds = small_run(tmp_path, strategy="random", cold_start="kmeans")
-    random_out, random_rounds = small_run(tmp_path / "r", strategy="random")
+    import base64
+
+    out, rounds = small_run(tmp_path, strategy="random", cold_start="kmeans", stop_set_size=5)
+    random_out, random_rounds = small_run(tmp_path / "r", strategy="random", stop_set_size=5)
     assert len(rounds[0]["added"]) == 6 and rounds[0]["added"] != random_rounds[0]["added"]
     assert (out / "embeddings.jsonl").exists() and not (random_out / "embeddings.jsonl").exists()
+    # the initial set is k-means' representatives over the pool (file order) without the probe and the stop set
+    vectors = {e["key"].split("|")[1]: np.frombuffer(base64.b64decode(e["embedding"]), dtype=np.float32)
+               for e in read_jsonl(out / "embeddings.jsonl")}
+    kept_out = set(json.loads((out / "probe" / "base.json").read_text()))
+    kept_out |= set(json.loads((out / "stop" / "round_0.json").read_text())["ids"])
+    rest = [r["id"] for r in read_jsonl(tmp_path / "train.jsonl") if r["id"] not in kept_out]
+    assert sorted(vectors) == sorted(rest)  # nothing else was embedded
+    want = [rest[i] for i in D.kmeans_representatives(np.stack([vectors[i] for i in rest]), 6, seed=0)]
+    assert rounds[0]["added"] == want
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Q{i}?", "passage": "p"}) + "\n"
                             for i in range(12)))
@@ -187,3 +215,35 @@ def test_variants_name_sweep_folders_and_report_rows(tmp_path):
                "config": {"diversity": "kmeans"}}]
     folders = [str(j.folder.relative_to(tmp_path)) for j in plan(blocks, tmp_path)]
     assert folders == ["sst2/random/seed0", "sst2/star-me/seed0", "sst2/star-me+kmeans/seed0"]
+
+
+def test_embeddings_ignore_padding_and_are_cached_per_model_and_prompt(tmp_path, tiny):
+    import torch
+
+    from starlora.data import Example
+    from starlora.embeddings import EmbeddingCache, embed
+    from starlora.scoring import ScoringSettings
+    from starlora.tasks import get_task
+
+    model, tokenizer = tiny
+    short, long = Example("a", "Is it?", "", None), Example("b", "Is it " + "very " * 30 + "blue?", "", None)
+    alone = embed(model, tokenizer, [short], desc=None)
+    padded = embed(model, tokenizer, [short, long], desc=None)  # one batch: the short prompt right-padded
+    np.testing.assert_allclose(padded[0], alone[0], rtol=1e-4, atol=1e-5)
+    with torch.no_grad():  # by definition: the mean of the last hidden state over the prompt's own tokens
+        ids = torch.tensor([tokenizer("Is it?")["input_ids"]])
+        want = model.get_decoder()(input_ids=ids).last_hidden_state[0].mean(0).numpy()
+    np.testing.assert_allclose(alone[0], want, rtol=1e-4, atol=1e-5)
+    task, path = get_task("boolq"), tmp_path / "embeddings.jsonl"
+    cache = EmbeddingCache(path, "tiny", task, ScoringSettings())
+    first = cache.get(model, tokenizer, [short, long])
+    assert cache.computed == 2 and first.shape == (2, alone.shape[1])
+    np.testing.assert_array_equal(cache.get(model, tokenizer, [long, short]), first[::-1])  # from memory
+    cache.get(model, tokenizer, [Example("a", "Is it not?", "", None)])  # same id, another prompt: embedded anew
+    assert cache.computed == 3
+    reopened = EmbeddingCache(path, "tiny", task, ScoringSettings())
+    np.testing.assert_array_equal(reopened.get(model, tokenizer, [short]), first[:1])
+    assert reopened.computed == 0  # read back from disk
+    other = EmbeddingCache(path, "another-model", task, ScoringSettings())
+    other.get(model, tokenizer, [short])
+    assert other.computed == 1  # another model's embeddings are never reused

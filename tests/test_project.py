@@ -220,3 +220,19 @@ def test_the_first_query_rule_is_stated_and_followed(files, strategy, extra, rul
     assert cli("query", proj, "-n", "4", *extra) == 0
     assert json.loads((proj / "queries.jsonl").read_text().splitlines()[0])["how"] == how
     assert f"round 0 query: {how}" in P.status(proj)
+
+
+@pytest.mark.parametrize("init_args, rule, how", [
+    (["--strategy", "random", "--diversity", "kmeans"],
+     "random (the strategy is random), spread over k-means clusters of the best 3 x query size",
+     "random, spread over k-means clusters (beta 3)"),
+    (["--strategy", "coreset"], "core-set from nothing", "coreset on the base model"),
+    (["--strategy", "badge"], "BADGE on the base model", "badge on the base model"),
+    (["--strategy", "me", "--cold-start", "kmeans"], "k-means over the pool embeddings", "k-means cold start"),
+])
+def test_batch_aware_first_queries_are_stated_and_followed(files, init_args, rule, how):
+    proj = init(files, *init_args)
+    assert f"first query: {rule}" in P.status(proj)
+    assert cli("query", proj, "-n", "4") == 0
+    first = json.loads((proj / "queries.jsonl").read_text().splitlines()[0])
+    assert first["how"] == how and len(first["ids"]) == len(set(first["ids"])) == 4

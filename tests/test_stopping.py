@@ -22,6 +22,9 @@ def test_cohen_kappa_by_hand():
     assert figures == {"stop_kappa": 1.0, "stop_uncertainty": pytest.approx(0.3),
                        "stop_uncertainty_change": pytest.approx(-0.2)}
     assert stop_figures(None, ["a"], [1.0])["stop_kappa"] is None
+    # predictions are compared as the labels scikit-learn sees (None is ""): no 0/0 NaN for "different" constants
+    assert cohen_kappa([None] * 3, [""] * 3) == 1.0
+    assert cohen_kappa(["yes"] * 3, ["no"] * 3) == 0.0  # constant but different: no agreement beyond chance
 
 
 def test_one_pass_uncertainty_is_the_strategys_own_or_me():
@@ -42,6 +45,11 @@ def test_rules():
     assert rule.first_round(rounds) == 4
     change = parse_stop_rule("uncertainty:0.01:1")
     assert change.holds([{"stop_uncertainty_change": -0.005}]) and not change.holds([{"stop_uncertainty_change": 0.02}])
+    assert not change.holds([{"stop_uncertainty_change": None}])  # round 0 has no change
+    three = parse_stop_rule("kappa:0.9:3")
+    assert not three.holds(rounds[3:])  # fewer rounds than the patience
+    kappas = [None, 0.95, 0.92, 0.91, 0.5, 0.99, 0.99, 0.99]
+    assert three.first_round([{"round": t, "stop_kappa": k} for t, k in enumerate(kappas)]) == 3
     for bad in ("kappa", "kappa:x:2", "kappa:0.9:0", "entropy:0.1:2", "kappa:0.9:2:1"):
         with pytest.raises(StarloraError, match="--stop-when"):
             parse_stop_rule(bad)
@@ -81,6 +89,10 @@ def test_a_run_records_the_criteria_stops_early_and_stays_stopped(tmp_path):
     assert len(rounds) == 5 and all("stop_kappa" in r for r in rounds)
     stop_ids = {i for t in range(5) for i in json.loads((full / "stop" / f"round_{t}.json").read_text())["ids"]}
     assert len(stop_ids) == 10
+    for t in range(1, 5):  # each round's kappa is that of its stop-set predictions against the previous round's
+        before, now = (json.loads((full / "stop" / f"round_{u}.json").read_text()) for u in (t - 1, t))
+        assert before["ids"] == now["ids"]
+        assert rounds[t]["stop_kappa"] == pytest.approx(cohen_kappa(before["predictions"], now["predictions"]))
     labeled = {i for r in rounds for i in r["added"]}
     scored = {r["id"] for t in range(4) for r in read_jsonl(full / "scores" / f"round_{t}.jsonl")}
     probe = set(json.loads((full / "probe" / "base.json").read_text()))
@@ -96,14 +108,22 @@ def test_report_says_where_each_rule_would_have_stopped(tmp_path):
                     test_file=paths["test_file"], strategy=strategy, init_size=4, query_size=4, rounds=4, epochs=1,
                     batch_size=4, seed=0, probe_size=0, lora_r=4, score_batch_size=16, precision="fp32",
                     stop_set_size=8, fewshot=0), tmp_path / strategy)
+    # known criteria and accuracies, written into the records: me's kappa:0.95:2 first holds after round 2 (rounds 1
+    # and 2 >= 0.95), leaving 75 - 70 = 5 points; random's would hold only after round 3, the last planned round,
+    # which ends the run anyway; no uncertainty change is <= 0.01 twice in a row
+    for strategy, kappas in (("me", [None, 0.96, 0.97, 0.2]), ("random", [None, 0.5, 0.99, 0.99])):
+        rounds = read_jsonl(tmp_path / strategy / "rounds.jsonl")
+        for r, kappa, accuracy, change in zip(rounds, kappas, [50.0, 60.0, 70.0, 75.0], [None, 0.3, -0.2, 0.005]):
+            r.update(stop_kappa=kappa, accuracy=accuracy, stop_uncertainty_change=change)
+        (tmp_path / strategy / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+        summary = json.loads((tmp_path / strategy / "summary.json").read_text())
+        (tmp_path / strategy / "summary.json").write_text(json.dumps({**summary, "final_accuracy": 75.0}))
     report([tmp_path / "random", tmp_path / "me"], tmp_path / "report")
     text = (tmp_path / "report" / "report.md").read_text()
     assert "## Stopping criteria" in text
-    rounds = read_jsonl(tmp_path / "me" / "rounds.jsonl")
-    rule = parse_stop_rule("kappa:0.95:2")
-    stop = rule.first_round(rounds[:-1])  # holding first in the last round (3) would not have ended anything early
-    want = "—" if stop is None else f"{stop:.1f}"
-    assert f"| boolq | me | `kappa:0.95:2` | {int(stop is not None)}/1 | {want} |" in text
+    assert "| boolq | me | `kappa:0.95:2` | 1/1 | 2.0 | +5.0 |" in text
+    assert "| boolq | random | `kappa:0.95:2` | 0/1 | — | — |" in text
+    assert "| boolq | me | `uncertainty:0.01:2` | 0/1 | — | — |" in text
 
 
 def test_human_loop_status_says_when_you_can_stop(tmp_path):
@@ -114,6 +134,10 @@ def test_human_loop_status_says_when_you_can_stop(tmp_path):
                             for i in range(14)))
     cfg = resolve("paper", P.MethodConfig, model="tiny-random", task="boolq", strategy="random", epochs=1,
                   batch_size=2, lora_r=2, stop_set_size=4, stop_when="kappa:0:1")
+    with pytest.raises(StarloraError, match="--stop-set-size 14 leaves nothing to label"):
+        P.init(tmp_path / "whole", resolve("paper", P.MethodConfig, model="tiny-random", task="boolq",
+                                           stop_set_size=14), pool)
+    assert not (tmp_path / "whole").exists()
     proj = P.init(tmp_path / "proj", cfg, pool).folder
     stop = set(P.stop_set(P.open_project(proj)))
     assert len(stop) == 4
