@@ -134,7 +134,11 @@ def cached_conversion(folder: Path, convert) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         convert(tmp)
-        os.replace(tmp, folder)
+        try:
+            os.replace(tmp, folder)
+        except OSError:  # another process (a sweep worker) converted it meanwhile: theirs is as good
+            if not (folder / "config.json").exists():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -8,6 +8,7 @@ each run stopped and ends with the results an uninterrupted sweep gives.
 from __future__ import annotations
 
 import concurrent.futures as futures
+import logging
 import multiprocessing
 import os
 import time
@@ -23,6 +24,7 @@ from .files import read_jsonl
 from .tokens import progress
 
 GRID_KEYS = {"tasks", "strategies", "seeds", "protocol", "config"}
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,8 @@ def sweep(jobs: list[Job], workers: int = 1, devices: list[str] | None = None, r
 
 
 def _side_by_side(jobs, slots, devices, bar, report_to=()) -> list[dict]:
-    """One run per worker process; the bar follows the rounds.jsonl files, the only state the workers share."""
+    """One run per worker process; the bar follows the rounds.jsonl files, the only state the workers share. A run
+    that fails is reported when it fails and the others go on; the sweep then ends with its error."""
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked torch threads or CUDA state
     claims = context.Queue()
     for device in devices:
@@ -107,10 +110,22 @@ def _side_by_side(jobs, slots, devices, bar, report_to=()) -> list[dict]:
     with futures.ProcessPoolExecutor(slots, mp_context=context, initializer=claim_device,
                                      initargs=(claims, os.cpu_count() or 1, slots)) as pool:
         pending = [pool.submit(run, job.cfg, job.folder, report_to=report_to) for job in jobs]  # workers log nothing below warnings
-        while not all(f.done() for f in pending):
-            time.sleep(1)
+        failed = {}
+        while True:
+            finished = all(f.done() for f in pending)
             bar.update(sum(min(finished_rounds(job), job.cfg.rounds) for job in jobs) - bar.n)
-        return [f.result() for f in pending]  # re-raises a worker's error here
+            for job, f in zip(jobs, pending):
+                if f.done() and f.exception() is not None and job.folder not in failed:
+                    failed[job.folder] = f.exception()
+                    logger.error(f"{job.folder}: failed: {f.exception()} (the other runs go on; re-running the "
+                                 "sweep retries it)")
+            if finished:
+                break
+            time.sleep(1)
+        if failed and all(isinstance(e, StarloraError) for e in failed.values()):
+            raise StarloraError(f"{len(failed)} of {len(jobs)} run(s) failed: "
+                                + "; ".join(f"{folder}: {e}" for folder, e in failed.items()))
+        return [f.result() for f in pending]  # re-raises an unexpected error with its traceback
 
 
 def claim_device(claims, cores: int, slots: int) -> None:

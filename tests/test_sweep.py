@@ -97,3 +97,30 @@ def test_bad_grids_are_refused_before_any_run(grid):
     with pytest.raises(StarloraError, match="not cpu or cuda:N"):
         S.sweep([], devices=["gpu0"])
     assert not (grid / "x").exists()
+
+
+def test_a_failing_run_is_reported_and_the_others_finish(grid, caplog):
+    import dataclasses
+
+    jobs = S.plan(S.read_grid(grid / "grid.yaml"), grid / "f")[:3]
+    broken = S.Job(dataclasses.replace(jobs[1].cfg, train_file=str(grid / "missing.jsonl")), jobs[1].folder)
+    with pytest.raises(StarloraError, match=r"1 of 3 run\(s\) failed: .*seed0.*missing.jsonl"):
+        S.sweep([jobs[0], broken, jobs[2]], workers=2)
+    assert S.finished_rounds(jobs[0]) == S.finished_rounds(jobs[2]) == 2  # the others ran to the end
+    assert any("failed" in r.message and "the other runs go on" in r.message for r in caplog.records)
+
+
+def test_a_conversion_another_process_finished_first_is_used(tmp_path):
+    from starlora.models import cached_conversion
+
+    target = tmp_path / "model"
+
+    def convert(tmp):  # while this process converts, another one lands the same folder
+        tmp.mkdir()
+        (tmp / "config.json").write_text("{}")
+        target.mkdir()
+        (target / "config.json").write_text('{"first": true}')
+
+    assert cached_conversion(target, convert) == target
+    assert json.loads((target / "config.json").read_text()) == {"first": True}
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no leftover temporary folder
