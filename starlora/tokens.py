@@ -55,8 +55,13 @@ def join(prompt: str, answer: str) -> str:
 
 
 def encode_prompt(tokenizer, prompt: str, limit: int) -> list[int]:
+    """The prompt's tokens, at most `limit`: a long prompt keeps its end (the question and "Answer:" sit there; a long
+    passage loses its start) and the BOS token its tokenizer puts first (LLaMA's), which the model always saw."""
     ids = tokenizer(prompt.rstrip(" \t"))["input_ids"]
-    return ids[-limit:]  # keep the end: the question and "Answer:" sit there, a long passage loses its start
+    if len(ids) <= limit:
+        return ids
+    bos = ids[:1] if ids[0] == getattr(tokenizer, "bos_token_id", None) and limit > 1 else []
+    return bos + ids[len(ids) - limit + len(bos):]
 
 
 def encode_answer(tokenizer, answer: str, limit: int, eos: bool = False, prefix: str = " ") -> list[int]:

@@ -227,3 +227,16 @@ def test_prompts_longer_than_the_limit_lose_their_start(tiny):
     long = "x" * 500 + " the end?\nAnswer:"
     kept = encode_prompt(tok, long, 32)
     assert len(kept) == 32 and tok.decode(kept).endswith("the end?\nAnswer:")
+
+
+def test_a_truncated_prompt_keeps_the_bos_token_its_tokenizer_puts_first():
+    class WithBos:  # LLaMA-style: every encoding starts with BOS (id 1); one token per character
+        bos_token_id = 1
+
+        def __call__(self, text):
+            return {"input_ids": [1] + [ord(c) for c in text]}
+
+    assert encode_prompt(WithBos(), "abcdef", 4) == [1, ord("d"), ord("e"), ord("f")]
+    assert encode_prompt(WithBos(), "ab", 4) == [1, ord("a"), ord("b")]  # short: untouched
+    WithBos.bos_token_id = None  # id 1 is not its BOS: plainly the last 4 tokens
+    assert encode_prompt(WithBos(), "abcdef", 4) == [ord(c) for c in "cdef"]
