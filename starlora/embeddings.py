@@ -42,8 +42,8 @@ def embed(model, tokenizer, examples, batch_size: int = 32, max_prompt_tokens: i
             mask[r, :len(prompts[i])] = 1
         with autocast(device, precision):
             hidden = parallel.as_forward(model, _last_hidden, ids.to(device), mask.to(device))
-        keep = mask.to(device).unsqueeze(-1).to(hidden.dtype)
-        mean = (hidden * keep).sum(1) / keep.sum(1)
+        keep = mask.to(device).unsqueeze(-1).float()  # fp32 even with bf16 weights: bf16 counts 301 tokens as 300
+        mean = (hidden.float() * keep).sum(1) / keep.sum(1)
         if not spare:
             out[rows] = mean.double().cpu().numpy()
             bar.update(len(rows) * parallel.world()[1])

@@ -234,6 +234,19 @@ def test_embeddings_ignore_padding_and_are_cached_per_model_and_prompt(tmp_path,
         ids = torch.tensor([tokenizer("Is it?")["input_ids"]])
         want = model.get_decoder()(input_ids=ids).last_hidden_state[0].mean(0).numpy()
     np.testing.assert_allclose(alone[0], want, rtol=1e-4, atol=1e-5)
+    # bf16 weights (--dtype bf16): the mean is still taken in fp32; a bf16 token count reads 301 tokens as 300
+    from starlora.models import tiny_random
+
+    half, _ = tiny_random(dtype="bf16")
+    long_prompt = Example("c", "word " * 60 + "end?", "", None)
+    ids = tokenizer(long_prompt.prompt)["input_ids"]
+    assert len(ids) > 256
+    with torch.no_grad():
+        hidden = half.get_decoder()(input_ids=torch.tensor([ids])).last_hidden_state[0]
+    assert hidden.dtype == torch.bfloat16
+    want = hidden.float().sum(0).numpy() / len(ids)
+    got = embed(half, tokenizer, [long_prompt], max_prompt_tokens=512, desc=None)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     task, path = get_task("boolq"), tmp_path / "embeddings.jsonl"
     cache = EmbeddingCache(path, "tiny", task, ScoringSettings())
     first = cache.get(model, tokenizer, [short, long])
