@@ -539,16 +539,16 @@ def stop_set(project) -> list[str]:
     return draw_stop_set([r["id"] for r in project.pool()], set(), project.cfg.stop_set_size, project.cfg.seed)
 
 
-def first_query_rule(strategy, cfg=None) -> str:
+def first_query_rule(strategy, cfg) -> str:
     """How the first query chooses, said once for status and the README: before any label the adapter would be the
     base model (B = 0), so the base model's uncertainty chooses; the simulation's round 0 is random instead."""
-    if cfg is not None and cfg.cold_start == "kmeans":
+    if cfg.cold_start == "kmeans":
         return "k-means over the pool embeddings (--cold-start kmeans), the example nearest each centroid"
     if strategy.pick == "coreset":
         return "core-set from nothing: a seeded random first example, then each farthest from those chosen"
     if strategy.pick == "badge":
         return "BADGE on the base model's label distribution (k-means++ seeding on gradient embeddings)"
-    spread = "" if cfg is None or cfg.diversity == "none" else \
+    spread = "" if cfg.diversity == "none" else \
         f", spread over k-means clusters of the best {cfg.diversity_beta:g} x query size"
     if strategy.measure is None:
         return "random (the strategy is random)" + spread

@@ -242,7 +242,8 @@ def test_embeddings_ignore_padding_and_are_cached_per_model_and_prompt(tmp_path,
     ids = tokenizer(long_prompt.prompt)["input_ids"]
     assert len(ids) > 256
     with torch.no_grad():
-        hidden = half.get_decoder()(input_ids=torch.tensor([ids])).last_hidden_state[0]
+        mask = torch.ones(1, len(ids), dtype=torch.long)  # as embed() calls it: the same attention kernels
+        hidden = half.get_decoder()(input_ids=torch.tensor([ids]), attention_mask=mask).last_hidden_state[0]
     assert hidden.dtype == torch.bfloat16
     want = hidden.float().sum(0).numpy() / len(ids)
     got = embed(half, tokenizer, [long_prompt], max_prompt_tokens=512, desc=None)[0]
