@@ -6,12 +6,14 @@ reported; two different rows under one id are an error, never merged.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import hashlib
 import importlib.util
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,11 +66,12 @@ def make_examples(rows, task: Task, source: str, id_field: str = "id", answer_fi
         if not labeled:
             row = {**row, answer_field: None}
         elif answer_field not in row or row[answer_field] is None:
-            raise StarloraError(f"{where}: missing field {answer_field!r} (fields: {', '.join(row) or 'none'})")
+            raise StarloraError(f"{where}: missing field {answer_field!r} (fields: {', '.join(row) or 'none'})"
+                                f"{_hint(source)}")
         try:
             prompt = task.prompt(row)
         except StarloraError as e:
-            raise StarloraError(f"{where}: {e}") from None
+            raise StarloraError(f"{where}: {e}{_hint(source)}") from None
         try:
             gold, target = (task.gold(row[answer_field]), task.target(row[answer_field])) if labeled else (None, "")
         except ValueError as e:
@@ -111,10 +114,12 @@ HUB_PREFIX = "hf:"  # --dataset NAME[:CONFIG] with its splits becomes the file n
 HUB_LOADER = None  # datasets.load_dataset; replaced in tests (no network here)
 
 
-def read_rows(path: str | Path):
+def read_rows(path: str | Path, id_fields: tuple[str, ...] = ()):
     """Yield ('where', dict) from a data file, by its name: .csv CSV, .parquet Parquet, .json a JSON list of
     objects, a folder written by datasets' save_to_disk, hf:NAME[:CONFIG]@SPLIT a hub dataset, anything else JSON
-    lines. 'where' names the file and the line or row, for error messages."""
+    lines. 'where' names the file and the line or row, for error messages. Text files may start with a UTF-8
+    byte-order mark (Excel's "CSV UTF-8"). id_fields: a CSV header holding none of them is refused, naming the
+    delimiter it was read with (a ';' file read with ',' has one field per row)."""
     if str(path).startswith(HUB_PREFIX):
         yield from _read_hub(str(path)[len(HUB_PREFIX):])
         return
@@ -126,7 +131,7 @@ def read_rows(path: str | Path):
         raise StarloraError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        yield from _read_csv(path)
+        yield from _read_csv(path, id_fields)
     elif suffix == ".parquet":
         yield from _read_parquet(path)
     elif suffix == ".json":
@@ -148,7 +153,7 @@ def _read_parquet(path: Path):
 
 def _read_json_list(path: Path):
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        rows = json.loads(path.read_text(encoding="utf-8-sig"))
     except UnicodeDecodeError:
         raise StarloraError(f"{path}: not valid UTF-8") from None
     except json.JSONDecodeError as e:
@@ -200,7 +205,7 @@ def _read_jsonl(path: Path):
         for number, raw in enumerate(f, 1):
             where = f"{path}:{number}"
             try:
-                line = raw.decode("utf-8").strip()
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8").strip()
             except UnicodeDecodeError:
                 raise StarloraError(f"{where}: not valid UTF-8") from None
             if not line:
@@ -214,16 +219,104 @@ def _read_jsonl(path: Path):
             yield where, row
 
 
-def _read_csv(path: Path):
+DELIMITER_ENV = "STARLORA_DELIMITER"  # the command line's --delimiter (sweep workers inherit it)
+SNIFFED = {",": "','", ";": "';'", "\t": "tab"}  # the delimiters told apart by sniffing, as messages name them
+CSV_FIELD_LIMIT = 2**31 - 1  # csv's default limit (128 KiB a cell) would refuse passages JSON lines accept
+
+
+def parse_delimiter(text: str) -> str:
+    """--delimiter: one character, or 'tab' (also written \\t)."""
+    value = "\t" if text.lower() in ("tab", "\\t") else text
+    if len(value) != 1 or value in "\"\r\n":
+        raise StarloraError(f"--delimiter {text!r}: give one character, e.g. , or ';' or tab")
+    return value
+
+
+@contextlib.contextmanager
+def delimiter_option(text: str | None):
+    """Inside: every CSV file is read with this delimiter (--delimiter) instead of the sniffed one."""
+    if text is None:
+        yield
+        return
+    before = os.environ.get(DELIMITER_ENV)
+    os.environ[DELIMITER_ENV] = parse_delimiter(text)
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(DELIMITER_ENV, None)
+        else:
+            os.environ[DELIMITER_ENV] = before
+
+
+def csv_delimiter(path) -> str:
+    """--delimiter when given, else the one of , ; tab that csv.Sniffer finds in the first 16 KiB (and the header
+    line holds), else ','. (The sniffer's time grows with the square of the sample on unbalanced quotes.)"""
+    given = os.environ.get(DELIMITER_ENV)
+    if given:
+        return parse_delimiter(given)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            sample = f.read(16384)
+    except (OSError, UnicodeDecodeError):  # the reader reports it
+        return ","
+    if len(sample) == 16384 and "\n" in sample:
+        sample = sample[: sample.rindex("\n") + 1]  # whole lines only
+    try:
+        found = csv.Sniffer().sniff(sample, delimiters="".join(SNIFFED)).delimiter
+    except csv.Error:  # one column, or nothing to go by
+        return ","
+    return found if found in sample.split("\n", 1)[0] else ","
+
+
+def delimiter_name(delimiter: str) -> str:
+    return SNIFFED.get(delimiter, repr(delimiter))
+
+
+def delimiter_hint(path) -> str:
+    """For a message about a CSV file's missing fields: the delimiter it was read with, and how to give another."""
+    if str(path).startswith(HUB_PREFIX) or Path(path).suffix.lower() != ".csv" or not Path(path).is_file():
+        return ""
+    used = csv_delimiter(path)
+    others = [name for d, name in SNIFFED.items() if d != used][:2]
+    return f"read with delimiter {delimiter_name(used)}; a {' or '.join(others)} file? pass --delimiter"
+
+
+def _hint(source) -> str:
+    hint = delimiter_hint(source)
+    return f" ({hint})" if hint else ""
+
+
+def _read_csv(path: Path, id_fields=()):
+    delimiter = csv_delimiter(path)
+    limit = csv.field_size_limit(CSV_FIELD_LIMIT)
+    reader = None
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f, delimiter=delimiter)
+            header = reader.fieldnames or []
+            if id_fields and not set(id_fields) & set(header):
+                raise StarloraError(f"{path}:1: no id field {' or '.join(map(repr, id_fields))} (fields: "
+                                    f"{', '.join(header) or 'none'}; {delimiter_hint(path)})")
             for row in reader:
                 yield f"{path}:{reader.line_num}", {k: v for k, v in row.items() if k is not None}
     except UnicodeDecodeError:
-        raise StarloraError(f"{path}: not valid UTF-8") from None
+        raise StarloraError(f"{path}:{_bad_utf8_line(path)}: not valid UTF-8") from None
     except csv.Error as e:
-        raise StarloraError(f"{path}: malformed CSV ({e})") from None
+        line = f":{reader.reader.line_num}" if reader is not None else ""  # the csv reader's: the line it failed on
+        raise StarloraError(f"{path}{line}: malformed CSV ({e})") from None
+    finally:
+        csv.field_size_limit(limit)
+
+
+def _bad_utf8_line(path: Path) -> int:
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return number
+    return 1
 
 
 def load_files(task: Task, train_file, test_file, id_field="id", answer_field="answer") -> Data:

@@ -8,9 +8,14 @@ each run stopped and ends with the results an uninterrupted sweep gives.
 from __future__ import annotations
 
 import concurrent.futures as futures
+import contextlib
+import dataclasses
+import hashlib
+import json
 import logging
 import multiprocessing
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +23,12 @@ from pathlib import Path
 import yaml
 
 from .config import RunConfig, resolve, variant
+from .data import load_data
 from .errors import StarloraError
 from .experiment import run
 from .files import read_jsonl
+from .strategies import get_strategy
+from .tasks import get_task
 from .tokens import progress
 
 GRID_KEYS = {"tasks", "strategies", "seeds", "protocol", "config"}
@@ -45,36 +53,131 @@ def read_grid(path) -> list[dict]:
     blocks = blocks if isinstance(blocks, list) else [blocks]
     for i, block in enumerate(blocks, 1):
         if not isinstance(block, dict):
-            raise StarloraError(f"{path}: grid block {i} is not a mapping of {', '.join(sorted(GRID_KEYS))}")
+            raise StarloraError(f"{path}: block {i}: not a mapping of {', '.join(sorted(GRID_KEYS))}")
         unknown = set(map(str, block)) - GRID_KEYS
         if unknown:
-            raise StarloraError(f"{path}: grid block {i}: unknown key(s) {', '.join(sorted(unknown))} "
+            raise StarloraError(f"{path}: block {i}: unknown key(s) {', '.join(sorted(unknown))} "
                                 f"(allowed: {', '.join(sorted(GRID_KEYS))})")
         if not isinstance(block.get("config", {}), dict):
-            raise StarloraError(f"{path}: grid block {i}: 'config' must be a mapping of configuration keys")
+            raise StarloraError(f"{path}: block {i}: 'config' must be a mapping of configuration keys")
     return blocks
 
 
-def plan(blocks: list[dict], out, overrides: dict | None = None) -> list[Job]:
-    """Every run of the grid, resolved and validated before any starts: OUT/TASK/STRATEGY/seedN, seed by seed.
-    `overrides`
-    (command-line flags) win over a block's config, as flags win over a config file in `run`."""
-    jobs, seen = [], set()
-    for block in blocks:
-        config = {**block.get("config", {}), **(overrides or {})}
-        for name in ("tasks", "strategies", "seeds"):
-            if not isinstance(block.get(name), list) or not block[name]:
-                raise StarloraError(f"the grid needs a non-empty list of {name} (--{name} or the grid file)")
-        for task in block["tasks"]:
-            for seed in block["seeds"]:  # seed by seed: a half-finished sweep already holds whole comparisons
-                for strategy in block["strategies"]:
-                    cfg = resolve(block.get("protocol") or "paper", **{**config, "task": task, "strategy": strategy,
-                                                                          "seed": seed})
-                    folder = Path(out) / str(task) / variant(cfg) / f"seed{seed}"
-                    if folder not in seen:  # blocks may overlap: each run once
-                        seen.add(folder)
-                        jobs.append(Job(cfg, folder))
+def plan(blocks: list[dict], out, overrides: dict | None = None, grid=None) -> list[Job]:
+    """Every run of the grid, resolved and validated before any starts (configuration, data files and sizes; not
+    the model): OUT/TASK/STRATEGY/seedN, seed by seed, where STRATEGY is config.variant with the configuration
+    values that differ between runs of that task and variant, e.g. random[lr=0.001] (folder_names). `overrides`
+    (command-line flags) win over a block's config, as flags win over a config file in `run`. Errors name the grid
+    file and the block: 'grid.yaml: block 2: ...'."""
+    resolved = []  # (block number, cfg)
+    for number, block in enumerate(blocks, 1):
+        with in_block(grid, number, len(blocks)):
+            config = {**block.get("config", {}), **(overrides or {})}
+            for name in ("tasks", "strategies", "seeds"):
+                if not isinstance(block.get(name), list) or not block[name]:
+                    raise StarloraError(f"the grid needs a non-empty list of {name} (--{name} or the grid file)")
+            for task in block["tasks"]:
+                for seed in block["seeds"]:  # seed by seed: a half-finished sweep already holds whole comparisons
+                    for strategy in block["strategies"]:
+                        cfg = resolve(block.get("protocol") or "paper",
+                                      **{**config, "task": task, "strategy": strategy, "seed": seed})
+                        resolved.append((number, cfg))
+    names = folder_names([cfg for _, cfg in resolved])
+    jobs, seen = [], {}
+    for (number, cfg), name in zip(resolved, names):
+        folder = Path(out) / str(cfg.task) / name / f"seed{cfg.seed}"
+        if folder in seen:  # blocks may overlap: the same run listed twice runs once
+            if seen[folder][1] != cfg:  # folder_names keeps runs that differ apart; never run one in another's place
+                raise StarloraError(f"{grid or 'the grid'}: blocks {seen[folder][0]} and {number} both map to "
+                                    f"{folder} with different configurations")
+            continue
+        seen[folder] = (number, cfg)
+        jobs.append(Job(cfg, folder))
+    check_data([(seen[job.folder][0], job) for job in jobs], grid, len(blocks))
     return jobs
+
+
+@contextlib.contextmanager
+def in_block(grid, number: int, blocks: int):
+    """Errors raised inside are prefixed with the grid file and block number ('grid.yaml: block 2: ...'); without a
+    grid file, with the block number where there are several blocks."""
+    prefix = f"{grid}: block {number}: " if grid else (f"block {number}: " if blocks > 1 else "")
+    try:
+        yield
+    except StarloraError as e:
+        if not prefix:
+            raise
+        raise StarloraError(prefix + str(e)) from None
+
+
+SAME_NAME = {"seed"}  # in the folder's name already
+
+
+def folder_names(cfgs: list[RunConfig]) -> list[str]:
+    """One folder name per configuration: its variant (star-me, star-me+kmeans, ...), and where runs of one task and
+    variant differ in other configuration values, those values for each: random[lr=0.00015] and random[lr=0.001].
+    A grid whose runs differ only in task, strategy variant and seed keeps the plain names."""
+    values = [dataclasses.asdict(cfg) for cfg in cfgs]
+    groups = [(cfg.task, variant(cfg)) for cfg in cfgs]
+    members: dict[tuple, list[dict]] = {}
+    for group, value in zip(groups, values):
+        members.setdefault(group, []).append(value)
+    differ = {group: sorted(k for k in ms[0] if k not in SAME_NAME and len({_key(m[k]) for m in ms}) > 1)
+              for group, ms in members.items()}
+    names = {}  # (group, its differing values) -> folder name
+    for group, ms in members.items():
+        keys = differ[group]
+        named = {tuple(_key(m[k]) for k in keys):
+                 group[1] + ("[" + ",".join(f"{k}={_show(m[k])}" for k in keys) + "]" if keys else "") for m in ms}
+        if len(set(named.values())) < len(named) or any(len(n) > 120 for n in named.values()):  # unreadable
+            named = {c: f"{group[1]}[config-{hashlib.sha1(repr((keys, c)).encode()).hexdigest()[:8]}]"
+                     for c in named}
+        names |= {(group, c): folder for c, folder in named.items()}
+    return [names[group, tuple(_key(value[k]) for k in differ[group])] for group, value in zip(groups, values)]
+
+
+def _key(value) -> str:
+    """Equal values, equal keys (1 and 1.0 too: a YAML grid may write either)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return json.dumps(float(value) if number else value, sort_keys=True)
+
+
+def _show(value) -> str:
+    """A configuration value as a short, portable piece of a folder name."""
+    if isinstance(value, float):
+        value = f"{value:g}" if float(f"{value:g}") == value else repr(value)
+    elif isinstance(value, list):
+        value = "+".join(map(str, value))
+    elif isinstance(value, str) and ("/" in value or os.sep in value):
+        value = Path(value).name  # a data file: its name (two files of one name fall back to a hash)
+    return re.sub(r"[^A-Za-z0-9._+-]", "_", str(value))[:40]
+
+
+def check_data(jobs: list[tuple[int, Job]], grid=None, blocks: int = 1) -> None:
+    """What `run` checks before loading the model, for every run of the grid before the first starts: the task and
+    strategy, the data (loaded once per task and data source) and that the pool holds the initial set, the queries,
+    the probe and the stop set. jobs: (block number, job)."""
+    loaded = {}
+    for number, job in jobs:
+        cfg = job.cfg
+        with in_block(grid, number, blocks):
+            key = (cfg.task, tuple(cfg.candidates or ()), cfg.template, cfg.data, cfg.train_file, cfg.test_file,
+                   cfg.id_field, cfg.answer_field)
+            if cfg.test_file and not cfg.train_file:
+                raise StarloraError("--test-file without --train-file: the run needs a pool to label (--train-file)")
+            if key not in loaded:
+                task = get_task(cfg.task, cfg.candidates, cfg.template,
+                                user_files=bool(cfg.train_file or cfg.test_file))
+                loaded[key] = task, len(load_data(task, cfg.data, cfg.train_file, cfg.test_file, cfg.id_field,
+                                                  cfg.answer_field).pool)
+            task, pool = loaded[key]
+            get_strategy(cfg.strategy, task.closed)
+            needed = cfg.init_size + cfg.query_size * (cfg.rounds - 1)
+            if needed + cfg.probe_size + cfg.stop_set_size > pool:  # as experiment.setup words it
+                raise StarloraError(f"--init-size {cfg.init_size} + {cfg.rounds - 1} queries of {cfg.query_size} "
+                                    f"need {needed} pool examples besides the --probe-size {cfg.probe_size} probe "
+                                    f"and the --stop-set-size {cfg.stop_set_size} stop set (never labeled); the "
+                                    f"pool has {pool}")
 
 
 def finished_rounds(job: Job) -> int:
@@ -87,6 +190,13 @@ def sweep(jobs: list[Job], workers: int = 1, devices: list[str] | None = None, r
     for device in devices or []:
         if device != "cpu" and not (device.startswith("cuda:") and device[5:].isdigit()):
             raise StarloraError(f"--devices: {device!r} is not cpu or cuda:N")
+    gpus = [int(device[5:]) for device in devices or [] if device.startswith("cuda:")]
+    if gpus:
+        import torch
+
+        if max(gpus) >= torch.cuda.device_count():
+            raise StarloraError(f"--devices {','.join(devices)} needs {max(gpus) + 1} CUDA GPU(s); this machine has "
+                                f"{torch.cuda.device_count()} (give cpu, or fewer cuda:N)")
     slots = len(devices) if devices else workers
     if slots < 1:
         raise StarloraError(f"--workers must be at least 1 (got {workers})")

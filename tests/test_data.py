@@ -207,3 +207,100 @@ def test_human_loop_init_reads_a_parquet_pool(tmp_path):
                      str(d / "dict" / "test"), "--model", "tiny-random"]) == 0
     assert cli.main(["query", str(d / "proj"), "-n", "2", "--random"]) == 0
     assert len(read_jsonl(d / "proj" / "queries" / "round_0.jsonl")) == 2
+
+
+BOM = "\ufeff".encode()
+
+
+def test_a_byte_order_mark_is_accepted_in_csv_json_lines_and_json(tmp_path):
+    """Excel's "CSV UTF-8" and some editors start a file with a BOM: the first field is still 'id', the first line
+    still JSON."""
+    from starlora.data import read_rows
+    from starlora.project import read_answers
+
+    (tmp_path / "rows.csv").write_bytes(BOM + b"id,question,answer\r\nr0,Is 0 even?,true\r\nr1,Is 1 even?,false\r\n")
+    (tmp_path / "rows.jsonl").write_bytes(BOM + jsonl(ROWS[:2]).encode())
+    (tmp_path / "rows.json").write_bytes(BOM + json.dumps(ROWS[:2]).encode())
+    for name in ("rows.csv", "rows.jsonl", "rows.json"):
+        rows = [row for _, row in read_rows(tmp_path / name)]
+        assert [r["id"] for r in rows] == ["r0", "r1"], name
+        assert [i for _, i, _ in read_answers(tmp_path / name, "answer")] == ["r0", "r1"], name
+    export = [{"id": 7, "data": {"starlora_id": "r0", "prompt": "p"},
+               "annotations": [{"result": [{"value": {"choices": ["true"]}}]}]}]
+    (tmp_path / "export.json").write_bytes(BOM + json.dumps(export).encode())  # Label Studio's JSON
+    assert read_answers(tmp_path / "export.json", "answer") == [(f"{tmp_path / 'export.json'}: task 1", "r0", "true")]
+
+    from starlora import cli
+    from starlora.files import read_jsonl
+
+    assert cli.main(["init", str(tmp_path / "proj"), "--task", "boolq", "--pool", str(tmp_path / "rows.csv"),
+                     "--model", "tiny-random"]) == 0
+    assert [r["id"] for r in read_jsonl(tmp_path / "proj" / "pool.jsonl")] == ["r0", "r1"]  # not content hashes
+
+
+def test_csv_delimiters_are_sniffed_or_given(tmp_path, capsys):
+    from starlora import cli
+    from starlora.data import delimiter_option, read_rows
+    from starlora.files import read_jsonl
+    from starlora.project import read_answers
+
+    want = [{"id": "r0", "question": "Is 0 even, really?", "answer": "true"},
+            {"id": "r1", "question": "Is 1 even; really?", "answer": "false"}]
+    for name, sep in (("comma.csv", ","), ("semicolon.csv", ";"), ("tab.csv", "\t"), ("pipe.csv", "|")):
+        text = sep.join(want[0]) + "\n" + "".join(sep.join(f'"{v}"' if sep in v else v for v in r.values()) + "\n"
+                                                 for r in want)
+        (tmp_path / name).write_text(text)
+    for name in ("comma.csv", "semicolon.csv", "tab.csv"):
+        assert [row for _, row in read_rows(tmp_path / name)] == want, name
+    (tmp_path / "one.csv").write_text("question\nIs it?\n")  # one column: nothing to sniff, read as ','
+    assert [row for _, row in read_rows(tmp_path / "one.csv")] == [{"question": "Is it?"}]
+    with delimiter_option("|"):  # --delimiter
+        assert [row for _, row in read_rows(tmp_path / "pipe.csv")] == want
+    with delimiter_option("tab"):
+        assert [row for _, row in read_rows(tmp_path / "tab.csv")] == want
+    with pytest.raises(StarloraError, match="--delimiter 'ab': give one character"), delimiter_option("ab"):
+        pass
+
+    # rows without an id field: the message names the delimiter used and --delimiter
+    (tmp_path / "answers.csv").write_text("key,answer\nr0,true\n")
+    with pytest.raises(StarloraError, match=r"answers.csv:1: no id field 'starlora_id' or 'id' \(fields: key, "
+                                            r"answer; read with delimiter ','; a ';' or tab file\? pass --delimiter\)"):
+        read_answers(tmp_path / "answers.csv", "answer")
+    with delimiter_option(","), pytest.raises(StarloraError, match=r"no id field .* \(fields: id;question;answer; "
+                                                                   r"read with delimiter ','"):
+        read_answers(tmp_path / "semicolon.csv", "answer")
+
+    # the command line: init and label take --delimiter; a wrong one is one line, exit 2
+    proj = tmp_path / "proj"
+    assert cli.main(["init", str(proj), "--task", "boolq", "--pool", str(tmp_path / "pipe.csv"), "--delimiter", "|",
+                     "--model", "tiny-random"]) == 0
+    assert [r["id"] for r in read_jsonl(proj / "pool.jsonl")] == ["r0", "r1"]
+    capsys.readouterr()
+    assert cli.main(["init", str(tmp_path / "p2"), "--task", "boolq", "--pool", str(tmp_path / "pipe.csv"),
+                     "--model", "tiny-random"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pipe.csv:2: prompt template '{question}' needs field 'question'" in err
+    assert "(read with delimiter ','; a ';' or tab file? pass --delimiter)" in err
+    assert cli.main(["label", str(proj), str(tmp_path / "semicolon.csv"), "--delimiter", ","]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no id field 'starlora_id' or 'id'" in err and "pass --delimiter" in err
+    assert read_jsonl(proj / "labels.jsonl") == []
+
+
+def test_large_csv_cells_are_read_and_csv_errors_name_the_line(tmp_path, monkeypatch):
+    import csv
+
+    from starlora import data
+    from starlora.data import read_rows
+
+    passage = "word " * 60_000  # 300 KB in one cell: over csv's default 128 KiB limit
+    (tmp_path / "big.csv").write_text(f"id,question,answer\nr0,short,true\nr1,{passage},false\n")
+    rows = [row for _, row in read_rows(tmp_path / "big.csv")]
+    assert len(rows[1]["question"]) == len(passage)
+    assert csv.field_size_limit() == 131072  # the process-wide limit is left as it was
+    monkeypatch.setattr(data, "CSV_FIELD_LIMIT", 1000)
+    with pytest.raises(StarloraError, match=r"big.csv:3: malformed CSV \(field larger than field limit"):
+        list(read_rows(tmp_path / "big.csv"))
+    (tmp_path / "latin1.csv").write_bytes(b"id,question,answer\nr0,ok,true\nr1,caf\xe9,false\n")
+    with pytest.raises(StarloraError, match=r"latin1.csv:3: not valid UTF-8"):
+        list(read_rows(tmp_path / "latin1.csv"))

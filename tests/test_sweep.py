@@ -124,3 +124,56 @@ def test_a_conversion_another_process_finished_first_is_used(tmp_path):
     assert cached_conversion(target, convert) == target
     assert json.loads((target / "config.json").read_text()) == {"first": True}
     assert [p.name for p in tmp_path.iterdir()] == ["model"]  # no leftover temporary folder
+
+
+def test_blocks_that_differ_only_in_config_run_in_folders_of_their_own(grid):
+    """A block repeating another with lr 0.001 is a run of its own, named by the value that differs; a block listed
+    twice still runs once, and a grid without such differences keeps the plain names."""
+    config = S.read_grid(grid / "grid.yaml")[0]["config"]
+    blocks = [{"tasks": ["boolq"], "strategies": ["random", "star-me"], "seeds": [0], "config": config},
+              {"tasks": ["boolq"], "strategies": ["random"], "seeds": [0], "config": {**config, "lr": 0.001}},
+              {"tasks": ["boolq"], "strategies": ["random", "star-me"], "seeds": [0], "config": config}]
+    jobs = S.plan(blocks, grid / "o")
+    assert [str(j.folder.relative_to(grid / "o")) for j in jobs] == [
+        "boolq/random[lr=0.00015]/seed0", "boolq/star-me/seed0", "boolq/random[lr=0.001]/seed0"]
+    assert [j.cfg.lr for j in jobs] == [1.5e-4, 1.5e-4, 0.001]
+    plain = S.plan([blocks[0], blocks[2]], grid / "o")
+    assert [str(j.folder.relative_to(grid / "o")) for j in plain] == ["boolq/random/seed0", "boolq/star-me/seed0"]
+    assert len(S.folder_names([j.cfg for j in jobs])) == 3
+
+
+def test_every_block_is_checked_before_the_first_run(grid, capsys):
+    config = S.read_grid(grid / "grid.yaml")[0]["config"]
+    good = {"tasks": ["boolq"], "strategies": ["random"], "seeds": [0], "config": config}
+    for bad, message in [
+        ({**config, "train_file": str(grid / "missing.jsonl")}, ".*missing.jsonl: no such file"),
+        ({**config, "init_size": 40}, r"--init-size 40 \+ 1 queries of 4 need 44 pool examples .* the pool has 32"),
+        ({**config, "train_file": None}, r"--test-file without --train-file: the run needs a pool to label"),
+        ({**config, "test_file": None}, "--train-file needs --test-file"),
+        ({**config, "lr": -1}, "--lr must be positive"),
+    ]:
+        (grid / "two.yaml").write_text(json.dumps([good, {**good, "config": bad}]))
+        with pytest.raises(StarloraError, match=f"^{grid / 'two.yaml'}: block 2: {message}"):
+            S.plan(S.read_grid(grid / "two.yaml"), grid / "b", grid=grid / "two.yaml")
+        capsys.readouterr()
+        assert main(["sweep", "--grid", str(grid / "two.yaml"), "--out", str(grid / "b")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"two.yaml: block 2: " in err
+        assert not (grid / "b").exists()  # block 1 never ran
+    (grid / "two.yaml").write_text(json.dumps([good, {**good, "strategies": ["nope"]}]))
+    with pytest.raises(StarloraError, match="two.yaml: block 2: unknown --strategy 'nope'"):
+        S.plan(S.read_grid(grid / "two.yaml"), grid / "b", grid=grid / "two.yaml")
+
+
+def test_devices_the_machine_lacks_are_refused(grid, monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(StarloraError, match=r"--devices cuda:0,cuda:1 needs 2 CUDA GPU\(s\); this machine has 1"):
+        S.sweep([], devices=["cuda:0", "cuda:1"])
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert main(["sweep", "--grid", str(grid / "grid.yaml"), "--out", str(grid / "d"), "--devices",
+                 "cuda:0,cuda:1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "needs 2 CUDA GPU(s); this machine has 0" in err
+    assert not (grid / "d").exists()
