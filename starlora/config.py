@@ -180,6 +180,10 @@ def check(cfg: MethodConfig) -> None:
             words = {ABOVE_ZERO: "positive", AT_LEAST_ONE: "at least 1", AT_LEAST_ZERO: "at least 0",
                      FRACTION: "in [0, 1)"}
             raise StarloraError(f"{flag(f.name)} must be {words[rule]} (got {value})")
+    folded = [c.strip().casefold() for c in cfg.candidates or []]
+    twice = next((c for c in cfg.candidates or [] if folded.count(c.strip().casefold()) > 1), None)
+    if twice is not None:  # an answer must name exactly one candidate
+        raise StarloraError(f"--candidates lists {twice.strip()!r} more than once (up to case and spaces)")
     if getattr(cfg, "candidate_subsample", None) is not None and cfg.candidate_subsample < cfg.query_size:
         raise StarloraError(f"--candidate-subsample {cfg.candidate_subsample} is smaller than --query-size "
                             f"{cfg.query_size}: every round would label fewer examples than asked")

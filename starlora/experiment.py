@@ -25,7 +25,7 @@ from .diversity import kmeans_representatives
 from .embeddings import EmbeddingCache
 from .errors import StarloraError
 from .evaluation import evaluate
-from .files import read_jsonl, write_json, write_jsonl
+from .files import RESUMED_ROUND, read_json, read_rounds, write_json, write_jsonl
 from .hardware import device, resolve_precision
 from .memory import preflight
 from .models import load_model
@@ -71,10 +71,10 @@ def check_folder(out: Path, cfg: RunConfig) -> bool:
             raise StarloraError(f"--out {out}: cannot create a folder under {parent}")
         config_file = out / "config.json"
         if config_file.exists():
-            stored = {**LEGACY, **json.loads(config_file.read_text())["config"]}
+            stored = {**LEGACY, **read_json(config_file, {"config": dict})["config"]}
             wanted = dataclasses.asdict(cfg)
             diff = sorted(k for k in (set(stored) | set(wanted)) - RESUMABLE_CHANGES if stored.get(k) != wanted.get(k))
-            if diff and read_jsonl(out / "rounds.jsonl"):
+            if diff and read_rounds(out):
                 shown = ", ".join(f"{k}: {stored.get(k)!r} -> {wanted.get(k)!r}" for k in diff[:4])
                 hint = " (precision 'auto' resolves per machine: pass the stored value)" if "precision" in diff else ""
                 raise StarloraError(f"{out} holds a run with another configuration ({shown}){hint}; use another --out")
@@ -84,7 +84,7 @@ def check_folder(out: Path, cfg: RunConfig) -> bool:
         return False
     except OSError as e:
         raise StarloraError(f"--out {out}: cannot use this folder ({e.strerror or e})") from None
-    except (json.JSONDecodeError, KeyError, TypeError):
+    except (KeyError, TypeError):
         raise StarloraError(f"{out / 'config.json'}: not a starlora configuration; use another --out") from None
 
 
@@ -101,7 +101,7 @@ def open_folder(out: Path, cfg: RunConfig, resume: bool) -> list[dict]:
             raise StarloraError(f"--out {out}: cannot write here ({e.strerror or e})") from None
         write_json(out / "config.json", {"config": dataclasses.asdict(cfg), "versions": versions()})
     parallel.barrier()
-    return read_jsonl(out / "rounds.jsonl") if resume else []
+    return read_rounds(out, RESUMED_ROUND) if resume else []
 
 
 def method_settings(cfg: MethodConfig, strategy) -> tuple[ScoringSettings, TrainSettings]:
@@ -194,7 +194,7 @@ def run(cfg: RunConfig, out: str | Path, *, dry_run: bool = False, on_round=None
     prepared = setup(cfg, out, dry_run)
     if not isinstance(prepared, Experiment):  # a dry run, or a run finished before
         return prepared
-    records = read_jsonl(out / "rounds.jsonl")
+    records = read_rounds(out, RESUMED_ROUND)
     if report_to:
         prepared.tracking = Tracking(report_to, run_name(cfg.task, variant(cfg), cfg.seed), out,
                                      dataclasses.asdict(cfg))
@@ -238,10 +238,10 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
                             f"{cfg.stop_set_size} stop set (never labeled); the pool has {len(data.pool)}")
     test = data.test[: cfg.test_size] if cfg.test_size else data.test
     resume = check_folder(out, cfg)
-    done = read_jsonl(out / "rounds.jsonl") if resume else []
+    done = read_rounds(out, RESUMED_ROUND) if resume else []
     if (len(done) >= cfg.rounds or done and done[-1].get("stopped")) and (out / "summary.json").exists():
         logger.info(f"{out}: all {cfg.rounds} rounds already finished")
-        return json.loads((out / "summary.json").read_text())
+        return read_json(out / "summary.json")
     lora = cfg.mode == "lora"
     if not lora and (strategy.b_decay or strategy.mc_dropout):
         logger.info("note: full fine-tuning: STAR's B decay and LoRA MC dropout do not apply (no LoRA); "
@@ -358,7 +358,7 @@ def stop_set_figures(x: Experiment, current, t: int) -> dict:
         return {}
     scores = score(current, x.tokenizer, x.task, x.stop, settings=x.settings, desc=f"round {t} stop set")
     previous = x.out / "stop" / f"round_{t - 1}.json"
-    figures = stop_figures(json.loads(previous.read_text()) if t and previous.exists() else None,
+    figures = stop_figures(read_json(previous) if t and previous.exists() else None,
                            scores.predictions, scores.measures[x.measure])
     write_json(x.out / "stop" / f"round_{t}.json", {"ids": [ex.id for ex in x.stop], "predictions": scores.predictions,
                                                     "mean": figures["stop_uncertainty"]})

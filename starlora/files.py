@@ -6,12 +6,15 @@ Under `accelerate launch` every process computes the same state and only the mai
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from . import parallel
 from .errors import StarloraError
+
+logger = logging.getLogger(__name__)
 
 
 def write_atomic(path: str | os.PathLike, text: str | Iterable[str]) -> None:
@@ -43,18 +46,76 @@ def write_json(path, obj) -> None:
     write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
-def read_jsonl(path) -> list[dict]:
-    """Records of a JSON-lines file; a torn last line (killed mid-write) is ignored."""
+def read_jsonl(path, schema: dict | None = None) -> list[dict]:
+    """Records of a JSON-lines file, read strictly: a line that is not a JSON object (or lacks a `schema` field, a
+    name -> type mapping) stops with one line naming the file and line, so no command acts on, or rewrites, a file
+    it could not read whole. The one exception is a torn last line (no newline at its end) left by a kill
+    mid-append: it is skipped with a warning, and the next write to the file removes it. Blank lines are skipped."""
     path = Path(path)
     if not path.exists():
         return []
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise StarloraError(f"{path}: cannot read ({e.strerror or e})") from None
+    lines = raw.split(b"\n")
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(lines, 1):
+        last = number == len(lines)  # text after the final newline: only a torn write leaves any
+        if not line.strip():
+            continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+            record = json.loads(line.decode("utf-8").removeprefix("\ufeff") if number == 1 else line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            if last:
+                logger.warning(f"{path}:{number}: skipping a torn last line (left by an interrupted write); the next "
+                               "write to this file removes it")
+                break
+            why = "not valid UTF-8" if isinstance(e, UnicodeDecodeError) else f"malformed JSON ({e.msg})"
+            raise StarloraError(f"{path}:{number}: {why}; nothing was changed: repair or remove that line") from None
+        records.append(check_record(record, schema, f"{path}:{number}"))
     return records
+
+
+def check_record(record, schema: dict | None, where: str) -> dict:
+    """The record, if it is a JSON object holding every `schema` field with its type; else one line naming `where`."""
+    if not isinstance(record, dict):
+        raise StarloraError(f"{where}: expected a JSON object, got {type(record).__name__}; nothing was changed")
+    for name, kind in (schema or {}).items():
+        value = record.get(name, _MISSING)
+        if value is _MISSING or not isinstance(value, kind) or isinstance(value, bool) and bool not in _kinds(kind):
+            got = "missing" if value is _MISSING else f"{value!r}"
+            raise StarloraError(f"{where}: field {name!r} is {got}, expected {_type_words(kind)}; nothing was changed")
+    return record
+
+
+_MISSING = object()
+
+
+def _kinds(kind) -> tuple:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _type_words(kind) -> str:
+    return " or ".join({str: "text", int: "an integer", float: "a number", list: "a list", dict: "an object",
+                        type(None): "null", bool: "true or false"}[k] for k in _kinds(kind))
+
+
+def read_json(path, schema: dict | None = None) -> dict:
+    """A JSON object file (config.json, summary.json, train.json, ...), read strictly: one line naming the file and
+    the line where it breaks."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise StarloraError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise StarloraError(f"{path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise StarloraError(f"{path}:{e.lineno}: malformed JSON ({e.msg}); nothing was changed") from None
+    return check_record(value, schema, str(path))
 
 
 def write_jsonl(path, records) -> None:
@@ -63,16 +124,21 @@ def write_jsonl(path, records) -> None:
 
 def append_jsonl(path, records) -> None:
     """Append records as JSON lines, flushed and fsynced; lines already there are never rewritten. A line torn by a
-    kill mid-append (read_jsonl ignores it) is cut off first, so it cannot glue onto the next record."""
+    kill mid-append (read_jsonl skips it) is cut off first, so it cannot glue onto the next record."""
     if not parallel.is_main():
         return
     path = Path(path)
     try:
         with open(path, "ab+") as f:
             _cut_torn_tail(f)
-            f.writelines((json.dumps(r) + "\n").encode() for r in records)
-            f.flush()
-            os.fsync(f.fileno())
+            size = f.seek(0, os.SEEK_END)
+            try:
+                f.write(b"".join((json.dumps(r) + "\n").encode() for r in records))
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError:
+                f.truncate(size)  # a full disk: none of these records, so a caller's all-or-nothing holds
+                raise
     except OSError as e:
         raise StarloraError(f"{path}: cannot write ({e.strerror or e}); the lines written before are kept") from None
 
@@ -91,3 +157,18 @@ def _cut_torn_tail(f) -> None:
             return
         pos -= step
     f.truncate(0)
+
+
+ROUND = {"round": int, "n_labeled": int, "accuracy": (int, float)}  # what a report reads
+RESUMED_ROUND = {**ROUND, "added": list, "selected": list}  # what a resumed run reads too
+
+
+def read_rounds(folder, schema: dict = ROUND) -> list[dict]:
+    """A run's finished rounds (rounds.jsonl), read strictly: a damaged line stops `run`, `sweep` and `report` with
+    its file and line instead of silently redoing or dropping that round."""
+    path = Path(folder) / "rounds.jsonl"
+    records = read_jsonl(path, schema)
+    for t, r in enumerate(records):
+        if r["round"] != t:
+            raise StarloraError(f"{path}: line {t + 1} is round {r['round']}, expected {t}; nothing was changed")
+    return records

@@ -37,7 +37,7 @@ from .embeddings import EmbeddingCache
 from .errors import StarloraError
 from .evaluation import evaluate
 from .experiment import method_settings, versions
-from .files import read_jsonl, write_atomic, write_json, write_jsonl
+from .files import append_jsonl, read_json, read_jsonl, write_atomic, write_json, write_jsonl
 from .memory import preflight
 from .models import load_model
 from .scoring import score
@@ -65,17 +65,46 @@ class Project:
     def strategy(self):
         return get_strategy(self.cfg.strategy, self.task.closed)
 
+    # Every project file is read whole and strictly (files.read_jsonl): a damaged line stops the command naming the
+    # file and line, before anything is written, so no label is ever dropped by a rewrite.
     def pool(self) -> list[dict]:
-        return read_jsonl(self.folder / "pool.jsonl")
+        return read_jsonl(self.folder / "pool.jsonl", {"id": str, "prompt": str})
 
     def test(self) -> list[Example]:
-        return [Example(**r) for r in read_jsonl(self.folder / "test.jsonl")]
+        schema = {"id": str, "prompt": str, "target": str, "gold": (str, type(None))}
+        return [Example(*(r[k] for k in schema)) for r in read_jsonl(self.folder / "test.jsonl", schema)]
 
     def labels(self) -> list[dict]:
-        return read_jsonl(self.folder / "labels.jsonl")
+        path = self.folder / "labels.jsonl"
+        records = read_jsonl(path, {"id": str, "answer": str, "round": int})
+        seen, task = set(), self.task
+        for n, r in enumerate(records, 1):
+            if r["id"] in seen:
+                raise StarloraError(f"{path}: id {r['id']!r} is labeled twice; nothing was changed: keep one of its "
+                                    "lines")
+            seen.add(r["id"])
+            try:
+                task.gold(r["answer"])
+            except ValueError as e:
+                raise StarloraError(f"{path}: label {n} (id {r['id']!r}): {e}; nothing was changed") from None
+        return records
 
     def queries(self) -> list[dict]:
-        return read_jsonl(self.folder / "queries.jsonl")
+        path = self.folder / "queries.jsonl"
+        records = read_jsonl(path, {"round": int, "ids": list, "file": str})
+        for t, r in enumerate(records):
+            if r["round"] != t or not all(isinstance(i, str) for i in r["ids"]):
+                raise StarloraError(f"{path}: query {t + 1} is damaged (round {r['round']!r}, expected {t}; ids must "
+                                    "be text); nothing was changed")
+        return records
+
+    def query_file(self, record: dict) -> Path:
+        """Where a query's file is: stored relative to the project folder (older projects: as given then)."""
+        inside = self.folder / record["file"]
+        return inside if inside.exists() or not Path(record["file"]).exists() else Path(record["file"])
+
+    def trained(self, adapter: Path) -> dict:
+        return read_json(adapter / "train.json", {"round": int, "n_labels": int})
 
     def adapters(self) -> list[Path]:
         """Trained rounds in order; a folder only counts once renamed into place (train.json inside)."""
@@ -85,17 +114,20 @@ class Project:
         return found
 
 
-def pending(queries: list[dict], labels: list[dict]) -> list[str]:
-    """Ids of the last query that have no label yet."""
+def pending(queries: list[dict], labels: list[dict], adapters: list) -> list[str]:
+    """Ids of the last query that have no label yet. Once that round is trained (train --partial) its unlabeled
+    examples are left out of the loop, so nothing is pending."""
+    if not queries or len(adapters) >= len(queries):
+        return []
     labeled = {r["id"] for r in labels}
-    return [i for i in queries[-1]["ids"] if i not in labeled] if queries else []
+    return [i for i in queries[-1]["ids"] if i not in labeled]
 
 
 def open_project(folder) -> Project:
     folder = Path(folder)
     if not (folder / "project.json").exists():
         raise StarloraError(f"{folder} is not a starlora project (no project.json); create one with starlora init")
-    stored = json.loads((folder / "project.json").read_text())["config"]
+    stored = read_json(folder / "project.json", {"config": dict})["config"]
     known = {f.name for f in dataclasses.fields(MethodConfig)}  # projects made before the split stored more keys
     return Project(folder, MethodConfig(**{**LEGACY, **{k: v for k, v in stored.items() if k in known}}))
 
@@ -131,6 +163,7 @@ def init(folder, cfg: MethodConfig, pool_file, test_file=None) -> Project:
     write_jsonl(tmp / "test.jsonl", [dataclasses.asdict(ex) for ex in test])
     write_jsonl(tmp / "labels.jsonl", [])
     write_jsonl(tmp / "queries.jsonl", [])
+    (tmp / LOCK).touch()  # the lock file is part of the project: taking the lock never leaves a new file behind
     if folder.exists():
         folder.rmdir()
     tmp.rename(folder)  # the project exists whole or not at all
@@ -212,18 +245,18 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
     write_atomic(out, export(task, [fields[i] for i in selected], fmt, cfg.answer_field))
     if fmt == "labelstudio":
         write_atomic(out.with_name("labelstudio_config.xml"), labelstudio_config(task, cfg.answer_field))
-    write_jsonl(project.folder / "queries.jsonl", queries + [{"round": t, "ids": selected, "file": str(out),
-                                                              "how": how, **shown}])
+    record = {"round": t, "ids": selected, "file": str(out.relative_to(project.folder)), "how": how, **shown}
+    write_jsonl(project.folder / "queries.jsonl", queries + [record])
     logger.info(f"round {t}: {len(selected)} example(s) chosen by {how}; label them in:")
     logger.info(str(out))
     return out
 
 
 def check_can_query(project, labels, adapters, queries) -> None:
-    waiting = pending(queries, labels)
+    waiting = pending(queries, labels, adapters)
     if waiting:
-        raise StarloraError(f"{len(waiting)} example(s) of the last query ({queries[-1]['file']}) have no label yet; "
-                            f"import them with starlora label {project.folder} FILE first")
+        raise StarloraError(f"{len(waiting)} example(s) of the last query ({project.query_file(queries[-1])}) have no "
+                            f"label yet; import them with starlora label {project.folder} FILE first")
     if labels and len(adapters) < len(queries):
         raise StarloraError(f"the labels of round {len(queries) - 1} are not trained on yet; "
                             f"run starlora train {project.folder} first")
@@ -297,9 +330,9 @@ def read_answers(path, answer_field: str) -> list[tuple[str, str | None, str | N
     path = Path(path)
     if path.suffix.lower() != ".json":
         return [(where, _text(row.get(LS_ID, row.get("id"))), _text(_first(row.get(answer_field))))
-                for where, row in read_rows(path)]
+                for where, row in read_rows(path, (LS_ID, "id"))]
     try:
-        tasks = json.loads(path.read_text(encoding="utf-8"))
+        tasks = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise StarloraError(f"{path}: not a readable Label Studio JSON export ({e})") from None
     if not isinstance(tasks, list):
@@ -343,11 +376,13 @@ def label(folder, path) -> int:
     with locked(project):
         labels = project.labels()
         new, repeated, problems = check_answers(project, labels, answers)
+        if len(problems) == 1:
+            raise StarloraError(f"{problems[0]}; nothing imported")
         if problems:
             shown = "\n  ".join(problems[:50]) + (f"\n  … and {len(problems) - 50} more" if len(problems) > 50 else "")
             raise StarloraError(f"{path}: {len(problems)} bad row(s), nothing imported:\n  {shown}")
-        write_jsonl(project.folder / "labels.jsonl", labels + new)  # the one write: all of the file or none of it
-    left = len(pending(project.queries(), labels + new))
+        append_jsonl(project.folder / "labels.jsonl", new)  # checked whole first; the lines there stay untouched
+    left = len(pending(project.queries(), labels + new, project.adapters()))
     logger.info(f"{len(new)} label(s) imported" + (f", {repeated} already there" if repeated else "") +
         (f"; {left} example(s) of the query still unlabeled" if left else "; the query is fully labeled") +
         f"; {len(labels) + len(new)} labels in all")
@@ -364,7 +399,7 @@ def label_one(folder, id_: str, answer: str) -> bool:
         if problems:
             raise StarloraError(problems[0].removeprefix("label: "))
         if new:
-            write_jsonl(project.folder / "labels.jsonl", labels + new)
+            append_jsonl(project.folder / "labels.jsonl", new)
     return bool(new)
 
 
@@ -385,7 +420,10 @@ def unlabel(folder, id_: str) -> None:
 def locked(project):
     """One writer of labels.jsonl at a time across processes (the label command, each tab of the web page): the
     check against the labels so far and the write that follows it happen under this lock."""
-    return FileLock(project.folder / ".labels.lock")
+    return FileLock(project.folder / LOCK)
+
+
+LOCK = ".labels.lock"
 
 
 def check_answers(project, labels, answers) -> tuple[list[dict], int, list[str]]:
@@ -395,6 +433,7 @@ def check_answers(project, labels, answers) -> tuple[list[dict], int, list[str]]
     already = {r["id"]: r["answer"] for r in labels}
     queries = project.queries()
     last = set(queries[-1]["ids"]) if queries else set()
+    closed_round = queries and len(project.adapters()) >= len(queries)  # trained (--partial): its rest left out
     problems, new, repeated, seen = [], [], 0, set()
     for where, id_, answer in answers:
         if not id_:
@@ -411,7 +450,7 @@ def check_answers(project, labels, answers) -> tuple[list[dict], int, list[str]]
         else:
             seen.add(id_)
             try:
-                gold = task.gold(answer)
+                gold = task.label(answer)
             except ValueError as e:
                 problems.append(f"{where}: {e}")
                 continue
@@ -421,6 +460,10 @@ def check_answers(project, labels, answers) -> tuple[list[dict], int, list[str]]
                 else:
                     repeated += 1  # the same answer imported again (e.g. after a crash): nothing to do
                 continue
+            if closed_round:
+                problems.append(f"{where}: round {len(queries) - 1} is trained already (train --partial left its "
+                                f"unlabeled examples out); label the next query instead")
+                continue
             new.append({"id": id_, "answer": answer, "round": len(queries) - 1})
     return new, repeated, problems
 
@@ -428,14 +471,17 @@ def check_answers(project, labels, answers) -> tuple[list[dict], int, list[str]]
 # ---------------------------------------------------------------- train
 
 
-def train(folder, report_to=(), push_to_hub: str | None = None, command: str | None = None) -> Path:
+def train(folder, report_to=(), push_to_hub: str | None = None, command: str | None = None,
+          partial: bool = False) -> Path:
     """Train a fresh adapter (STAR's regulariser when the strategy has it) on every label so far. report_to: tracker
     names (one tracker run per training, named after the project and the round). The adapter gets a model card
-    (`command`: what made it) and goes to the Hub repo `push_to_hub`."""
+    (`command`: what made it) and goes to the Hub repo `push_to_hub`. partial: train although the last query is
+    partly labeled; its unlabeled examples are then left out of the loop, and train.json records how many."""
     project = open_project(folder)
     cfg, task, strategy = project.cfg, project.task, project.strategy
-    labels, adapters = project.labels(), project.adapters()
-    check_can_train(project, labels, adapters)
+    labels, adapters, queries = project.labels(), project.adapters(), project.queries()
+    check_can_train(project, labels, adapters, queries, partial)
+    left_out = pending(queries, labels, adapters)
     prompts = {r["id"]: r["prompt"] for r in project.pool()}
     examples = [Example(r["id"], prompts[r["id"]], task.target(r["answer"]), task.gold(r["answer"])) for r in labels]
     settings, train_settings = method_settings(cfg, strategy)
@@ -445,6 +491,8 @@ def train(folder, report_to=(), push_to_hub: str | None = None, command: str | N
     model = attach_lora(model, train_settings)
     stats = training.train(model, tokenizer, examples, train_settings, desc=f"round {t} training")
     record = {"round": t, "n_labels": len(labels), "train_loss": stats["loss"], "train_s": stats["seconds"]}
+    if left_out:  # honest about a round trained before its query was fully labeled
+        record["partial"] = {"asked": len(queries[-1]["ids"]), "unlabeled": len(left_out)}
     test = project.test()
     if test:
         result = evaluate(model, tokenizer, task, test, settings, desc=f"round {t} held-out")
@@ -453,7 +501,7 @@ def train(folder, report_to=(), push_to_hub: str | None = None, command: str | N
     if stop_examples:  # the stopping criteria: this adapter's predictions on the stop set against the last one's
         stop_scores = score(model, tokenizer, task, stop_examples, settings=settings, desc=f"round {t} stop set")
         last = adapters[-1] / "stop.json" if adapters else None
-        record |= stop_figures(json.loads(last.read_text()) if last and last.exists() else None,
+        record |= stop_figures(read_json(last) if last and last.exists() else None,
                                stop_scores.predictions, stop_scores.measures[one_pass_measure(strategy, cfg.length_norm)])
     if report_to:
         tracking = Tracking(report_to, f"{project.folder.name}/round{t}", project.folder, dataclasses.asdict(cfg))
@@ -465,7 +513,7 @@ def train(folder, report_to=(), push_to_hub: str | None = None, command: str | N
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
-    earlier = [json.loads((a / "train.json").read_text()) for a in adapters]
+    earlier = [project.trained(a) for a in adapters]
     curve = [{"round": r["round"], "labeled": r["n_labels"], "accuracy": r.get("accuracy")} for r in earlier + [record]]
     write_card(tmp, cfg, curve, command, f"{project.folder.name}: round {t}")
     if stop_examples:
@@ -487,12 +535,17 @@ def train(folder, report_to=(), push_to_hub: str | None = None, command: str | N
     return final
 
 
-def check_can_train(project, labels, adapters) -> None:
+def check_can_train(project, labels, adapters, queries, partial: bool = False) -> None:
     if not labels:
         raise StarloraError(f"{project.folder} has no labels yet: starlora query, then starlora label, first")
-    trained = json.loads((adapters[-1] / "train.json").read_text())["n_labels"] if adapters else 0
+    trained = project.trained(adapters[-1])["n_labels"] if adapters else 0
     if len(labels) == trained:
         raise StarloraError(f"no new labels since round {len(adapters) - 1}'s adapter ({trained} labels)")
+    missing = pending(queries, labels, adapters)
+    if missing and not partial:
+        raise StarloraError(f"{len(missing)} of the {len(queries[-1]['ids'])} examples of round {len(queries) - 1}'s "
+                            f"query have no label yet: label them first, or train with --partial to leave them out "
+                            f"of the loop (recorded in the round's train.json)")
 
 
 # ---------------------------------------------------------------- status
@@ -504,18 +557,19 @@ def status(folder) -> str:
     labels, queries, adapters, pool = project.labels(), project.queries(), project.adapters(), project.pool()
     lines = [f"project {project.folder}: task {cfg.task}, strategy {cfg.strategy}, model {cfg.model}",
              f"pool {len(pool)}, labeled {len(labels)}, asked {sum(len(q['ids']) for q in queries)}, "
-             f"awaiting labels {len(pending(queries, labels))}, held-out {len(project.test())}",
+             f"awaiting labels {len(pending(queries, labels, adapters))}, held-out {len(project.test())}",
              "round  queried  labels  trained-on  held-out accuracy"]
     by_round = {r: sum(1 for x in labels if x["round"] == r) for r in range(len(queries))}
     for t in range(max(len(queries), len(adapters))):
-        info = json.loads((adapters[t] / "train.json").read_text()) if t < len(adapters) else {}
+        info = project.trained(adapters[t]) if t < len(adapters) else {}
         acc = f"{info['accuracy']:.1f}%" if "accuracy" in info else ("n/a" if info else "-")
+        partial = f"  (trained with {info['partial']['unlabeled']} unlabeled, left out)" if "partial" in info else ""
         lines.append(f"{t:>5}  {len(queries[t]['ids']) if t < len(queries) else 0:>7}  {by_round.get(t, 0):>6}  "
-                     f"{info.get('n_labels', '-'):>10}  {acc}")
+                     f"{info.get('n_labels', '-'):>10}  {acc}{partial}")
     lines += [f"round {t} query: {q.get('how', '?')}" for t, q in enumerate(queries)]
     if not queries:
         lines.append(f"first query: {first_query_rule(project.strategy, project.cfg)}")
-    lines += stopping_lines(project, [json.loads((a / "train.json").read_text()) for a in adapters])
+    lines += stopping_lines(project, [project.trained(a) for a in adapters])
     lines.append("next: " + next_step(project, labels, queries, adapters))
     return "\n".join(lines)
 
@@ -559,8 +613,8 @@ def first_query_rule(strategy, cfg) -> str:
 
 
 def next_step(project, labels, queries, adapters) -> str:
-    if pending(queries, labels):
-        return f"label the query: starlora label {project.folder} {queries[-1]['file']} (filled in)"
+    if pending(queries, labels, adapters):
+        return f"label the query: starlora label {project.folder} {project.query_file(queries[-1])} (filled in)"
     if labels and len(adapters) < len(queries):
         return f"starlora train {project.folder}"
     return f"starlora query {project.folder} -n N"

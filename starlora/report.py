@@ -17,7 +17,7 @@ import numpy as np
 from . import metrics
 from .config import LEGACY, variant
 from .errors import StarloraError
-from .files import read_jsonl, write_atomic
+from .files import read_json, read_rounds, write_atomic
 
 # what may differ inside a group (a row is a config.variant: strategy with its selection options); everything else in
 # config.json must agree
@@ -41,10 +41,11 @@ def find_runs(paths) -> list[Path]:
 def load_runs(paths) -> list[dict]:
     runs = []
     for folder in find_runs(paths):
-        summary = json.loads((folder / "summary.json").read_text())
+        summary = read_json(folder / "summary.json", {"task": str, "strategy": str, "seed": int, "auc": (int, float),
+                                                      "final_accuracy": (int, float), "curve": list})
         config = folder / "config.json"
-        cfg = json.loads(config.read_text())["config"] if config.exists() else None
-        runs.append({**summary, "folder": folder, "rounds": read_jsonl(folder / "rounds.jsonl"), "config": cfg,
+        cfg = read_json(config, {"config": dict})["config"] if config.exists() else None
+        runs.append({**summary, "folder": folder, "rounds": read_rounds(folder), "config": cfg,
                      "strategy": variant(cfg) if cfg else summary["strategy"]})
     return runs
 
@@ -342,10 +343,10 @@ def _probe(folder: Path) -> dict[str, dict[str, float]]:
     probe_dir = folder / "probe"
     if not (probe_dir / "base.json").exists():
         return {}
-    probe = {"base": json.loads((probe_dir / "base.json").read_text())}
+    probe = {"base": read_json(probe_dir / "base.json")}
     t = 0
     while (probe_dir / f"round_{t}.json").exists():
-        probe[f"round {t}"] = json.loads((probe_dir / f"round_{t}.json").read_text())
+        probe[f"round {t}"] = read_json(probe_dir / f"round_{t}.json")
         t += 1
     return probe
 
