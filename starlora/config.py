@@ -19,6 +19,7 @@ from .strategies import get_strategy
 from .uncertainty import mixing_weight
 
 ABOVE_ZERO, AT_LEAST_ONE, AT_LEAST_ZERO, FRACTION = "> 0", ">= 1", ">= 0", "[0, 1)"
+METRICS = ("accuracy", "macro_f1", "balanced_accuracy")  # test-set metrics a run's learning curve may follow
 
 
 def option(default, help: str, rule: str | None = None, choices: tuple | None = None, cli: bool = True):
@@ -104,12 +105,17 @@ class RunConfig(MethodConfig):
     probe_size: int = option(100, "pool examples whose uncertainty is recorded every round (never labeled)",
                              AT_LEAST_ZERO)
     fewshot: int = option(3, "demonstrations for the base model's few-shot evaluation (0: skip)", AT_LEAST_ZERO)
+    metric: str = option("accuracy", "what the learning curve, AUC and the report measure: accuracy, or (closed tasks) "
+                                     "macro_f1 or balanced_accuracy, in %", choices=METRICS)
+    pool_class_ratio: str | None = option(None, "CLASS=RATIO (closed tasks), e.g. positive=0.1: the pool subsampled, "
+                                                "per seed, so CLASS is that fraction of it (as large a pool as the "
+                                                "ratio allows; the test set unchanged)")
 
 
 # What runs and projects made before an option existed used: a stored configuration without the key means this.
 LEGACY = {"dtype": "fp32", "gradient_accumulation_steps": 1, "gradient_checkpointing": False, "diversity": "none",
           "diversity_beta": 3.0, "cold_start": "random", "quantization": "none",
-          "stop_set_size": 0, "stop_when": None}
+          "stop_set_size": 0, "stop_when": None, "metric": "accuracy", "pool_class_ratio": None}
 # Options that change memory or speed but not the numbers: a resume may change them.
 RESUMABLE_CHANGES = {"gradient_checkpointing"}
 
@@ -200,6 +206,7 @@ def check(cfg: MethodConfig) -> None:
     if cfg.mode == "full" and cfg.quantization != "none":
         raise StarloraError(f"--mode full trains every weight; --quantization {cfg.quantization} freezes the base in "
                             "4/8 bits: use --mode lora")
+    check_closed_options(cfg)
     strategy = get_strategy(cfg.strategy)
     if cfg.diversity != "none" and strategy.pick != "top":
         raise StarloraError(f"--diversity {cfg.diversity} spreads a score-based strategy; --strategy {cfg.strategy} "
@@ -207,6 +214,50 @@ def check(cfg: MethodConfig) -> None:
     if strategy.measure == "bald" and not uses_mc_dropout(cfg, strategy):
         raise StarloraError("--strategy bald needs MC dropout (--mode lora, --k 2 or more, --lora-dropout > 0); "
                             "without it the mutual information is 0 for every example")
+
+
+def task_candidates(cfg) -> tuple[str, ...] | None | bool:
+    """The candidates of a configuration's task (None: an open task; False: not known here, get_task reports it)."""
+    from .tasks import BUILTIN
+
+    if cfg.task in BUILTIN:
+        return BUILTIN[cfg.task].candidates
+    if cfg.task == "closed":
+        return tuple(cfg.candidates) if cfg.candidates else False
+    return None if cfg.task == "open" else False
+
+
+def parse_class_ratio(text: str) -> tuple[str, float]:
+    """'positive=0.1' -> ('positive', 0.1); the class and the ratio are checked against the task by check()."""
+    name, sep, ratio = str(text).rpartition("=")
+    try:
+        value = float(ratio)
+    except ValueError:
+        value = None
+    if not sep or not name.strip() or value is None:
+        raise StarloraError(f"--pool-class-ratio must be CLASS=RATIO, e.g. positive=0.1 (got {text!r})")
+    return name.strip(), value
+
+
+def check_closed_options(cfg) -> None:
+    """--metric and --pool-class-ratio: closed tasks only, the class one of the task's candidates, the ratio in
+    (0, 1)."""
+    metric, ratio = getattr(cfg, "metric", "accuracy"), getattr(cfg, "pool_class_ratio", None)
+    if metric == "accuracy" and ratio is None:
+        return
+    candidates = task_candidates(cfg)
+    if candidates is None:
+        option_text = f"--metric {metric}" if metric != "accuracy" else f"--pool-class-ratio {ratio}"
+        raise StarloraError(f"{option_text} needs a closed task (answers from a list of candidates); task "
+                            f"{cfg.task} is open")
+    if ratio is None:
+        return
+    name, value = parse_class_ratio(ratio)
+    if candidates and name not in candidates:
+        raise StarloraError(f"--pool-class-ratio {ratio}: {name!r} is not a class of task {cfg.task}: choose "
+                            f"{' or '.join(candidates)}")
+    if not (math.isfinite(value) and 0 < value < 1):
+        raise StarloraError(f"--pool-class-ratio {ratio}: the ratio must be in (0, 1), exclusive (got {value:g})")
 
 
 def _check_type(f, value) -> None:

@@ -435,6 +435,31 @@ def hub_rows(task_name: str, load_dataset=None):
     return out[0], out[1]
 
 
+def imbalanced_pool(pool: list[Example], rare: str, ratio: float, seed: int) -> list[Example]:
+    """The largest subsample of `pool` in which class `rare` (a gold label) is `ratio` of the examples, drawn with
+    numpy default_rng(seed); the pool's order is kept. Rule: when the class is more common than asked, every example
+    of the other classes stays and round(ratio / (1 - ratio) x others) of the class are drawn; when it is rarer than
+    asked, every example of the class stays and round((1 - ratio) / ratio x class) of the others are drawn (at random
+    over all of them). Either way the pool is as large as the ratio allows, and the ratio is exact up to rounding
+    to whole examples (exact when that product is a whole number)."""
+    import numpy as np
+
+    mine = [i for i, ex in enumerate(pool) if ex.gold == rare]
+    others = [i for i, ex in enumerate(pool) if ex.gold != rare]
+    if not mine or not others:
+        raise StarloraError(f"--pool-class-ratio {rare}={ratio:g}: the pool holds {len(mine)} {rare!r} and "
+                            f"{len(others)} other examples; it needs both")
+    rng = np.random.default_rng(seed)
+    if len(mine) / len(pool) > ratio:  # drop some of the class
+        kept = set(others) | set(rng.choice(mine, round(ratio / (1 - ratio) * len(others)), replace=False).tolist())
+    else:  # drop some of the others
+        kept = set(mine) | set(rng.choice(others, round((1 - ratio) / ratio * len(mine)), replace=False).tolist())
+    if not kept - set(others) or not kept - set(mine):
+        raise StarloraError(f"--pool-class-ratio {rare}={ratio:g}: a pool of {len(mine)} {rare!r} and {len(others)} "
+                            "other examples leaves no example of one side at that ratio")
+    return [ex for i, ex in enumerate(pool) if i in kept]
+
+
 def load_data(task: Task, source: str = "embedded", train_file=None, test_file=None,
               id_field="id", answer_field="answer") -> Data:
     """The pool and test examples of a task from user files (when given), the embedded files, or the hub."""

@@ -17,9 +17,9 @@ import torch
 
 from . import __version__, metrics, parallel
 from .acquisition import Acquisition, BaseCache, subsample
-from .config import (LEGACY, PROTOCOLS, RESUMABLE_CHANGES, MethodConfig, RunConfig, resolve, uses_mc_dropout,
-                     variant)
-from .data import Example, load_data
+from .config import (LEGACY, PROTOCOLS, RESUMABLE_CHANGES, MethodConfig, RunConfig, parse_class_ratio, resolve,
+                     uses_mc_dropout, variant)
+from .data import Example, imbalanced_pool, load_data
 from .card import push, write_card
 from .diversity import kmeans_representatives
 from .embeddings import EmbeddingCache
@@ -231,6 +231,12 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
     task = get_task(cfg.task, cfg.candidates, cfg.template, user_files=bool(cfg.train_file or cfg.test_file))
     strategy = get_strategy(cfg.strategy, task.closed)
     data = load_data(task, cfg.data, cfg.train_file, cfg.test_file, cfg.id_field, cfg.answer_field)
+    if cfg.pool_class_ratio:  # before anything is drawn from the pool: the initial set reflects the imbalance
+        data = dataclasses.replace(data, pool=imbalanced_pool(data.pool, *parse_class_ratio(cfg.pool_class_ratio),
+                                                              cfg.seed))
+        counts = metrics.class_counts([ex.gold for ex in data.pool], task.candidates)
+        logger.info(f"--pool-class-ratio {cfg.pool_class_ratio}: a pool of {len(data.pool)}: "
+                    + ", ".join(f"{c} {n} ({100 * n / len(data.pool):.1f}%)" for c, n in counts.items()))
     needed = cfg.init_size + cfg.query_size * (cfg.rounds - 1)
     if needed + cfg.probe_size + cfg.stop_set_size > len(data.pool):
         raise StarloraError(f"--init-size {cfg.init_size} + {cfg.rounds - 1} queries of {cfg.query_size} need {needed} "
@@ -341,14 +347,18 @@ def run_round(x: Experiment, t: int, labeled: list[str], added: list[str], previ
         state = parallel.full_state(current) if parallel.sharded() else None  # every process takes part in gathering
         if parallel.is_main():
             current.save_pretrained(out / "adapter", state_dict=state)
-    extra = f", ECE {result['ece']:.3f}" if "ece" in result else ""
+    extra = (f", {cfg.metric} {result[cfg.metric]:.1f}%" if cfg.metric != "accuracy" else "") + \
+        (f", ECE {result['ece']:.3f}" if "ece" in result else "")
+    classes = ({"labeled_classes": metrics.class_counts([x.pool[i].gold for i in labeled], x.task.candidates)}
+               if x.task.closed else {})
     logger.info(f"round {t}: {len(labeled)} labeled, accuracy {result['accuracy']:.1f}%{extra}, "
                 f"loss {stats['loss']:.3f}, {sum(times.values()):.0f}s")
     x.release(current)
     return {"round": t, "n_labeled": len(labeled), "accuracy": result["accuracy"], "added": added,
             "selected": selected, "lambda": lam, "train_loss": stats["loss"], "train_steps": stats["steps"], **times,
-            **{k: result[k] for k in ("ece", "brier", "wrong_confidence", "truncated") if k in result},
-            **figures, **({"stopped": True} if stopped else {})}
+            **{k: result[k] for k in ("macro_f1", "balanced_accuracy", "ece", "brier", "wrong_confidence", "truncated")
+               if k in result},
+            **classes, **figures, **({"stopped": True} if stopped else {})}
 
 
 def stop_set_figures(x: Experiment, current, t: int) -> dict:
@@ -366,12 +376,15 @@ def stop_set_figures(x: Experiment, current, t: int) -> dict:
 
 
 def summarise(x: Experiment, records: list[dict]) -> dict:
-    """AUC and the curve, plus (closed-set tasks) the base model prompted with a few labels (paper Fig. 2)."""
+    """AUC and the curve of --metric ("metric": accuracy, or macro_f1 / balanced_accuracy, in %; final_accuracy is
+    accuracy whatever the metric), plus (closed-set tasks) the base model prompted with a few labels (paper Fig. 2)."""
     cfg = x.cfg
+    curve = [r[cfg.metric] for r in records]
     summary = {"task": x.task.name, "strategy": x.strategy.name, "seed": cfg.seed, "model": cfg.model,
-               "curve": [r["accuracy"] for r in records], "n_labeled": [r["n_labeled"] for r in records],
-               "auc": metrics.auc([r["accuracy"] for r in records]), "final_accuracy": records[-1]["accuracy"],
-               "probe_measure": x.measure}
+               "metric": cfg.metric, "curve": curve, "n_labeled": [r["n_labeled"] for r in records],
+               "auc": metrics.auc(curve), "final_accuracy": records[-1]["accuracy"], "probe_measure": x.measure}
+    if cfg.pool_class_ratio:
+        summary["pool_classes"] = metrics.class_counts([ex.gold for ex in x.pool.values()], x.task.candidates)
     if records[-1].get("stopped"):
         summary["stopped_at"] = records[-1]["round"]  # --stop-when held: the curve ends here
     if x.task.closed and cfg.fewshot > 0:
@@ -383,7 +396,7 @@ def summarise(x: Experiment, records: list[dict]) -> dict:
             few = evaluate(x.model, x.tokenizer, x.task, fewshot_examples(x.test, demos), wide, desc="few-shot base")
         summary["fewshot"] = {k: few[k] for k in ("accuracy", "ece", "brier", "wrong_confidence")}
     write_json(x.out / "summary.json", summary)
-    logger.info(f"{x.out}: AUC {summary['auc']:.2f}, final accuracy {summary['final_accuracy']:.1f}%")
+    logger.info(f"{x.out}: AUC ({cfg.metric}) {summary['auc']:.2f}, final accuracy {summary['final_accuracy']:.1f}%")
     return summary
 
 

@@ -12,6 +12,35 @@ def accuracy(correct) -> float:
     return float(100.0 * correct.mean()) if correct.size else 0.0
 
 
+def macro_f1(gold, predicted, labels) -> float:
+    """Macro-averaged F1 (%) over `labels` (a closed task's candidates, in order): each label's F1 from its own
+    precision and recall, averaged with equal weight; a label never predicted, or never gold, scores 0 there."""
+    from sklearn.metrics import f1_score
+
+    if not len(gold):
+        return 0.0
+    return float(100.0 * f1_score(list(gold), list(predicted), labels=list(labels), average="macro",
+                                  zero_division=0))
+
+
+def balanced_accuracy(gold, predicted, labels) -> float:
+    """Balanced accuracy (%): the recall of each label, averaged over the labels of `labels` that occur in `gold`
+    (sklearn's balanced_accuracy_score, without its warning when a prediction is a label the gold lacks)."""
+    from sklearn.metrics import recall_score
+
+    present = [c for c in labels if c in set(gold)]
+    if not present:
+        return 0.0
+    return float(100.0 * recall_score(list(gold), list(predicted), labels=present, average="macro",
+                                      zero_division=0))
+
+
+def class_counts(golds, labels) -> dict[str, int]:
+    """How many of `golds` each label has, every label listed (0 included), in the labels' order."""
+    golds = list(golds)
+    return {c: golds.count(c) for c in labels}
+
+
 def auc(curve) -> float:
     """Trapezoid area under accuracy-per-round over the round index, divided by the number of intervals (0-100)."""
     y = np.asarray(curve, dtype=np.float64)

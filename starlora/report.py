@@ -103,6 +103,7 @@ def table(runs) -> list[dict]:
         for strategy in sorted({r["strategy"] for r in g["runs"]}, key=lambda s: (s != "random", s)):
             rs = [r for r in g["runs"] if r["strategy"] == strategy]
             row = {"task": g["task"], "group": g["label"], "slug": g["slug"], "strategy": strategy, "seeds": len(rs),
+                   "metric": metric_of(rs),
                    "final_accuracy": metrics.mean_std_ci([r["final_accuracy"] for r in rs]),
                    "auc": metrics.mean_std_ci([r["auc"] for r in rs]), "ripl": None, "delta_auc": None}
             if baseline:
@@ -113,6 +114,12 @@ def table(runs) -> list[dict]:
                 row["delta_auc"] = metrics.paired_delta([mine[s] for s in seeds], [theirs[s] for s in seeds])
             rows.append(row)
     return rows
+
+
+def metric_of(runs) -> str:
+    """What the runs' curves and AUC measure (summary.json "metric"; accuracy before the option existed). A group
+    agrees on it (it is part of the configuration)."""
+    return runs[0].get("metric", "accuracy") if runs else "accuracy"
 
 
 def _auc_by_seed(runs) -> dict[int, float]:
@@ -181,7 +188,10 @@ def stopping_lines(runs) -> list[str]:
 
 def write_tables(rows, out: Path, extra: list[str] = ()) -> None:
     grouped = any(r["group"] for r in rows)  # a group column only where some task has runs of several groups
-    head = ["task"] + ["group"] * grouped + ["strategy", "seeds", "final accuracy (%)", "AUC", "RIPL (%)",
+    measured = sorted({r.get("metric", "accuracy") for r in rows})  # what AUC is the area of: named unless accuracy
+    auc = "AUC" if measured in ([], ["accuracy"]) else f"AUC ({measured[0]})" if len(measured) == 1 else \
+        "AUC (metric of the group)"
+    head = ["task"] + ["group"] * grouped + ["strategy", "seeds", "final accuracy (%)", auc, "RIPL (%)",
                                              "ΔAUC vs random [95% CI]", "wins"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
@@ -204,11 +214,12 @@ def write_tables(rows, out: Path, extra: list[str] = ()) -> None:
         w = csv.writer(f)
         cols, delta = ["final_accuracy", "auc", "ripl"], ["mean", "low", "high", "n", "wins"]
         w.writerow(["task", "strategy", "seeds"] + [f"{c}_{s}" for c in cols for s in ("mean", "std", "ci95")] +
-                   ["delta_auc_mean", "delta_auc_low", "delta_auc_high", "pairs", "wins", "group"])
+                   ["delta_auc_mean", "delta_auc_low", "delta_auc_high", "pairs", "wins", "group", "metric"])
         for r in rows:
             w.writerow([r["task"], r["strategy"], r["seeds"]] +
                        [("" if r[c] is None else r[c][s]) for c in cols for s in ("mean", "std", "ci95")] +
-                       [("" if r["delta_auc"] is None else r["delta_auc"][s]) for s in delta] + [r["group"]])
+                       [("" if r["delta_auc"] is None else r["delta_auc"][s]) for s in delta] +
+                       [r["group"], r.get("metric", "accuracy")])
 
 
 def plot(runs, rows, out: Path) -> list[Path]:
@@ -241,7 +252,7 @@ def _learning_curves(plt, runs, title, path) -> Path:
         if len(rs) > 1:  # the band in its line's colour
             ax.fill_between(x, curves.mean(0) - curves.std(0), curves.mean(0) + curves.std(0), alpha=0.12,
                             color=line.get_color())
-    ax.set(xlabel="labeled examples", ylabel="test accuracy (%)")
+    ax.set(xlabel="labeled examples", ylabel=f"test {metric_of(runs)} (%)")
     ax.set_title(f"{title}: learning curves (mean ± std)", fontsize=9)
     ax.grid(alpha=0.3)
     if len(strategies) > 4:

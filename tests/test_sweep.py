@@ -177,3 +177,17 @@ def test_devices_the_machine_lacks_are_refused(grid, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs 2 CUDA GPU(s); this machine has 0" in err
     assert not (grid / "d").exists()
+
+
+def test_blocks_differing_in_metric_or_pool_class_ratio_get_folders_of_their_own(grid):
+    """The imbalance study's blocks beside the balanced ones: each metric and pool ratio runs in a folder named by it."""
+    config = S.read_grid(grid / "grid.yaml")[0]["config"]
+    blocks = [{"tasks": ["boolq"], "strategies": ["random"], "seeds": [0], "config": config},
+              {"tasks": ["boolq"], "strategies": ["random"], "seeds": [0], "config": {**config, "metric": "macro_f1"}},
+              {"tasks": ["boolq"], "strategies": ["random"], "seeds": [0],
+               "config": {**config, "metric": "macro_f1", "pool_class_ratio": "false=0.25"}}]
+    cfgs = [S.resolve("paper", **{**b["config"], "task": "boolq", "strategy": "random", "seed": 0}) for b in blocks]
+    names = S.folder_names(cfgs)
+    assert names == ["random[metric=accuracy,pool_class_ratio=None]", "random[metric=macro_f1,pool_class_ratio=None]",
+                     "random[metric=macro_f1,pool_class_ratio=false_0.25]"]
+    assert [j.cfg.metric for j in S.plan(blocks, grid / "o")] == ["accuracy", "macro_f1", "macro_f1"]
