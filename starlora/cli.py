@@ -175,14 +175,15 @@ def cmd_sweep(args) -> None:
 def cmd_report(args) -> None:
     from .report import report
 
-    rows = report(args.runs, args.out)
+    rows = report(args.runs, args.out, target_deltas=getattr(args, "target_delta", None))  # sweep, demo: defaults
     print((Path(args.out) / "report.md").read_text())
     print(f"report written to {args.out} ({len(rows)} rows: one per group x strategy)")
 
 
 def cmd_init(args) -> None:
-    from .project import init
+    from .project import init, refuse_target
 
+    refuse_target(args.target)
     cfg = resolve("paper", MethodConfig, **config_values(args, MethodConfig, skip={"strategy"}),
                   strategy=args.strategy, seed=args.seed)
     init(args.dir, cfg, args.pool, args.test)
@@ -238,6 +239,7 @@ def add_project_commands(sub) -> None:
     p.add_argument("--answer-field", help="field the answers go in (default answer)")
     add_config_flags(p.add_argument_group("method (defaults: the paper's; --rounds is R in lambda(t))"), MethodConfig,
                      skip={"strategy"})
+    p.add_argument("--target", help=argparse.SUPPRESS)  # simulation only: refused with its reason (project.py)
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("query", help="human loop: choose the next examples to label and write them to a file",
@@ -332,9 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="AUC/RIPL tables and plots over finished runs",
                        description="Markdown and CSV tables per task x strategy (mean ± std and 95%% interval over "
                                    "seeds) and PNG plots: learning curves, confidence of wrong predictions, "
-                                   "uncertainty-gap heatmaps and scatters.")
+                                   "uncertainty-gap heatmaps and scatters; paired tests against random (t with Holm, "
+                                   "sign), what the seeds can detect, per-round differences, code revisions.")
     p.add_argument("runs", nargs="+", help="run folders (searched recursively for summary.json)")
     p.add_argument("--out", required=True, help="folder for report.md, report.csv and the PNG plots")
+    p.add_argument("--target-delta", type=float, nargs="+", metavar="DELTA",
+                   help="ΔAUC (AUC points) to size the study for: the seeds each strategy needs to detect it at 80%% "
+                        "power (paired t, two-sided alpha 0.05, from its observed spread; default 1 and 2)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("eval", help="zero-shot accuracy of a model on a task's test split",

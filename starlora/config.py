@@ -139,8 +139,8 @@ PROTOCOLS = {
 
 def variant(cfg) -> str:
     """A run's strategy with the selection options that change what it labels: star-me, star-me+kmeans,
-    star-me+kmeans(beta 5), random+cold-kmeans. Sweep folders and report rows are named by it, so the variants of
-    a strategy compare with random like strategies do."""
+    star-me+kmeans(beta 5), random+cold-kmeans; star-me+oracle-reference with --target reference. Sweep folders and
+    report rows are named by it, so the variants of a strategy compare with random like strategies do."""
     get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
     name = get("strategy")
     if get("diversity", "none") != "none":
@@ -148,6 +148,8 @@ def variant(cfg) -> str:
         name += f"+{get('diversity')}" + ("" if beta == LEGACY["diversity_beta"] else f"(beta {beta:g})")
     if get("cold_start", "random") != "random":
         name += f"+cold-{get('cold_start')}"
+    if get("target", "own") == "reference":  # the official code's gold-reading uncertainty: an oracle, never the method
+        name += "+oracle-reference"
     return name
 
 

@@ -29,6 +29,7 @@ from .files import RESUMED_ROUND, read_json, read_rounds, write_json, write_json
 from .hardware import device, resolve_precision
 from .memory import preflight
 from .models import load_model
+from .provenance import ORACLE_NOTE, code_revision
 from .scoring import ScoringSettings, score
 from .masks import adapter_disabled
 from .tokens import join
@@ -45,12 +46,14 @@ __all__ = ["PROTOCOLS", "RunConfig", "resolve", "run", "run_seeds", "method_sett
 
 
 def versions() -> dict:
+    """What made a run or project: package versions, device, and the code revision (git commit and dirty flag, or
+    the version with a hash of the source; provenance.code_revision)."""
     import peft
     import transformers
 
     return {"starlora": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "device": str(device()), "processes": parallel.world()[1],
-            "sharded": parallel.sharded()}
+            "sharded": parallel.sharded(), "revision": code_revision()}  # the code that made it (provenance.py)
 
 
 RUN_FILES = ("config.json", "rounds.jsonl", "summary.json", "base_scores.jsonl", "base_scores.json", "embeddings.jsonl",
@@ -99,6 +102,8 @@ def open_folder(out: Path, cfg: RunConfig, resume: bool) -> list[dict]:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StarloraError(f"--out {out}: cannot write here ({e.strerror or e})") from None
+        write_json(out / "config.json", {"config": dataclasses.asdict(cfg), "versions": versions()})
+    elif parallel.is_main() and not (out / "rounds.jsonl").exists():  # nothing ran yet: this code starts the run
         write_json(out / "config.json", {"config": dataclasses.asdict(cfg), "versions": versions()})
     parallel.barrier()
     return read_rounds(out, RESUMED_ROUND) if resume else []
@@ -395,6 +400,9 @@ def summarise(x: Experiment, records: list[dict]) -> dict:
         with adapter_disabled(x.model):
             few = evaluate(x.model, x.tokenizer, x.task, fewshot_examples(x.test, demos), wide, desc="few-shot base")
         summary["fewshot"] = {k: few[k] for k in ("accuracy", "ece", "brier", "wrong_confidence")}
+    summary["revision"] = code_revision()  # the code that finished the run (config.json: the code that started it)
+    if cfg.target == "reference":
+        summary["oracle"] = ORACLE_NOTE
     write_json(x.out / "summary.json", summary)
     logger.info(f"{x.out}: AUC ({cfg.metric}) {summary['auc']:.2f}, final accuracy {summary['final_accuracy']:.1f}%")
     return summary

@@ -129,3 +129,102 @@ def correlations(rows) -> dict[str, np.ndarray]:
                 out["pearson"][i, j] = out["pearson"][j, i] = p
                 out["spearman"][i, j] = out["spearman"][j, i] = s
     return out
+
+
+# ---------------------------------------------------------------- what a study's seeds can detect (paired t, Holm)
+# A strategy's ΔAUC is paired with random's by seed: d_i = AUC_strategy,i - AUC_random,i, tested with the one-sample
+# (paired) t-test of mean(d) = 0. Power and sample size come from the noncentral t distribution (scipy.stats.nct),
+# with the standard deviation of the paired differences taken as the true one: a plan from an estimate, as noisy as
+# that estimate is with few seeds.
+
+
+def paired_power(delta: float, sd: float, n: int, alpha: float = 0.05) -> float:
+    """Power of the two-sided paired t-test at level alpha with n pairs when the true mean difference is delta and
+    the differences' standard deviation is sd: P(|T| > t_crit) for T ~ noncentral t(df n-1, nc delta·√n/sd)."""
+    from scipy.stats import nct, t
+
+    if n < 2 or not np.isfinite(sd):
+        return float("nan")
+    if sd == 0:
+        return 1.0 if delta != 0 else 0.0  # every pair differs by exactly delta (paired_t_p: p 0, or 1 at 0)
+    df, nc = n - 1, delta * np.sqrt(n) / sd
+    crit = t.ppf(1 - alpha / 2, df)
+    power = float(nct.sf(crit, df, nc) + nct.cdf(-crit, df, nc))
+    if np.isnan(power):  # scipy's nct fails far out (nc in the tens, many df), where T is close to normal
+        from scipy.stats import norm
+
+        power = float(norm.sf(crit - abs(nc)) + norm.cdf(-crit - abs(nc)))
+    return power
+
+
+def min_detectable_delta(sd: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
+    """The smallest true mean difference (> 0) that n pairs detect with the given power: paired_power solved for
+    delta. NaN with fewer than two pairs (no spread to plan from); 0 when the differences do not vary."""
+    from scipy.optimize import brentq
+
+    if n < 2 or not np.isfinite(sd):
+        return float("nan")
+    if sd == 0:
+        return 0.0
+    high = sd
+    while paired_power(high, sd, n, alpha) < power:  # power rises with delta: bracket, then solve
+        high *= 2
+    return float(brentq(lambda d: paired_power(d, sd, n, alpha) - power, 0.0, high, xtol=1e-10, rtol=1e-12))
+
+
+def seeds_needed(delta: float, sd: float, power: float = 0.8, alpha: float = 0.05, most: int = 10_000) -> int | None:
+    """The fewest pairs (seeds) whose paired t-test detects a true mean difference delta with the given power, for
+    differences of standard deviation sd; None when even `most` do not (or sd is unknown). At least 2 (one degree
+    of freedom). The inverse of min_detectable_delta: seeds_needed(min_detectable_delta(sd, n), sd) == n."""
+    if not np.isfinite(sd) or delta == 0 or not np.isfinite(delta):
+        return None
+    if sd == 0:
+        return 2
+    low, high = 1, 2  # power(low) < power <= power(high); power rises with n
+    while paired_power(delta, sd, high, alpha) < power:
+        if high >= most:
+            return None
+        low, high = high, min(2 * high, most)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if paired_power(delta, sd, mid, alpha) >= power else (mid, high)
+    return high
+
+
+def paired_t_p(d) -> float:
+    """Two-sided p-value of the paired t-test of mean(d) = 0 (scipy.stats.ttest_1samp); NaN with fewer than two
+    pairs. Differences that do not vary: 1 if all are 0, else 0 (every pair moved the same way by the same amount)."""
+    from scipy.stats import ttest_1samp
+
+    d = np.asarray(d, dtype=np.float64)
+    if d.size < 2:
+        return float("nan")
+    if np.all(d == d[0]):
+        return 1.0 if d[0] == 0 else 0.0
+    return float(ttest_1samp(d, 0.0).pvalue)
+
+
+def sign_test_p(d) -> float:
+    """Two-sided exact sign test (scipy.stats.binomtest, p = 1/2) of the differences' signs; ties (d = 0) are
+    dropped. NaN when no difference is non-zero."""
+    from scipy.stats import binomtest
+
+    d = np.asarray(d, dtype=np.float64)
+    wins, losses = int((d > 0).sum()), int((d < 0).sum())
+    if wins + losses == 0:
+        return float("nan")
+    return float(binomtest(wins, wins + losses, 0.5).pvalue)
+
+
+def holm(pvalues) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (family-wise error rate): the i-th smallest p (i from 0)
+    times (m - i), made non-decreasing in that order, capped at 1. NaN entries are not part of the family and stay
+    NaN. holm([0.01, 0.04, 0.03]) == [0.03, 0.06, 0.06]."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    out = np.full(p.shape, np.nan)
+    kept = np.flatnonzero(np.isfinite(p))
+    m, running = kept.size, 0.0
+    for i, j in enumerate(kept[np.argsort(p[kept], kind="stable")]):
+        running = max(running, min(1.0, (m - i) * p[j]))
+        out[j] = running
+    return out.tolist()

@@ -135,8 +135,18 @@ def open_project(folder) -> Project:
 # ---------------------------------------------------------------- init
 
 
+def refuse_target(target) -> None:
+    """The human loop scores the model's own answers; --target reference (the official code's uncertainty, which
+    reads the gold answer of every pool example) is a simulation-only oracle and has no labels to read here."""
+    if target not in (None, "own"):
+        raise StarloraError(f"--target {target}: a project cannot use it: it scores the gold labels of the unlabeled "
+                            "pool (the official STAR code's oracle, simulation only: starlora run/sweep), and a "
+                            "project's pool has none; the human loop always scores the model's own answers")
+
+
 def init(folder, cfg: MethodConfig, pool_file, test_file=None) -> Project:
     """Create a project from an unlabeled pool file (and optionally a labeled held-out file)."""
+    refuse_target(getattr(cfg, "target", None))  # a RunConfig through the API carries one
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise StarloraError(f"{folder} already exists and is not empty; choose a new project folder")

@@ -2,7 +2,11 @@
 
 Runs are compared only within a group: the same resolved configuration (config.json) apart from strategy and seed.
 Each strategy is measured against the random runs of its own group: RIPL against their mean AUC, and ΔAUC seed by seed
-(a strategy's run with seed s starts from the same initial labeled set as the random run with seed s)."""
+(a strategy's run with seed s starts from the same initial labeled set as the random run with seed s), with the paired
+t-test (Holm-adjusted over the strategies of a group), a sign test, what the seeds can detect (minimum detectable
+ΔAUC at 80% power, seeds needed for a named ΔAUC) and the same paired difference round by round. Every row names the
+code revisions its runs came from (provenance.py); a group mixing revisions is flagged. Runs of the official code's
+gold-reading uncertainty (--target reference) are marked as the oracle they are."""
 
 from __future__ import annotations
 
@@ -10,19 +14,27 @@ import csv
 import hashlib
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from . import metrics
 from .config import LEGACY, variant
-from .errors import StarloraError
+from .errors import StarloraError, StarloraWarning
 from .files import read_json, read_rounds, write_atomic
+from .provenance import ORACLE_NOTE, UNRECORDED, revision_label
 
 # what may differ inside a group (a row is a config.variant: strategy with its selection options); everything else in
-# config.json must agree
-VARIED = ("strategy", "seed", "diversity", "diversity_beta", "cold_start")
+# config.json must agree (target: an oracle row, star-me+oracle-reference, compares with the random runs it pairs with)
+VARIED = ("strategy", "seed", "diversity", "diversity_beta", "cold_start", "target")
 NO_RANDOM = "n/a (no random runs)"
+TARGET_DELTAS = (1.0, 2.0)  # ΔAUC the report sizes the study for unless --target-delta names others
+POWER, ALPHA = 0.8, 0.05
+ORACLE_MARK = " †"
+ORACLE_FOOTNOTE = (f"† oracle (--target reference): {ORACLE_NOTE}. Its uncertainty scores "
+                   "the gold answer of every pool example, as callanwu/STAR's code does: a diagnostic of what reading "
+                   "the labels is worth, never a result for the method.")
 
 
 def find_runs(paths) -> list[Path]:
@@ -44,10 +56,23 @@ def load_runs(paths) -> list[dict]:
         summary = read_json(folder / "summary.json", {"task": str, "strategy": str, "seed": int, "auc": (int, float),
                                                       "final_accuracy": (int, float), "curve": list})
         config = folder / "config.json"
-        cfg = read_json(config, {"config": dict})["config"] if config.exists() else None
+        stored = read_json(config, {"config": dict}) if config.exists() else {}
+        cfg = stored.get("config")
+        started = stored.get("versions", {}).get("revision") if isinstance(stored.get("versions"), dict) else None
         runs.append({**summary, "folder": folder, "rounds": read_rounds(folder), "config": cfg,
-                     "strategy": variant(cfg) if cfg else summary["strategy"]})
+                     "strategy": variant(cfg) if cfg else summary["strategy"],
+                     "revision": run_revision(started, summary.get("revision")),
+                     "oracle": bool(summary.get("oracle")) or (cfg or {}).get("target") == "reference"})
     return runs
+
+
+def run_revision(started, finished) -> str:
+    """A run's code revision as revision_label writes it (config.json: the code that started it; summary.json: the
+    code that finished it); 'A→B' when a resume changed the code; 'unrecorded' for runs made before it was recorded."""
+    first, last = (revision_label(r) if r else None for r in (started, finished))
+    if first and last and first != last:
+        return f"{first}→{last}"
+    return first or last or UNRECORDED
 
 
 def group_key(run) -> dict:
@@ -93,9 +118,11 @@ def _labels(keys, short: bool) -> list[str]:
             if k.get("config.json", True) else f"model={k['model']}, no config.json" for k in keys]
 
 
-def table(runs) -> list[dict]:
+def table(runs, target_deltas=TARGET_DELTAS) -> list[dict]:
     """One row per group x strategy: final accuracy, AUC, RIPL (mean, std, 95% CI over seeds) and ΔAUC against the
-    random run of the same seed in the same group (mean, paired 95% CI, wins). Random rows first in each group."""
+    random run of the same seed in the same group (mean, paired 95% CI, wins), with its tests and what the seeds can
+    detect (paired_tests), the paired difference per round (per_round), the runs' code revisions and whether they
+    are the oracle (--target reference). Random rows first in each group."""
     rows = []
     for g in group_runs(runs):
         baseline = [r for r in g["runs"] if r["strategy"] == "random"]
@@ -112,8 +139,61 @@ def table(runs) -> list[dict]:
                 mine, theirs = _auc_by_seed(rs), _auc_by_seed(baseline)
                 seeds = sorted(mine.keys() & theirs.keys())
                 row["delta_auc"] = metrics.paired_delta([mine[s] for s in seeds], [theirs[s] for s in seeds])
+                row["tests"] = paired_tests(row["delta_auc"]["deltas"], target_deltas)
+                row["per_round"] = per_round(rs, baseline)
+            row["revisions"] = {label: sum(r["revision"] == label for r in rs)
+                                for label in sorted({r["revision"] for r in rs})}
+            row["oracle"] = any(r["oracle"] for r in rs)
             rows.append(row)
+        adjust_holm([r for r in rows if r["slug"] == g["slug"]])
     return rows
+
+
+def paired_tests(deltas, target_deltas=TARGET_DELTAS) -> dict:
+    """The paired ΔAUC of one strategy against random: paired t p-value (p_holm filled in by adjust_holm), sign test,
+    the differences' sample std, the minimum detectable ΔAUC at 80% power with these seeds and the seeds needed
+    for each of target_deltas (metrics.py)."""
+    d = np.asarray(deltas, dtype=np.float64)
+    sd = float(d.std(ddof=1)) if d.size > 1 else float("nan")
+    return {"sd": sd, "p_t": metrics.paired_t_p(d), "p_holm": float("nan"), "p_sign": metrics.sign_test_p(d),
+            "mde": metrics.min_detectable_delta(sd, d.size, POWER, ALPHA),
+            "seeds_needed": {float(x): metrics.seeds_needed(x, sd, POWER, ALPHA) for x in target_deltas}}
+
+
+def _curve_by_seed(runs) -> dict[int, np.ndarray]:
+    """The curve per seed; the same seed twice counts once, as the mean (over the rounds both have)."""
+    by_seed = {}
+    for r in runs:
+        by_seed.setdefault(r["seed"], []).append(r["curve"])
+    return {s: np.mean([c[:min(map(len, cs))] for c in cs], axis=0) for s, cs in by_seed.items()}
+
+
+def per_round(runs, baseline) -> list[dict]:
+    """Round by round, the strategy's curve minus random's of the same seed: mean, paired 95% interval, pairs, wins
+    and the paired t p-value (p_holm filled in by adjust_holm), over the seeds both have that round."""
+    mine, theirs = _curve_by_seed(runs), _curve_by_seed(baseline)
+    seeds = sorted(mine.keys() & theirs.keys())
+    labeled = max((r.get("n_labeled") or [] for r in runs), key=len)
+    out = []
+    for t in range(max((len(mine[s]) for s in seeds), default=0)):
+        both = [s for s in seeds if t < len(mine[s]) and t < len(theirs[s])]
+        if both:
+            d = metrics.paired_delta([mine[s][t] for s in both], [theirs[s][t] for s in both])
+            out.append({"round": t, "n_labeled": labeled[t] if t < len(labeled) else None, **d,
+                        "p_t": metrics.paired_t_p(d["deltas"]), "p_holm": float("nan")})
+    return out
+
+
+def adjust_holm(rows) -> None:
+    """Holm-adjust the paired t p-values over the strategies compared with random in one group: the ΔAUC tests
+    together, and each round's tests together."""
+    tested = [r for r in rows if r.get("tests")]
+    for r, p in zip(tested, metrics.holm([r["tests"]["p_t"] for r in tested])):
+        r["tests"]["p_holm"] = p
+    for t in sorted({x["round"] for r in tested for x in r["per_round"]}):
+        cells = [x for r in tested for x in r["per_round"] if x["round"] == t]
+        for x, p in zip(cells, metrics.holm([x["p_t"] for x in cells])):
+            x["p_holm"] = p
 
 
 def metric_of(runs) -> str:
@@ -196,7 +276,7 @@ def write_tables(rows, out: Path, extra: list[str] = ()) -> None:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = ([r["task"]] + [r["group"]] * grouped +
-                 [r["strategy"], str(r["seeds"]), _fmt(r["final_accuracy"]), _fmt(r["auc"]), _fmt(r["ripl"]),
+                 [_name(r), str(r["seeds"]), _fmt(r["final_accuracy"]), _fmt(r["auc"]), _fmt(r["ripl"]),
                   *_fmt_delta(r)])
         lines.append("| " + " | ".join(cells) + " |")
     groups = ("Runs are compared only within a group: the same task and configuration (config.json) apart from "
@@ -208,6 +288,7 @@ def write_tables(rows, out: Path, extra: list[str] = ()) -> None:
                 f"the strategy's AUC is higher / seeds paired. {NO_RANDOM}: the group has no random runs to compare "
                 "with.")
     note = f"\nValues are mean ± std over seeds, [± half-width of the 95% t-interval]. {groups}\n\n{baseline}\n"
+    note += f"\n{ORACLE_FOOTNOTE}\n" if any(r.get("oracle") for r in rows) else ""
     write_atomic(out / "report.md", "# starlora report\n\n" + "\n".join(lines) + "\n" + note +
                  "".join(line + "\n" for line in extra))
     with open(out / "report.csv", "w", newline="") as f:
@@ -220,6 +301,129 @@ def write_tables(rows, out: Path, extra: list[str] = ()) -> None:
                        [("" if r[c] is None else r[c][s]) for c in cols for s in ("mean", "std", "ci95")] +
                        [("" if r["delta_auc"] is None else r["delta_auc"][s]) for s in delta] +
                        [r["group"], r.get("metric", "accuracy")])
+
+
+def _name(row) -> str:
+    """A row's strategy, marked † when its runs are the oracle (--target reference)."""
+    return row["strategy"] + (ORACLE_MARK if row.get("oracle") else "")
+
+
+def _p(p) -> str:
+    return "—" if p is None or np.isnan(p) else "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _seeds(n, sd) -> str:
+    return "n/a" if not np.isfinite(sd) else f"> {10_000:,}" if n is None else str(n)
+
+
+def _cells(row, grouped) -> list[str]:
+    return [row["task"]] + [row["group"]] * grouped + [_name(row)]
+
+
+def test_lines(rows, target_deltas=TARGET_DELTAS) -> list[str]:
+    """report.md: per strategy with paired random runs, the paired tests and what its seeds can detect."""
+    tested = [r for r in rows if r.get("tests")]
+    if not tested:
+        return []
+    grouped = any(r["group"] for r in rows)
+    head = ["task"] + ["group"] * grouped + ["strategy", "pairs", "ΔAUC vs random [95% CI]", "p (t)", "p (t, Holm)",
+                                             "p (sign)", "sd of Δ", "MDE (80% power)",
+                                             *(f"seeds for ΔAUC {x:g}" for x in target_deltas)]
+    lines = ["", "## Paired tests and what the seeds can detect", "", "| " + " | ".join(head) + " |",
+             "|" + "---|" * len(head)]
+    for r in tested:
+        t = r["tests"]
+        lines.append("| " + " | ".join(_cells(r, grouped) + [
+            str(r["delta_auc"]["n"]), _fmt_delta(r)[0], _p(t["p_t"]), _p(t["p_holm"]), _p(t["p_sign"]),
+            "n/a" if np.isnan(t["sd"]) else f"{t['sd']:.2f}", "n/a" if np.isnan(t["mde"]) else f"{t['mde']:.2f}",
+            *(_seeds(t["seeds_needed"][float(x)], t["sd"]) for x in target_deltas)]) + " |")
+    return lines + ["", f"Paired over seeds with the random runs of the same group: p (t) = two-sided paired t-test of "
+                    "mean ΔAUC = 0; p (t, Holm) = the same adjusted by Holm's step-down method over the strategies "
+                    "compared with random in the group (family-wise error rate); p (sign) = two-sided exact sign "
+                    "test of the seeds' ΔAUC signs (ties dropped). sd of Δ = standard deviation of the paired "
+                    "differences. MDE = the smallest true ΔAUC these pairs detect with 80% power (paired t, two-sided "
+                    "α 0.05, noncentral t) if the true sd is the observed one; seeds for ΔAUC x = the fewest seeds "
+                    "that detect a true ΔAUC of x at 80% power under the same assumption (`--target-delta` names x). "
+                    "Both are plans from an estimate: with few seeds the observed sd is itself uncertain. n/a: fewer "
+                    "than two pairs, no spread to plan from."]
+
+
+def per_round_lines(rows) -> list[str]:
+    """report.md: each strategy's curve minus random's of the same seed, round by round."""
+    tested = [r for r in rows if r.get("per_round")]
+    if not tested:
+        return []
+    grouped = any(r["group"] for r in rows)
+    head = ["task"] + ["group"] * grouped + ["strategy", "round", "labeled", "Δ vs random [95% CI]", "p (t)",
+                                             "p (t, Holm)", "wins"]
+    lines = ["", "## Per-round paired differences", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in tested:
+        for x in r["per_round"]:
+            ci = "" if np.isnan(x["low"]) else f" [{x['low']:+.2f}, {x['high']:+.2f}]"
+            lines.append("| " + " | ".join(_cells(r, grouped) + [
+                str(x["round"]), "" if x["n_labeled"] is None else str(x["n_labeled"]), f"{x['mean']:+.2f}{ci}",
+                _p(x["p_t"]), _p(x["p_holm"]), f"{x['wins']}/{x['n']}"]) + " |")
+    return lines + ["", "The strategy's test metric after each round minus random's of the same seed after the same "
+                    "round (points): mean [paired 95% t-interval], where in the curve a strategy gains or loses "
+                    "(plot: per_round_delta_*.png). p (t, Holm): adjusted over the strategies of the group at that "
+                    "round; not also over rounds, so read single rounds as exploratory."]
+
+
+def revision_warnings(rows) -> list[str]:
+    """One line per group whose compared runs come from more than one code revision (or a run resumed on other
+    code)."""
+    lines = []
+    for slug in dict.fromkeys(r["slug"] for r in rows):
+        group = [r for r in rows if r["slug"] == slug]
+        counts = {}
+        for r in group:
+            for label, n in r["revisions"].items():
+                counts[label] = counts.get(label, 0) + n
+        if len(counts) > 1 or any("→" in label for label in counts):
+            where = group[0]["task"] + (f" ({group[0]['group']})" if group[0]["group"] else "")
+            lines.append(f"{where}: the compared runs come from {len(counts)} code revisions ("
+                         + ", ".join(f"{label}: {n} run{'s' * (n != 1)}"
+                                     for label, n in sorted(counts.items(), key=lambda c: (-c[1], c[0])))
+                         + "): a difference between strategies may be a difference between code")
+    return lines
+
+
+def revision_lines(rows) -> list[str]:
+    """report.md: the code revisions of each row's runs, and a warning per group that mixes them."""
+    grouped = any(r["group"] for r in rows)
+    head = ["task"] + ["group"] * grouped + ["strategy", "code revisions (runs)"]
+    lines = ["", "## Code revisions", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join(_cells(r, grouped) + [
+            ", ".join(f"{label} ({n})" for label, n in r["revisions"].items())]) + " |")
+    lines += ["", "The code that made each run (config.json and summary.json): a git commit, +dirty:HASH with "
+              "uncommitted changes to the package (hash of its source), VERSION+src:HASH outside a git checkout; "
+              f"A→B: started on A, resumed on B; {UNRECORDED}: made before starlora recorded it."]
+    return lines + [f"\n**Warning:** {w}." for w in revision_warnings(rows)]
+
+
+def write_test_csvs(rows, out: Path, target_deltas=TARGET_DELTAS) -> None:
+    """tests.csv (one line per strategy row: the paired tests, what the seeds detect, revisions) and per_round.csv."""
+    with open(out / "tests.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["task", "group", "strategy", "oracle", "pairs", "delta_auc_mean", "delta_auc_low",
+                    "delta_auc_high", "p_t", "p_holm", "p_sign", "sd_delta", "mde_80",
+                    *(f"seeds_for_{x:g}" for x in target_deltas), "revisions"])
+        for r in rows:
+            d, t = r["delta_auc"] or {}, r.get("tests") or {}
+            w.writerow([r["task"], r["group"], r["strategy"], r.get("oracle", False), d.get("n", ""),
+                        *(d.get(k, "") for k in ("mean", "low", "high")),
+                        *(t.get(k, "") for k in ("p_t", "p_holm", "p_sign", "sd", "mde")),
+                        *((t["seeds_needed"][float(x)] or "") if t else "" for x in target_deltas),
+                        "; ".join(f"{label}: {n}" for label, n in r["revisions"].items())])
+    with open(out / "per_round.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["task", "group", "strategy", "oracle", "round", "n_labeled", "delta_mean", "delta_low",
+                    "delta_high", "pairs", "wins", "p_t", "p_holm"])
+        for r in rows:
+            for x in r.get("per_round") or ():
+                w.writerow([r["task"], r["group"], r["strategy"], r.get("oracle", False), x["round"], x["n_labeled"],
+                            x["mean"], x["low"], x["high"], x["n"], x["wins"], x["p_t"], x["p_holm"]])
 
 
 def plot(runs, rows, out: Path) -> list[Path]:
@@ -235,6 +439,8 @@ def plot(runs, rows, out: Path) -> list[Path]:
         written += _wrong_confidence(plt, g["runs"], title, out / f"wrong_confidence_{g['slug']}.png")
         written += _delta_auc(plt, [r for r in rows if r["slug"] == g["slug"] and r["delta_auc"]
                                     and r["delta_auc"]["n"]], title, out / f"delta_auc_{g['slug']}.png")
+        written += _per_round(plt, [r for r in rows if r["slug"] == g["slug"] and r.get("per_round")], title,
+                              out / f"per_round_delta_{g['slug']}.png")
         for r in g["runs"]:
             written += _probe_plots(plt, r, f"{g['slug']}_{r['strategy']}_seed{r['seed']}", out)
     return written
@@ -301,6 +507,37 @@ def _delta_auc(plt, rows, title, path) -> list[Path]:
     ax.set(ylabel="ΔAUC vs random (AUC points)")
     ax.set_title(f"{title}: ΔAUC vs random, same seed (mean, 95% CI)", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
+    return [_save(fig, path)]
+
+
+def _per_round(plt, rows, title, path) -> list[Path]:
+    """Per strategy (one panel each, shared axes): its curve minus random's of the same seed per round, the mean with
+    its paired 95% interval as a band, and each seed's difference as a dot."""
+    if not rows:
+        return []
+    cols = min(4, len(rows))
+    nrows = -(-len(rows) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows + 0.4), sharex=True, sharey=True,
+                             squeeze=False)
+    for ax, r in zip(axes.flat, rows):
+        x = [p["n_labeled"] if p["n_labeled"] is not None else p["round"] for p in r["per_round"]]
+        mean = np.array([p["mean"] for p in r["per_round"]])
+        low, high = (np.array([p[k] for p in r["per_round"]]) for k in ("low", "high"))
+        for xi, p in zip(x, r["per_round"]):
+            ax.scatter([xi] * p["n"], p["deltas"], s=8, color="grey", alpha=0.5, zorder=2)
+        ax.plot(x, mean, marker="o", color="C0", zorder=3)
+        if np.isfinite(low).any():
+            ax.fill_between(x, low, high, alpha=0.2, color="C0")
+        ax.axhline(0, color="black", linewidth=1)
+        ax.set_title(_name(r), fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(rows):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("labeled examples", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("Δ vs random (points)", fontsize=8)
+    fig.suptitle(f"{title}: per-round difference vs random, same seed (mean, 95% CI)", fontsize=9)
     return [_save(fig, path)]
 
 
@@ -371,11 +608,20 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def report(paths, out) -> list[dict]:
+def report(paths, out, target_deltas=None) -> list[dict]:
+    """Tables and plots of the runs under `paths` into `out`; target_deltas: the ΔAUC values to give the seeds
+    needed for (default TARGET_DELTAS). A group that mixes code revisions is warned about (StarloraWarning)."""
+    target_deltas = tuple(float(x) for x in target_deltas or TARGET_DELTAS)
+    if not all(np.isfinite(x) and x > 0 for x in target_deltas):
+        raise StarloraError(f"--target-delta must be positive AUC points (got {' '.join(map(str, target_deltas))})")
     runs = load_runs(paths)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = table(runs)
-    write_tables(rows, out, stopping_lines(runs))
+    rows = table(runs, target_deltas)
+    write_tables(rows, out, [*test_lines(rows, target_deltas), *per_round_lines(rows), *revision_lines(rows),
+                             *stopping_lines(runs)])
+    write_test_csvs(rows, out, target_deltas)
     plot(runs, rows, out)
+    for line in revision_warnings(rows):
+        warnings.warn(line, StarloraWarning, stacklevel=2)
     return rows

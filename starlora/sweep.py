@@ -26,7 +26,8 @@ from .config import RunConfig, resolve, variant
 from .data import load_data
 from .errors import StarloraError
 from .experiment import run
-from .files import read_jsonl
+from .files import read_json, read_jsonl
+from .provenance import code_revision, revision_label
 from .strategies import get_strategy
 from .tasks import get_task
 from .tokens import progress
@@ -184,6 +185,23 @@ def finished_rounds(job: Job) -> int:
     return len(read_jsonl(job.folder / "rounds.jsonl")) if (job.folder / "config.json").exists() else 0
 
 
+def warn_changed_code(jobs: list[Job]) -> None:
+    """A run that resumes on other code than the code that started it says so, naming both revisions (it is not
+    refused: the report then warns that its group mixes revisions). Finished runs do not run again, and a folder
+    without a finished round starts afresh, so neither mixes code."""
+    current = revision_label(code_revision())
+    for job in jobs:
+        if (job.folder / "summary.json").exists() or not finished_rounds(job):
+            continue
+        try:
+            stored = read_json(job.folder / "config.json").get("versions", {}).get("revision")
+        except (StarloraError, AttributeError):
+            continue  # an unreadable config.json: the run itself reports it
+        if revision_label(stored) != current:
+            logger.warning(f"{job.folder}: resuming on code revision {current}; its finished rounds were made by "
+                           f"{revision_label(stored)} (the report will flag the mix)")
+
+
 def sweep(jobs: list[Job], workers: int = 1, devices: list[str] | None = None, report_to=()) -> list[dict]:
     """Run every job (finished ones are skipped, interrupted ones resume); one overall progress bar over all rounds,
     with its ETA. workers > 1 or several devices: that many runs side by side, one per worker process."""
@@ -200,6 +218,7 @@ def sweep(jobs: list[Job], workers: int = 1, devices: list[str] | None = None, r
     slots = len(devices) if devices else workers
     if slots < 1:
         raise StarloraError(f"--workers must be at least 1 (got {workers})")
+    warn_changed_code(jobs)
     done = sum(min(finished_rounds(job), job.cfg.rounds) for job in jobs)
     bar = progress(total=sum(job.cfg.rounds for job in jobs), initial=done, desc="sweep", unit="round")
     try:
