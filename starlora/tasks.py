@@ -84,6 +84,8 @@ class Task:
             return self.template.format(**row)
         except KeyError as e:
             raise StarloraError(f"prompt template {self.template!r} needs field {e.args[0]!r}") from None
+        except (IndexError, ValueError, AttributeError, TypeError) as e:  # get_task refuses these up front
+            raise StarloraError(f"prompt template {self.template!r} cannot be filled: {e}") from None
 
     def gold(self, answer: str) -> str:
         """The canonical gold label of an answer text ('the correct answer is true' -> 'true'); ValueError if none."""
@@ -159,11 +161,34 @@ BUILTIN = {
 GENERIC = ("closed", "open")
 
 
+def check_template(template: str) -> None:
+    """Refuse, naming --template, a prompt template that str.format cannot fill from named fields: a brace left open,
+    a positional field ({0}, {}), an unknown conversion (!z) or a format spec no string or number takes (:zz)."""
+
+    class AnyField(dict):
+        def __missing__(self, key):
+            return value
+
+    error = None
+    for value in ("x", 0, 0.0):  # a field's value may be a string or a number (JSON); one must fit every field
+        try:
+            template.format_map(AnyField())
+            return
+        except (IndexError, ValueError, AttributeError, TypeError) as e:
+            error = error or e
+    if "positional" in str(error):
+        error = "positional fields such as {0} or {} are not allowed"
+    raise StarloraError(f"--template {template!r}: {error}; name the file's fields, e.g. '{{question}}', "
+                        f"and write a literal brace as '{{{{' or '}}}}'")
+
+
 def get_task(name: str, candidates: list[str] | None = None, template: str | None = None,
              user_files: bool = False) -> Task:
     """A built-in task, or the generic 'closed' (needs candidates) / 'open' task for user data. With user_files the
     default template is '{question}' used verbatim (the official STAR file format: the field holds the whole prompt)."""
     template = template or ("{question}" if user_files else None)
+    if template is not None:
+        check_template(template)
     if name in BUILTIN:
         task = BUILTIN[name]
         return Task(task.name, template, task.candidates, task.numeric) if template else task

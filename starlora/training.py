@@ -21,6 +21,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import get_linear_schedule_with_warmup
 
 from . import parallel
+from .errors import StarloraError
 from .hardware import autocast
 from .masks import BatchDropout, lora_sampling, swap_lora_dropout
 from .models import LORA_TARGETS
@@ -162,13 +163,34 @@ def train(model, tokenizer, examples, settings: TrainSettings, desc: str = "trai
                 losses.append(loss)
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1] * size:.3f}")
+                if not np.isfinite(loss) and not parallel.distributed():  # diverged: check_diverged says so
+                    break
     bar.close()
     del net
     model.eval()
     losses = parallel.sum_across(np.array(losses))[0]  # each process holds its rows' share of every batch's loss
+    check_diverged(model, losses, total, settings)
     last = losses[-len(epochs[-1]):] if epochs and epochs[-1] else losses
     return {"loss": float(np.mean(last)) if len(last) else float("nan"), "steps": total,
             "seconds": time.time() - start, "step_losses": [float(x) for x in losses]}
+
+
+def check_diverged(model, losses: np.ndarray, total: int, settings: TrainSettings) -> None:
+    """Stop, blaming the learning rate first, when a step's loss or a trained weight is NaN/inf: scoring with such
+    weights would only report non-finite logits. Every process reaches the same verdict (the losses are summed, and
+    so is each process's count of non-finite weights)."""
+    bad = np.flatnonzero(~np.isfinite(losses))
+    weights = sum(int((~torch.isfinite(getattr(p, "to_local", lambda: p)())).any()) for p in model.parameters()
+                  if p.requires_grad)
+    weights = int(parallel.sum_across(np.array([weights]))[0][0])
+    if not len(bad) and not weights:
+        return
+    where = (f"the loss became {losses[bad[0]]:g} at step {bad[0] + 1} of {total}" if len(bad) else
+             f"{weights} trained weight tensor(s) became non-finite")
+    blame = f"--lr {settings.lr:g} is likely too high for this model; lower it"
+    if settings.precision != "fp32":
+        blame += f", or train in fp32 (--precision fp32; this ran in {settings.precision})"
+    raise StarloraError(f"training diverged: {where}; {blame}")
 
 
 def micro_batches(n: int, rank: int, size: int, micro: int) -> list[slice]:

@@ -188,17 +188,18 @@ def test_another_address_needs_the_token(proj, monkeypatch):
     assert TestClient(local, base_url="http://localhost").get("/api/state").status_code == 200
     # serve() makes the token for any other address and prints the URL that carries it
     seen = {}
-    monkeypatch.setattr("uvicorn.run", lambda app, host, port, **kw: seen.update(app=app, host=host, port=port))
+    monkeypatch.setattr("starlora.serve.run_server",
+                        lambda app, sock: seen.update(app=app, host=sock.getsockname()[0], port=sock.getsockname()[1]))
     logs = []
     monkeypatch.setattr("starlora.serve.logger.info", logs.append)
-    serve(proj, host="0.0.0.0", port=9999)
+    serve(proj, host="0.0.0.0", port=0)  # 0: any free port, the one printed
     token = logs[0].split("?token=")[1].split()[0]
-    assert seen["host"] == "0.0.0.0" and len(token) >= 16
+    assert seen["host"] == "0.0.0.0" and f":{seen['port']}/" in logs[0] and len(token) >= 16
     guarded = TestClient(seen["app"], base_url="http://192.0.2.7")
     assert guarded.get("/api/state").status_code == 403
     assert guarded.get(f"/api/state?token={token}").status_code == 200
     logs.clear()
-    serve(proj, host="127.0.0.1", port=9999)
+    serve(proj, host="127.0.0.1", port=0)
     assert "token" not in logs[0]
 
 
