@@ -14,7 +14,7 @@ from pathlib import Path
 from . import parallel
 from .config import PROTOCOLS, MethodConfig, RunConfig, resolve
 from .errors import StarloraError, StarloraWarning
-from .data import HUB_PREFIX
+from .data import HUB_PREFIX, delimiter_option
 from .tasks import BUILTIN, GENERIC
 from .tracking import parse_report_to
 
@@ -38,6 +38,11 @@ def add_data_options(p: argparse.ArgumentParser, task_required: bool = True) -> 
     g.add_argument("--candidates", help="comma-separated answer candidates for --task closed")
     g.add_argument("--id-field", help="field holding each row's id (default id; absent: content hash)")
     g.add_argument("--answer-field", help="field holding the answer (default answer)")
+    add_delimiter_option(g)
+
+
+def add_delimiter_option(p) -> None:
+    p.add_argument("--delimiter", help="CSV files' delimiter: , or ';' or tab (default: sniffed from the file, else ,)")
 
 
 TASK_NOTES = {"boolq": "question only, as the paper", "sst2": "not a paper task: the one the embedded model learns "
@@ -128,7 +133,7 @@ def add_config_flags(g, config, skip=()) -> None:
             g.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                            help=f"{literal(f.metadata['help'])} (default {'on' if f.default else 'off'})")
         else:
-            kind = type(f.default) if f.default is not None else int
+            kind = type(f.default) if f.default is not None else (str if "str" in str(f.type) else int)
             g.add_argument(flag, type=kind, help=literal(f.metadata["help"]))
 
 
@@ -187,7 +192,7 @@ def cmd_sweep(args) -> None:
     blocks = [{**block, **{k: v for k, v in listed.items() if v}} for block in blocks]
     flags = config_values(args, RunConfig, skip={"strategy"})
     flags.pop("task", None)  # --task is one of the grid's tasks
-    jobs = plan(blocks, args.out, flags)
+    jobs = plan(blocks, args.out, flags, grid=args.grid)
     print(f"sweep: {len(jobs)} run(s) into {args.out}")
     sweep(jobs, args.workers, parse_candidates(args.devices), report_to=parse_report_to(args.report_to))
     if not args.no_report:
@@ -239,7 +244,7 @@ def cmd_train(args) -> None:
     from .project import train
 
     train(args.dir, report_to=parse_report_to(args.report_to), push_to_hub=args.push_to_hub,
-          command=args.command_line)
+          command=args.command_line, partial=args.partial)
 
 
 def cmd_status(args) -> None:
@@ -271,6 +276,7 @@ def add_project_commands(sub) -> None:
     p.add_argument("--candidates", help="comma-separated answers for --task closed")
     p.add_argument("--id-field", help="field holding each row's id (default id; absent: content hash)")
     p.add_argument("--answer-field", help="field the answers go in (default answer)")
+    add_delimiter_option(p)
     add_config_flags(p.add_argument_group("method (defaults: the paper's; --rounds is R in lambda(t))"), MethodConfig,
                      skip={"strategy"})
     p.add_argument("--target", help=argparse.SUPPRESS)  # simulation only: refused with its reason (project.py)
@@ -291,11 +297,15 @@ def add_project_commands(sub) -> None:
                                    "checked first; if any is bad, all problems are listed and nothing is imported.")
     p.add_argument("dir", help="the project folder")
     p.add_argument("file", help="the filled-in query file, or a Label Studio export (.json)")
+    add_delimiter_option(p)
     p.set_defaults(func=cmd_label)
 
     p = sub.add_parser("train", help="human loop: train this round's adapter on every label so far",
                        description="Train a fresh LoRA adapter with STAR's regulariser on all labels so far.")
     p.add_argument("dir", help="the project folder")
+    p.add_argument("--partial", action="store_true",
+                   help="train although the last query is partly labeled: its unlabeled examples are left out of the "
+                        "loop (never asked again), and the round's train.json records how many")
     add_report_option(p)
     add_push_option(p)
     p.set_defaults(func=cmd_train)
@@ -570,7 +580,8 @@ def run_command(argv=None) -> int:
         if args.func is not cmd_run and parallel.fsdp_requested():
             raise StarloraError("only `starlora run` shards weights under accelerate's FSDP; launch the other "
                                 "commands without --use_fsdp / an FSDP config file")
-        args.func(args)
+        with delimiter_option(getattr(args, "delimiter", None)):  # CSV files read inside, sweep workers too
+            args.func(args)
     except StarloraError as e:
         print(f"starlora: error: {e}", file=sys.stderr)
         return 2

@@ -129,7 +129,7 @@ def open_project(folder) -> Project:
         raise StarloraError(f"{folder} is not a starlora project (no project.json); create one with starlora init")
     stored = read_json(folder / "project.json", {"config": dict})["config"]
     known = {f.name for f in dataclasses.fields(MethodConfig)}  # projects made before the split stored more keys
-    return Project(folder, MethodConfig(**{**LEGACY, **{k: v for k, v in stored.items() if k in known}}))
+    return Project(folder, MethodConfig(**{k: v for k, v in {**LEGACY, **stored}.items() if k in known}))
 
 
 # ---------------------------------------------------------------- init

@@ -12,7 +12,6 @@ reach it through DNS rebinding). Any other address needs a token, generated and 
 import contextlib
 import errno
 import ipaddress
-import json
 import logging
 import secrets
 import socket
@@ -184,7 +183,7 @@ def state(folder) -> dict:
     project = P.open_project(folder)
     cfg, task = project.cfg, project.task
     labels, queries, adapters, pool = project.labels(), project.queries(), project.adapters(), project.pool()
-    records = [json.loads((a / "train.json").read_text()) for a in adapters]
+    records = [project.trained(a) for a in adapters]
     per_round = Counter(r["round"] for r in labels)
     rounds = [{"round": t, "queried": len(queries[t]["ids"]) if t < len(queries) else 0,
                "labeled": per_round.get(t, 0),
@@ -192,7 +191,7 @@ def state(folder) -> dict:
                "accuracy": records[t].get("accuracy") if t < len(records) else None}
               for t in range(max(len(queries), len(records)))]
     last = queries[-1] if queries else None
-    waiting = P.pending(queries, labels)
+    waiting = P.pending(queries, labels, adapters)
     return {
         "project": {"name": project.folder.name, "task": cfg.task, "strategy": cfg.strategy, "model": cfg.model,
                     "closed": task.closed, "candidates": list(task.candidates or []), "rounds_planned": cfg.rounds},
@@ -276,6 +275,9 @@ def create_app(folder, token: str | None = None, local: bool = True):
     class UndoIn(BaseModel):
         id: str
 
+    class TrainIn(BaseModel):
+        partial: bool = False  # train although the last query is partly labeled (its rest is left out)
+
     class QueryIn(BaseModel):
         n: int = Field(ge=1, le=100_000)
         random: bool = False
@@ -312,11 +314,13 @@ def create_app(folder, token: str | None = None, local: bool = True):
         return state(folder)["query"]
 
     @app.post("/api/train", status_code=202)
-    def post_train():
+    def post_train(item: TrainIn | None = None):
+        item = item or TrainIn()
         project = P.open_project(folder)
         try:
-            job = jobs.start("train", lambda: P.check_can_train(project, project.labels(), project.adapters()),
-                             lambda: P.train(folder, command=f"starlora serve {folder}"))
+            job = jobs.start("train", lambda: P.check_can_train(project, project.labels(), project.adapters(),
+                                                                 project.queries(), item.partial),
+                             lambda: P.train(folder, command=f"starlora serve {folder}", partial=item.partial))
         except StarloraError as e:
             raise refused(e) from None
         return job.view()

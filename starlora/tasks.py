@@ -128,25 +128,43 @@ class Task:
             return numbers_equal(prediction, gold)
         return _normalise_text(prediction) == _normalise_text(gold)
 
+    def label(self, answer: str) -> str:
+        """The gold label of a person's answer (the human loop), matched exactly: a closed-set answer is one of the
+        candidates after trimming and case-folding (or yes/no for true/false); a numeric answer is a number, or a
+        worked solution ending in "#### N" / "The final answer is N". Anything else is refused (ValueError naming
+        what is allowed): a label is never guessed from the words around it."""
+        text = str(answer).strip()
+        if self.closed:
+            found = self._aliases().get(text.casefold())
+            if found is None:
+                raise ValueError(f"answer {text[:60]!r} is not one of {list(self.candidates)} (exactly, up to case)")
+            return found
+        if self.numeric:
+            marked = re.search(rf"(?:{_FINAL}|####\s*:?\s*)({_NUMBER})\s*\.?\s*$", text, flags=re.IGNORECASE)
+            if not (re.fullmatch(_NUMBER, text) or marked):
+                raise ValueError(f"answer {text[:60]!r} is not a number, nor a solution ending in '#### N'")
+        return self.gold(text)
+
+    def _aliases(self) -> dict[str, str]:
+        """Case-folded candidate -> candidate, plus yes/no for a true/false task: the only answers a label may be."""
+        by_key = {c.strip().casefold(): c for c in self.candidates}
+        if set(by_key) == {"true", "false"}:
+            by_key |= {"yes": by_key["true"], "no": by_key["false"]}
+        return by_key
+
     def _parse_candidate(self, answer) -> str:
+        """A data file's answer: a candidate (or yes/no for true/false), or the official STAR format "the correct
+        answer is true" / "Answer: (B)" whose tail is exactly a candidate. Never a candidate found among other words
+        ("not positive" is refused, not read as positive)."""
         if isinstance(answer, bool):
             answer = "true" if answer else "false"
         text = _normalise_text(str(answer))
-        by_key = {_normalise_text(c): c for c in self.candidates}
-        synonyms = {"yes": "true", "no": "false"} if set(by_key) == {"true", "false"} else {}
+        by_key = {_normalise_text(k): c for k, c in self._aliases().items()}
         if text in by_key:
             return by_key[text]
-        if text in synonyms:
-            return by_key[synonyms[text]]
-        # The official STAR format: "the correct answer is true", "answer: (B)", ...
         tail = re.search(r"answer\s*(?:is|:)\s*\(?(.+?)\)?$", text)
         if tail and tail.group(1) in by_key:
             return by_key[tail.group(1)]
-        words = re.findall(r"[^\s():.,'\"]+", text)
-        for word in reversed(words):
-            word = synonyms.get(word, word)
-            if word in by_key and (len(word) > 1 or re.search(r"answer\s*(is|:)", text)):
-                return by_key[word]
         raise ValueError(f"answer {str(answer)[:60]!r} is not one of {list(self.candidates)}")
 
 
