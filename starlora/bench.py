@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .acquisition import BaseCache, acquisition_scores
+from .acquisition import Acquisition, BaseCache, acquisition_scores, subsample
 from .data import load_data, make_examples, read_rows
+from .evaluation import evaluate
 from .experiment import write_scores
 from .hardware import autocast, device, resolve_dtype, resolve_precision
 from .models import load_model
@@ -391,3 +392,101 @@ def pool_table(result: dict) -> str:
              + ([f"{row['peak_gpu_growth_mb']:.0f}"] if gpu else []) for row in r["pool_sizes"]]
     widths = [max(len(c) for c in col) for col in zip(head, *table)]
     return "\n".join(lines + ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in [head, *table]])
+
+
+# ---------------------------------------------------------------- one round of a protocol, phase by phase
+
+ROUND_PHASES = ("train", "evaluate", "base", "score")
+
+
+def round_bench(protocol: str = "sst2", strategies=("random", "me", "star-me"), model_name: str | None = None,
+                precision: str = "auto", seed: int = 0, **overrides) -> dict:
+    """What a user of `protocol` waits for in its most expensive round, phase by phase, per strategy: training on the
+    last round's labeled set, evaluating the test set, the base model's scores (once per run, cached), and scoring
+    the round's candidates. Each phase's matmul FLOPs (nn.Linear calls, padding left out; training counts forward
+    and backward, 2x the forward's for a frozen base with LoRA, 3x with every weight trained) over its time, against
+    this machine's square-matmul rate in the same precision."""
+    from .config import resolve
+    from .experiment import method_settings
+
+    base_cfg = resolve(protocol, **{"model": model_name, "precision": precision, "seed": seed, **overrides,
+                                    "strategy": strategies[0]})
+    task = get_task(base_cfg.task, base_cfg.candidates, base_cfg.template)
+    data = load_data(task, base_cfg.data, base_cfg.train_file, base_cfg.test_file)
+    test = data.test[:base_cfg.test_size] if base_cfg.test_size else data.test
+    n_labeled = base_cfg.init_size + base_cfg.query_size * (base_cfg.rounds - 1)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(data.pool))
+    labeled = [data.pool[i] for i in order[:n_labeled]]
+    candidates = subsample([data.pool[i] for i in order[n_labeled:]], base_cfg.candidate_subsample, seed, 0)
+    dev = device()
+    model, tokenizer = load_model(base_cfg.model, dtype=base_cfg.dtype)
+    result = {"protocol": protocol, "model": base_cfg.model, "task": task.name, "device": str(dev),
+              "precision": base_cfg.precision, "dtype": base_cfg.dtype, "threads": torch.get_num_threads(),
+              "labeled": len(labeled), "test": len(test), "candidates": len(candidates), "round": base_cfg.rounds - 2,
+              "matmul_gflops": matmul_gflops(base_cfg.precision, dev), "strategies": {}}
+    for name in strategies:
+        cfg = dataclasses.replace(base_cfg, strategy=name)
+        strategy = get_strategy(name, task.closed)
+        settings, training = method_settings(cfg, strategy)
+        phases = {}
+        current = attach_lora(model, training) if cfg.mode == "lora" else model
+        backward = 2 if cfg.mode == "lora" else 3
+        phases["train"] = _timed(dev, current, len(labeled), backward,
+                                 lambda: train(current, tokenizer, labeled, training, desc=f"{name}: training"))
+        phases["evaluate"] = _timed(dev, current, len(test), 1, lambda: evaluate(current, tokenizer, task, test,
+                                                                               settings, desc=f"{name}: evaluating"))
+        cache = BaseCache(None, cfg.model, task, settings)
+        acquisition = Acquisition(strategy, cfg, settings, cache)
+        if strategy.measure is not None and strategy.needs_base:
+            phases["base"] = _timed(dev, current, len(candidates), 1,
+                                    lambda: cache.get(current, tokenizer, candidates))
+        phases["score"] = _timed(dev, current, len(candidates), 1,
+                                 lambda: acquisition.query(current, tokenizer, task, candidates, labeled,
+                                                           cfg.query_size, result["round"]))
+        for phase in phases.values():
+            phase["matmul_fraction"] = phase["gflops"] / result["matmul_gflops"]
+        result["strategies"][name] = {"round_s": sum(p["seconds"] for k, p in phases.items() if k != "base"),
+                                      **phases}
+        if cfg.mode == "lora":
+            model = current.unload()
+    result["peak_rss_mb"] = peak_rss_mb()
+    return _rounded(result)
+
+
+def _timed(dev, model, n: int, flop_factor: int, work) -> dict:
+    with FlopCount(model) as flops:
+        start = time.perf_counter()
+        work()
+        _sync(dev)
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "examples": n, "examples_per_s": n / seconds,
+            "gflops": flop_factor * flops.useful / seconds / 1e9}
+
+
+def _rounded(value):
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def round_table(result: dict) -> str:
+    """round_bench's result as a text table."""
+    r = result
+    lines = [f"one round of the {r['protocol']} protocol: {r['model']} on {r['task']}, {r['device']} {r['precision']} "
+             f"(weights {r['dtype']}), {r['threads']} thread(s); training on {r['labeled']} labels, evaluating "
+             f"{r['test']}, scoring {r['candidates']} candidates (round {r['round']}); matmul rate "
+             f"{r['matmul_gflops']:.0f} GFLOP/s",
+             "'base' is the frozen base model's scores, computed once per run and cached; 'round' leaves it out"]
+    head = ["strategy", "phase", "seconds", "examples/s", "GFLOP/s", "of matmul rate"]
+    table = []
+    for name, phases in r["strategies"].items():
+        for phase in ROUND_PHASES:
+            if phase in phases:
+                p = phases[phase]
+                table.append([name, phase, f"{p['seconds']:.1f}", f"{p['examples_per_s']:.1f}", f"{p['gflops']:.0f}",
+                              f"{100 * p['matmul_fraction']:.0f}%"])
+        table.append([name, "round", f"{phases['round_s']:.1f}", "", "", ""])
+    widths = [max(len(c) for c in col) for col in zip(head, *table)]
+    return "\n".join(lines + ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in [head, *table]]
+                     + [f"peak RSS {r['peak_rss_mb']:.0f} MB"])

@@ -423,6 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: time and peak memory of one round's acquisition (base model, the strategy's K "
                         "passes, selection) per pool size, e.g. 1000,10000,100000; the pool is the task's examples "
                         "(or --train-file) repeated under new ids, each size measured in a fresh process")
+    p.add_argument("--protocol", help="instead: one round of this protocol (e.g. sst2, the study's), timed per phase "
+                                      "(train, evaluate, base scores, score) with each phase's FLOP rate against the "
+                                      "matmul rate, for --strategies")
+    p.add_argument("--strategies", help="with --protocol: comma-separated strategies (default random,me,star-me)")
+    p.add_argument("--round-score-batch-size", type=int, metavar="N",
+                   help="with --protocol: scoring and evaluation batch size (default: the protocol's)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.set_defaults(func=cmd_bench)
 
@@ -454,6 +460,14 @@ def cmd_bench(args) -> None:
     sizes = parse_pool_sizes(args.pool_sizes) if args.pool_sizes is not None else None
     if args.json:  # stdout holds the JSON alone; progress goes to stderr
         Console.info_stream = "stderr"
+    if args.protocol:
+        from .bench import round_bench, round_table
+
+        strategies = parse_candidates(args.strategies) or ["random", "me", "star-me"]
+        overrides = {k: v for k, v in {"score_batch_size": args.round_score_batch_size}.items() if v is not None}
+        result = round_bench(args.protocol, strategies, args.model, args.precision, **overrides)
+        print(json.dumps(result, indent=2) if args.json else round_table(result))
+        return
     if sizes:
         result = pool_bench(args.model, args.task, args.train_file, sizes, args.k, args.score_batch_size,
                             precision=args.precision, strategy=args.strategy, dtype=args.dtype)
