@@ -49,7 +49,7 @@ class BaseCache:
             legacy = self.path.with_suffix(".json")
             if self.path.suffix == ".jsonl" and legacy.exists():
                 self.values = json.loads(legacy.read_text())
-            self.values |= {r.pop("key"): r for r in read_jsonl(self.path) if isinstance(r, dict) and "key" in r}
+            self.values |= {r.pop("key"): r for r in read_jsonl(self.path, appended=True) if "key" in r}
         self.computed = 0
 
     def identity(self, model_name: str) -> list:

@@ -467,7 +467,7 @@ def _timed(dev, model, n: int, flop_factor: int, work) -> dict:
 def _rounded(value):
     if isinstance(value, dict):
         return {k: _rounded(v) for k, v in value.items()}
-    return round(value, 4) if isinstance(value, float) else value
+    return round(value, 6) if isinstance(value, float) else value
 
 
 def round_table(result: dict) -> str:

@@ -16,6 +16,7 @@ from .errors import StarloraError
 from .hardware import DTYPES, device, resolve_dtype, resolve_precision
 from .stopping import parse_stop_rule
 from .strategies import get_strategy
+from .tasks import normalise_text
 from .uncertainty import mixing_weight
 
 ABOVE_ZERO, AT_LEAST_ONE, AT_LEAST_ZERO, FRACTION = "> 0", ">= 1", ">= 0", "[0, 1)"
@@ -188,10 +189,10 @@ def check(cfg: MethodConfig) -> None:
             words = {ABOVE_ZERO: "positive", AT_LEAST_ONE: "at least 1", AT_LEAST_ZERO: "at least 0",
                      FRACTION: "in [0, 1)"}
             raise StarloraError(f"{flag(f.name)} must be {words[rule]} (got {value})")
-    folded = [c.strip().casefold() for c in cfg.candidates or []]
-    twice = next((c for c in cfg.candidates or [] if folded.count(c.strip().casefold()) > 1), None)
+    folded = [normalise_text(c) for c in cfg.candidates or []]  # as Task.gold reads an answer
+    twice = next((c for c in cfg.candidates or [] if folded.count(normalise_text(c)) > 1), None)
     if twice is not None:  # an answer must name exactly one candidate
-        raise StarloraError(f"--candidates lists {twice.strip()!r} more than once (up to case and spaces)")
+        raise StarloraError(f"--candidates lists {twice.strip()!r} more than once (up to case, spaces and a final '.')")
     if getattr(cfg, "candidate_subsample", None) is not None and cfg.candidate_subsample < cfg.query_size:
         raise StarloraError(f"--candidate-subsample {cfg.candidate_subsample} is smaller than --query-size "
                             f"{cfg.query_size}: every round would label fewer examples than asked")
@@ -210,6 +211,9 @@ def check(cfg: MethodConfig) -> None:
                             "4/8 bits: use --mode lora")
     check_closed_options(cfg)
     strategy = get_strategy(cfg.strategy)
+    if getattr(cfg, "target", "own") == "reference" and strategy.measure is None:
+        raise StarloraError(f"--target reference changes what an uncertainty reads; --strategy {cfg.strategy} reads "
+                            "none, so it would only rename the baseline: leave --target at own")
     if cfg.diversity != "none" and strategy.pick != "top":
         raise StarloraError(f"--diversity {cfg.diversity} spreads a score-based strategy; --strategy {cfg.strategy} "
                             "already picks its batch for diversity")

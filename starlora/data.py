@@ -262,11 +262,14 @@ def csv_delimiter(path) -> str:
         return ","
     if len(sample) == 16384 and "\n" in sample:
         sample = sample[: sample.rindex("\n") + 1]  # whole lines only
+    header = sample.split("\n", 1)[0]
     try:
         found = csv.Sniffer().sniff(sample, delimiters="".join(SNIFFED)).delimiter
     except csv.Error:  # one column, or nothing to go by
-        return ","
-    return found if found in sample.split("\n", 1)[0] else ","
+        found = None
+    if found and found in header:
+        return found
+    return next((d for d in SNIFFED if d in header), ",")  # the sniffer missed, or picked one only the text has
 
 
 def delimiter_name(delimiter: str) -> str:

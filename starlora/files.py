@@ -46,11 +46,13 @@ def write_json(path, obj) -> None:
     write_atomic(path, json.dumps(obj, indent=2) + "\n")
 
 
-def read_jsonl(path, schema: dict | None = None) -> list[dict]:
+def read_jsonl(path, schema: dict | None = None, appended: bool = False) -> list[dict]:
     """Records of a JSON-lines file, read strictly: a line that is not a JSON object (or lacks a `schema` field, a
     name -> type mapping) stops with one line naming the file and line, so no command acts on, or rewrites, a file
-    it could not read whole. The one exception is a torn last line (no newline at its end) left by a kill
-    mid-append: it is skipped with a warning, and the next write to the file removes it. Blank lines are skipped."""
+    it could not read whole. The one exception, in a file that grows by appends (`appended`: labels, score caches),
+    is a torn last line (no newline at its end) that a kill mid-append leaves: it is skipped with a warning, and the
+    next append removes it. A file only ever replaced whole cannot be torn, so there it is an error too. Blank lines
+    are skipped."""
     path = Path(path)
     if not path.exists():
         return []
@@ -67,7 +69,7 @@ def read_jsonl(path, schema: dict | None = None) -> list[dict]:
         try:
             record = json.loads(line.decode("utf-8").removeprefix("\ufeff") if number == 1 else line.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            if last:
+            if last and appended:
                 logger.warning(f"{path}:{number}: skipping a torn last line (left by an interrupted write); the next "
                                "write to this file removes it")
                 break
@@ -144,7 +146,9 @@ def append_jsonl(path, records) -> None:
 
 
 def _cut_torn_tail(f) -> None:
-    """Truncate an append-mode file after its last newline (nothing to do when it ends with one, or is empty)."""
+    """Make an append-mode file end with a newline before an append: a last line without one is ended when it is a
+    whole JSON value (saved by an editor that adds no final newline: read_jsonl counted it), and cut when it is
+    not (torn by a kill mid-append: read_jsonl skipped it). Nothing to do when the file ends with one, or is empty."""
     end = pos = f.seek(0, os.SEEK_END)
     while pos > 0:
         step = min(pos, 1 << 16)
@@ -153,10 +157,20 @@ def _cut_torn_tail(f) -> None:
         if pos == end and block.endswith(b"\n"):
             return
         if (i := block.rfind(b"\n")) >= 0:
-            f.truncate(pos - step + i + 1)
+            _end_or_cut(f, pos - step + i + 1, end)
             return
         pos -= step
-    f.truncate(0)
+    _end_or_cut(f, 0, end)
+
+
+def _end_or_cut(f, start: int, end: int) -> None:
+    f.seek(start)
+    try:
+        json.loads(f.read(end - start).decode("utf-8").removeprefix("\ufeff"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        f.truncate(start)
+        return
+    f.write(b"\n")
 
 
 ROUND = {"round": int, "n_labeled": int, "accuracy": (int, float)}  # what a report reads

@@ -13,14 +13,15 @@ def accuracy(correct) -> float:
 
 
 def macro_f1(gold, predicted, labels) -> float:
-    """Macro-averaged F1 (%) over `labels` (a closed task's candidates, in order): each label's F1 from its own
-    precision and recall, averaged with equal weight; a label never predicted, or never gold, scores 0 there."""
+    """Macro-averaged F1 (%) over the labels of `labels` (a closed task's candidates) that are gold or predicted at
+    least once: each one's F1 from its own precision and recall, averaged with equal weight (a class absent from
+    both, e.g. from a cut test set, would score 0 and cap the average). A label predicted but never gold scores 0."""
     from sklearn.metrics import f1_score
 
     if not len(gold):
         return 0.0
-    return float(100.0 * f1_score(list(gold), list(predicted), labels=list(labels), average="macro",
-                                  zero_division=0))
+    present = [c for c in labels if c in set(gold) | set(predicted)]
+    return float(100.0 * f1_score(list(gold), list(predicted), labels=present, average="macro", zero_division=0))
 
 
 def balanced_accuracy(gold, predicted, labels) -> float:
@@ -143,10 +144,8 @@ def paired_power(delta: float, sd: float, n: int, alpha: float = 0.05) -> float:
     the differences' standard deviation is sd: P(|T| > t_crit) for T ~ noncentral t(df n-1, nc delta·√n/sd)."""
     from scipy.stats import nct, t
 
-    if n < 2 or not np.isfinite(sd):
-        return float("nan")
-    if sd == 0:
-        return 1.0 if delta != 0 else 0.0  # every pair differs by exactly delta (paired_t_p: p 0, or 1 at 0)
+    if n < 2 or not np.isfinite(sd) or sd == 0:  # no spread: the t-test is undefined (a tie of seeds, one test
+        return float("nan")  # example per round), not certain
     df, nc = n - 1, delta * np.sqrt(n) / sd
     crit = t.ppf(1 - alpha / 2, df)
     power = float(nct.sf(crit, df, nc) + nct.cdf(-crit, df, nc))
@@ -159,13 +158,11 @@ def paired_power(delta: float, sd: float, n: int, alpha: float = 0.05) -> float:
 
 def min_detectable_delta(sd: float, n: int, power: float = 0.8, alpha: float = 0.05) -> float:
     """The smallest true mean difference (> 0) that n pairs detect with the given power: paired_power solved for
-    delta. NaN with fewer than two pairs (no spread to plan from); 0 when the differences do not vary."""
+    delta. NaN with fewer than two pairs or differences that do not vary (no spread to plan from)."""
     from scipy.optimize import brentq
 
-    if n < 2 or not np.isfinite(sd):
+    if n < 2 or not np.isfinite(sd) or sd == 0:
         return float("nan")
-    if sd == 0:
-        return 0.0
     high = sd
     while paired_power(high, sd, n, alpha) < power:  # power rises with delta: bracket, then solve
         high *= 2
@@ -176,10 +173,8 @@ def seeds_needed(delta: float, sd: float, power: float = 0.8, alpha: float = 0.0
     """The fewest pairs (seeds) whose paired t-test detects a true mean difference delta with the given power, for
     differences of standard deviation sd; None when even `most` do not (or sd is unknown). At least 2 (one degree
     of freedom). The inverse of min_detectable_delta: seeds_needed(min_detectable_delta(sd, n), sd) == n."""
-    if not np.isfinite(sd) or delta == 0 or not np.isfinite(delta):
+    if not np.isfinite(sd) or sd == 0 or delta == 0 or not np.isfinite(delta):
         return None
-    if sd == 0:
-        return 2
     low, high = 1, 2  # power(low) < power <= power(high); power rises with n
     while paired_power(delta, sd, high, alpha) < power:
         if high >= most:
@@ -193,14 +188,14 @@ def seeds_needed(delta: float, sd: float, power: float = 0.8, alpha: float = 0.0
 
 def paired_t_p(d) -> float:
     """Two-sided p-value of the paired t-test of mean(d) = 0 (scipy.stats.ttest_1samp); NaN with fewer than two
-    pairs. Differences that do not vary: 1 if all are 0, else 0 (every pair moved the same way by the same amount)."""
+    pairs, and for differences that do not vary (the t statistic is undefined: the sign test beside it speaks)."""
     from scipy.stats import ttest_1samp
 
     d = np.asarray(d, dtype=np.float64)
     if d.size < 2:
         return float("nan")
     if np.all(d == d[0]):
-        return 1.0 if d[0] == 0 else 0.0
+        return float("nan")
     return float(ttest_1samp(d, 0.0).pvalue)
 
 

@@ -76,9 +76,12 @@ class Project:
 
     def labels(self) -> list[dict]:
         path = self.folder / "labels.jsonl"
-        records = read_jsonl(path, {"id": str, "answer": str, "round": int})
-        seen, task = set(), self.task
+        records = read_jsonl(path, {"id": str, "answer": str, "round": int}, appended=True)
+        seen, task, pool = set(), self.task, self.pool_ids()
         for n, r in enumerate(records, 1):
+            if r["id"] not in pool:
+                raise StarloraError(f"{path}: label {n}: id {r['id']!r} is not in the project's pool; nothing was "
+                                    "changed")
             if r["id"] in seen:
                 raise StarloraError(f"{path}: id {r['id']!r} is labeled twice; nothing was changed: keep one of its "
                                     "lines")
@@ -92,11 +95,15 @@ class Project:
     def queries(self) -> list[dict]:
         path = self.folder / "queries.jsonl"
         records = read_jsonl(path, {"round": int, "ids": list, "file": str})
+        pool = self.pool_ids() if records else set()
         for t, r in enumerate(records):
-            if r["round"] != t or not all(isinstance(i, str) for i in r["ids"]):
-                raise StarloraError(f"{path}: query {t + 1} is damaged (round {r['round']!r}, expected {t}; ids must "
-                                    "be text); nothing was changed")
+            if r["round"] != t or not all(isinstance(i, str) and i in pool for i in r["ids"]):
+                raise StarloraError(f"{path}: query {t + 1} is damaged (round {r['round']!r}, expected {t}; every id "
+                                    "must be a pool id); nothing was changed")
         return records
+
+    def pool_ids(self) -> set[str]:
+        return {r["id"] for r in self.pool()}
 
     def query_file(self, record: dict) -> Path:
         """Where a query's file is: stored relative to the project folder (older projects: as given then)."""

@@ -145,7 +145,9 @@ def table(runs, target_deltas=TARGET_DELTAS) -> list[dict]:
                                 for label in sorted({r["revision"] for r in rs})}
             row["oracle"] = any(r["oracle"] for r in rs)
             rows.append(row)
-        adjust_holm([r for r in rows if r["slug"] == g["slug"]])
+        group = [r for r in rows if r["slug"] == g["slug"]]
+        adjust_holm([r for r in group if not r["oracle"]])  # the methods, one family;
+        adjust_holm([r for r in group if r["oracle"]])  # label-reading oracles, a family of their own
     return rows
 
 
@@ -185,8 +187,8 @@ def per_round(runs, baseline) -> list[dict]:
 
 
 def adjust_holm(rows) -> None:
-    """Holm-adjust the paired t p-values over the strategies compared with random in one group: the ΔAUC tests
-    together, and each round's tests together."""
+    """Holm-adjust the paired t p-values over the strategies compared with random in one group (the methods, or
+    the oracles): the ΔAUC tests together, and each round's tests together."""
     tested = [r for r in rows if r.get("tests")]
     for r, p in zip(tested, metrics.holm([r["tests"]["p_t"] for r in tested])):
         r["tests"]["p_holm"] = p

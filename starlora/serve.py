@@ -236,15 +236,19 @@ def create_app(folder, token: str | None = None, local: bool = True):
     localhost."""
     try:
         from fastapi import FastAPI, HTTPException, Request
-        from fastapi.responses import HTMLResponse, PlainTextResponse
+        from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
         from pydantic import BaseModel, Field
     except ImportError:
         raise StarloraError("starlora serve needs the web extra: pip install 'starlora[serve]'") from None
     folder = Path(folder)
-    P.open_project(folder)  # a clear error before anything is served
+    state(folder)  # every project file read strictly: a damaged one is a clear error before anything is served
     jobs = Jobs()
     app = FastAPI(title="starlora", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.jobs = jobs
+
+    @app.exception_handler(StarloraError)
+    async def one_line(request: Request, e: StarloraError):  # a file damaged while serving: its one line, no traceback
+        return JSONResponse({"detail": str(e)}, status_code=409 if isinstance(e, Busy) else 400)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import yaml
 
-from .config import RunConfig, resolve, variant
-from .data import load_data
+from .config import RunConfig, parse_class_ratio, resolve, variant
+from .data import imbalanced_pool, load_data
 from .errors import StarloraError
 from .experiment import run
 from .files import read_json, read_jsonl
@@ -169,10 +169,13 @@ def check_data(jobs: list[tuple[int, Job]], grid=None, blocks: int = 1) -> None:
             if key not in loaded:
                 task = get_task(cfg.task, cfg.candidates, cfg.template,
                                 user_files=bool(cfg.train_file or cfg.test_file))
-                loaded[key] = task, len(load_data(task, cfg.data, cfg.train_file, cfg.test_file, cfg.id_field,
-                                                  cfg.answer_field).pool)
-            task, pool = loaded[key]
+                loaded[key] = task, load_data(task, cfg.data, cfg.train_file, cfg.test_file, cfg.id_field,
+                                              cfg.answer_field).pool
+            task, examples = loaded[key]
             get_strategy(cfg.strategy, task.closed)
+            if cfg.pool_class_ratio:  # the pool the run will have: the class made rare, drawn per seed
+                examples = imbalanced_pool(examples, *parse_class_ratio(cfg.pool_class_ratio), cfg.seed)
+            pool = len(examples)
             needed = cfg.init_size + cfg.query_size * (cfg.rounds - 1)
             if needed + cfg.probe_size + cfg.stop_set_size > pool:  # as experiment.setup words it
                 raise StarloraError(f"--init-size {cfg.init_size} + {cfg.rounds - 1} queries of {cfg.query_size} "

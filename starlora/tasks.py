@@ -62,7 +62,8 @@ def numbers_equal(a: str | None, b: str | None) -> bool:
         return False
 
 
-def _normalise_text(text: str) -> str:
+def normalise_text(text: str) -> str:
+    """How answers are compared: spaces collapsed, a final '.' dropped, case folded."""
     return " ".join(text.strip().rstrip(".").split()).casefold()
 
 
@@ -126,7 +127,7 @@ class Task:
             return False
         if self.numeric:
             return numbers_equal(prediction, gold)
-        return _normalise_text(prediction) == _normalise_text(gold)
+        return normalise_text(prediction) == normalise_text(gold)
 
     def label(self, answer: str) -> str:
         """The gold label of a person's answer (the human loop), matched exactly: a closed-set answer is one of the
@@ -158,8 +159,8 @@ class Task:
         ("not positive" is refused, not read as positive)."""
         if isinstance(answer, bool):
             answer = "true" if answer else "false"
-        text = _normalise_text(str(answer))
-        by_key = {_normalise_text(k): c for k, c in self._aliases().items()}
+        text = normalise_text(str(answer))
+        by_key = {normalise_text(k): c for k, c in self._aliases().items()}
         if text in by_key:
             return by_key[text]
         tail = re.search(r"answer\s*(?:is|:)\s*\(?(.+?)\)?$", text)

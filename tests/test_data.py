@@ -253,6 +253,10 @@ def test_csv_delimiters_are_sniffed_or_given(tmp_path, capsys):
     for name in ("comma.csv", "semicolon.csv", "tab.csv"):
         assert [row for _, row in read_rows(tmp_path / name)] == want, name
     (tmp_path / "one.csv").write_text("question\nIs it?\n")  # one column: nothing to sniff, read as ','
+    # the sniffer finds ',' in the text of a tab file whose header has no ',': the header's own tab wins
+    (tmp_path / "tabtext.csv").write_text("id\tquestion\nr0\tIs 0 even, really, truly?\nr1\tIs 1, then, odd?\n")
+    assert [row["question"] for _, row in read_rows(tmp_path / "tabtext.csv")] == ["Is 0 even, really, truly?",
+                                                                                    "Is 1, then, odd?"]
     assert [row for _, row in read_rows(tmp_path / "one.csv")] == [{"question": "Is it?"}]
     with delimiter_option("|"):  # --delimiter
         assert [row for _, row in read_rows(tmp_path / "pipe.csv")] == want

@@ -17,9 +17,12 @@ from starlora.tasks import get_task
 
 def test_macro_f1_and_balanced_accuracy_by_hand():
     gold, predicted = list("aabbbc"), list("abbbcc")
-    # a: P 1/1, R 1/2 -> F1 2/3; b: P 2/3, R 2/3 -> 2/3; c: P 1/2, R 1/1 -> 2/3; never-seen d: 0 (zero_division)
+    # a: P 1/1, R 1/2 -> F1 2/3; b: P 2/3, R 2/3 -> 2/3; c: P 1/2, R 1/1 -> 2/3; d, never gold nor predicted, is
+    # left out (it would score 0 and cap the average at 3/4)
     assert metrics.macro_f1(gold, predicted, "abc") == pytest.approx(100 * 2 / 3)
-    assert metrics.macro_f1(gold, predicted, "abcd") == pytest.approx(100 * (2 / 3 * 3) / 4)
+    assert metrics.macro_f1(gold, predicted, "abcd") == pytest.approx(100 * 2 / 3)
+    # predicted but never gold: it counts, with F1 0 (precision 0)
+    assert metrics.macro_f1(list("aab"), list("adb"), "abcd") == pytest.approx(100 * (2 / 3 + 1 + 0) / 3)
     # recall per gold class: a 1/2, b 2/3, c 1/1; d is never gold, so it is not averaged
     assert metrics.balanced_accuracy(gold, predicted, "abcd") == pytest.approx(100 * (1 / 2 + 2 / 3 + 1) / 3)
     # an imbalanced test set where accuracy flatters a model that always answers the majority class

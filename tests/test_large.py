@@ -127,7 +127,8 @@ def test_runs_made_before_the_options_existed_still_resume(tmp_path):
     stored = {k: v for k, v in dataclasses.asdict(cfg).items()
               if k not in ("dtype", "gradient_accumulation_steps", "gradient_checkpointing")}
     (tmp_path / "config.json").write_text(json.dumps({"config": stored}))
-    (tmp_path / "rounds.jsonl").write_text(json.dumps({"round": 0}) + "\n")
+    finished = {"round": 0, "n_labeled": 8, "accuracy": 50.0, "added": [], "selected": []}  # one finished round
+    (tmp_path / "rounds.jsonl").write_text(json.dumps(finished) + "\n")
     assert check_folder(tmp_path, cfg)  # the missing keys mean fp32, 1, off: this very configuration
     assert check_folder(tmp_path, dataclasses.replace(cfg, gradient_checkpointing=True))  # memory only: may change
     with pytest.raises(StarloraError, match="another configuration .*dtype"):

@@ -104,3 +104,8 @@ def test_a_run_records_its_revision_and_an_oracle_run_says_what_it_is(tmp_path):
                                 "method")
     rows_ = report([tmp_path / "oracle"], tmp_path / "r")
     assert rows_[0]["strategy"] == "star-me+oracle-reference" and rows_[0]["oracle"]
+
+
+def test_random_with_target_reference_is_refused_not_renamed():
+    with pytest.raises(StarloraError, match="--target reference .* --strategy random reads none"):
+        resolve("quick", strategy="random", target="reference")

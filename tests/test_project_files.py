@@ -304,7 +304,12 @@ def test_a_random_corrupted_line_never_loses_a_label(base_project, tmp_path_fact
     lines = path.read_text().splitlines()
     number = rng.randrange(len(lines)) + 1
     break_line(path, number, how=lambda line: corrupt(line, rng))
+    if number == len(lines) and rng.random() < 0.5:  # the damaged line is also the last, without its newline
+        path.write_text(path.read_text().removesuffix("\n"))
     before = {name: (proj / name).read_bytes() for name in ("labels.jsonl", "queries.jsonl")}
+    torn = which == "labels.jsonl" and not before[which].endswith(b"\n")
+    if torn:  # the one allowed exception: an appended file's unreadable last line without newline, as a kill leaves
+        before[which] = before[which][:before[which].rfind(b"\n") + 1]  # may be dropped; every other line stays
     answers = proj.parent / "more.jsonl"
     answers.write_text(json.dumps({"id": "q0", "answer": "false"}) + "\n")
     for step in (lambda: P.status(proj), lambda: P.label(proj, answers), lambda: P.query(proj, 3, random=True),
@@ -315,3 +320,61 @@ def test_a_random_corrupted_line_never_loses_a_label(base_project, tmp_path_fact
             pass  # refused: one line, as it should be
         for name, old in before.items():  # a command either refused or appended: every line there is kept as it was
             assert (proj / name).read_bytes().startswith(old), f"{which}:{number} corrupted; {name} lost a line"
+
+
+# ---------------------------------------------------------------- found in review
+
+
+def test_a_last_label_without_its_newline_is_kept_by_the_next_append(files, capsys):
+    proj, labels = labeled_project(files, n=4)
+    rows = labels.read_text().splitlines()
+    labels.write_text("\n".join(rows[:3]) + "\n" + rows[3])  # an editor that adds no final newline
+    assert len(P.open_project(proj).labels()) == 4
+    queries = P.open_project(proj).queries()
+    assert P.label_one(proj, queries[0]["ids"][0], GOLD[queries[0]["ids"][0]]) is False  # already there: no write
+    F.append_jsonl(labels, [])  # what any append does first
+    assert labels.read_text().splitlines() == rows  # the 4th label is kept, now ended by a newline
+
+
+def test_a_torn_last_line_is_an_error_in_a_file_only_ever_replaced_whole(files, capsys):
+    proj, _ = labeled_project(files, n=4)
+    path = proj / "queries.jsonl"
+    path.write_text(path.read_text().rstrip("\n")[:-5])  # no kill can leave this: queries.jsonl is renamed whole
+    before = snapshot(proj)
+    refused(capsys, "status", proj, name="queries.jsonl:1: malformed JSON")
+    refused(capsys, "query", proj, "-n", "2", "--random", name="queries.jsonl:1")
+    assert snapshot(proj) == before
+
+
+def test_labels_and_queries_must_name_pool_ids(files, capsys):
+    proj, labels = labeled_project(files, n=4)
+    break_line(labels, 2, how=lambda line: line.replace('"id": "', '"id": "x'))
+    assert "is not in the project's pool" in refused(capsys, "train", proj, name="labels.jsonl: label 2")
+    labels.write_text("")
+    path = proj / "queries.jsonl"
+    path.write_text(path.read_text().replace('"ids": ["', '"ids": ["x'))
+    assert "every id must be a pool id" in refused(capsys, "status", proj, name="queries.jsonl: query 1")
+
+
+def test_the_web_page_refuses_a_damaged_project_in_one_line(files):
+    from fastapi.testclient import TestClient
+
+    from starlora.serve import create_app
+
+    proj, labels = labeled_project(files, n=4)
+    good = labels.read_text()
+    break_line(labels, 2)
+    with pytest.raises(StarloraError, match="labels.jsonl:2"):
+        create_app(proj)  # serve stops before anything is served
+    labels.write_text(good)
+    client = TestClient(create_app(proj), base_url="http://localhost")
+    break_line(labels, 2)  # damaged while serving
+    for r in (client.get("/api/state"), client.get("/api/query"), client.post("/api/train")):
+        assert r.status_code == 400 and "labels.jsonl:2" in r.json()["detail"]
+
+
+def test_candidates_equal_up_to_a_final_dot_are_refused(tmp_path, capsys):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(json.dumps({"id": "a", "question": "q"}) + "\n" + json.dumps({"id": "b", "question": "r"}) + "\n")
+    refused(capsys, "init", tmp_path / "p", "--task", "closed", "--candidates", "A,A.", "--pool", pool,
+            "--model", "tiny-random", name="--candidates lists 'A' more than once")

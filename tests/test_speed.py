@@ -251,3 +251,22 @@ def test_sharded_generation_and_accumulation_match_one_process(tmp_path):
     assert a.keys() == b.keys() and len(a) == 11  # 11 candidates in batches of 4: 3 batches, one spare on process 1
     for i in a:
         assert a[i]["mu"] == pytest.approx(b[i]["mu"], abs=MU_TOL)
+
+
+def test_round_bench_times_each_phase_of_a_protocol_round(capsys):
+    small = dict(init_size=4, query_size=4, rounds=3, candidate_subsample=8, test_size=6, epochs=1, lora_r=2,
+                 precision="fp32")
+    result = B.round_bench("sst2", ("random", "star-me"), "tiny-random", **small)
+    assert (result["labeled"], result["candidates"], result["test"], result["round"]) == (4 + 4 * 2, 8, 6, 1)
+    random_, star = result["strategies"]["random"], result["strategies"]["star-me"]
+    assert "base" not in random_ and "base" in star  # only a strategy that mixes in the base model pays for it
+    for phases in (random_, star):
+        assert phases["round_s"] == pytest.approx(sum(phases[p]["seconds"] for p in ("train", "evaluate", "score")),
+                                                  abs=1e-3)
+        for name in ("train", "evaluate", "score"):
+            p = phases[name]
+            assert p["seconds"] > 0 and p["examples_per_s"] == pytest.approx(p["examples"] / p["seconds"], rel=1e-2)
+            assert p["matmul_fraction"] == pytest.approx(p["gflops"] / result["matmul_gflops"], rel=1e-2, abs=1e-4)
+    assert random_["score"]["gflops"] == 0 and star["score"]["gflops"] > 0  # random runs no model to choose
+    table = B.round_table(result)
+    assert "of matmul rate" in table and len(table.splitlines()) == 3 + 4 + 5 + 1

@@ -151,6 +151,8 @@ def test_every_block_is_checked_before_the_first_run(grid, capsys):
         ({**config, "train_file": None}, r"--test-file without --train-file: the run needs a pool to label"),
         ({**config, "test_file": None}, "--train-file needs --test-file"),
         ({**config, "lr": -1}, "--lr must be positive"),
+        # fits the 32-example pool, not the 12 (11 false, 1 true) of the imbalanced one the run will have
+        ({**config, "pool_class_ratio": "true=0.1", "init_size": 8}, r"--init-size 8 .* the pool has 12"),
     ]:
         (grid / "two.yaml").write_text(json.dumps([good, {**good, "config": bad}]))
         with pytest.raises(StarloraError, match=f"^{grid / 'two.yaml'}: block 2: {message}"):
