@@ -27,7 +27,7 @@ from .acquisition import Acquisition, BaseCache, acquisition_scores, subsample
 from .data import load_data, make_examples, read_rows
 from .evaluation import evaluate
 from .experiment import write_scores
-from .hardware import autocast, device, resolve_dtype, resolve_precision
+from .hardware import autocast, bf16_frozen_linears, device, resolve_dtype, resolve_precision
 from .models import load_model
 from .scoring import ScoringSettings
 from .masks import adapter_disabled, lora_sampling
@@ -400,12 +400,13 @@ ROUND_PHASES = ("train", "evaluate", "base", "score")
 
 
 def round_bench(protocol: str = "sst2", strategies=("random", "me", "star-me"), model_name: str | None = None,
-                precision: str = "auto", seed: int = 0, **overrides) -> dict:
+                precision: str = "auto", seed: int = 0, cast_weights: bool = True, **overrides) -> dict:
     """What a user of `protocol` waits for in its most expensive round, phase by phase, per strategy: training on the
     last round's labeled set, evaluating the test set, the base model's scores (once per run, cached), and scoring
     the round's candidates. Each phase's matmul FLOPs (nn.Linear calls, padding left out; training counts forward
     and backward, 2x the forward's for a frozen base with LoRA, 3x with every weight trained) over its time, against
-    this machine's square-matmul rate in the same precision."""
+    this machine's square-matmul rate in the same precision. cast_weights=False leaves out
+    hardware.bf16_frozen_linears (how runs worked before it), for a before/after in one process."""
     from .config import resolve
     from .experiment import method_settings
 
@@ -431,6 +432,8 @@ def round_bench(protocol: str = "sst2", strategies=("random", "me", "star-me"), 
         settings, training = method_settings(cfg, strategy)
         phases = {}
         current = attach_lora(model, training) if cfg.mode == "lora" else model
+        if cfg.mode == "lora" and cast_weights:
+            bf16_frozen_linears(current, cfg.precision)
         backward = 2 if cfg.mode == "lora" else 3
         phases["train"] = _timed(dev, current, len(labeled), backward,
                                  lambda: train(current, tokenizer, labeled, training, desc=f"{name}: training"))

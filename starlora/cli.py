@@ -427,6 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(train, evaluate, base scores, score) with each phase's FLOP rate against the "
                                       "matmul rate, for --strategies")
     p.add_argument("--strategies", help="with --protocol: comma-separated strategies (default random,me,star-me)")
+    p.add_argument("--no-weight-cast", action="store_true",
+                   help="with --protocol: keep the frozen weights fp32 under bf16 autocast (as runs did before "
+                        "hardware.bf16_frozen_linears), to measure what it saves")
     p.add_argument("--round-score-batch-size", type=int, metavar="N",
                    help="with --protocol: scoring and evaluation batch size (default: the protocol's)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -465,7 +468,8 @@ def cmd_bench(args) -> None:
 
         strategies = parse_candidates(args.strategies) or ["random", "me", "star-me"]
         overrides = {k: v for k, v in {"score_batch_size": args.round_score_batch_size}.items() if v is not None}
-        result = round_bench(args.protocol, strategies, args.model, args.precision, **overrides)
+        result = round_bench(args.protocol, strategies, args.model, args.precision,
+                             cast_weights=not args.no_weight_cast, **overrides)
         print(json.dumps(result, indent=2) if args.json else round_table(result))
         return
     if sizes:

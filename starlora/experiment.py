@@ -26,7 +26,7 @@ from .embeddings import EmbeddingCache
 from .errors import StarloraError
 from .evaluation import evaluate
 from .files import RESUMED_ROUND, read_json, read_rounds, write_json, write_jsonl
-from .hardware import device, resolve_precision
+from .hardware import bf16_frozen_linears, device, resolve_precision
 from .memory import preflight
 from .models import load_model
 from .provenance import ORACLE_NOTE, code_revision
@@ -172,12 +172,24 @@ class Experiment:
     base_state: dict | None  # the weights each round starts from: full fine-tuning's base, a sharded adapter's init
     tracking: Tracking | None = None  # --report-to
     stop: list[Example] = dataclasses.field(default_factory=list)  # the stop set: never labeled, apart from the probe
+    lora_init: dict | None = None  # the adapter's initial weights, drawn on the fp32 base (see fresh_model)
 
     def fresh_model(self):
         """This round's model to train: a fresh adapter on the frozen base, or the starting weights restored (a
-        sharded model keeps its adapter, whose initial weights are what attach_lora draws every round)."""
+        sharded model keeps its adapter, whose initial weights are what attach_lora draws every round).
+
+        Under bf16 autocast on one process the frozen linear weights are kept in bf16 from the first round on
+        (hardware.bf16_frozen_linears: the same numbers, no cast per call). PEFT would round a new adapter's initial
+        weights to that dtype, so later rounds restore the ones the first round drew on the fp32 base."""
         if self.base_state is None:
-            return attach_lora(self.model, self.training)
+            current = attach_lora(self.model, self.training)
+            if self.lora_init is None:
+                self.lora_init = {k: v.detach().clone() for k, v in current.state_dict().items() if "lora_" in k}
+            else:
+                current.load_state_dict(self.lora_init, strict=False)
+            if not parallel.distributed() and self.cfg.quantization == "none":
+                bf16_frozen_linears(current, self.training.precision)
+            return current
         if parallel.sharded():
             parallel.load_full_state(self.model, self.base_state)
         else:

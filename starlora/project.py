@@ -38,6 +38,7 @@ from .errors import StarloraError
 from .evaluation import evaluate
 from .experiment import method_settings, versions
 from .files import append_jsonl, read_json, read_jsonl, write_atomic, write_json, write_jsonl
+from .hardware import bf16_frozen_linears
 from .memory import preflight
 from .models import load_model
 from .scoring import score
@@ -246,6 +247,8 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
                 from peft import PeftModel
 
                 model = PeftModel.from_pretrained(model, str(adapters[-1])).eval()
+                if cfg.quantization == "none":
+                    bf16_frozen_linears(model, settings.precision)
                 mu = acquisition.scores(model, tokenizer, task, candidates, scoring_round(cfg, t))
                 how = f"{strategy.name} with round {t - 1}'s adapter"
                 lam = query_lambda(project, t)
@@ -506,6 +509,8 @@ def train(folder, report_to=(), push_to_hub: str | None = None, command: str | N
     preflight(cfg, task)
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization)
     model = attach_lora(model, train_settings)
+    if cfg.quantization == "none":
+        bf16_frozen_linears(model, train_settings.precision)  # the same numbers as autocast's casts, made once
     stats = training.train(model, tokenizer, examples, train_settings, desc=f"round {t} training")
     record = {"round": t, "n_labels": len(labels), "train_loss": stats["loss"], "train_s": stats["seconds"]}
     if left_out:  # honest about a round trained before its query was fully labeled

@@ -97,9 +97,10 @@ def test_resume_equals_uninterrupted_and_other_config_is_refused(files, tmp_path
     whole = run(tiny_cfg(files), tmp_path / "whole")
     part = tmp_path / "part"
     run(tiny_cfg(files, rounds=3), part)
-    # simulate a run interrupted after round 1: drop the last round and the summary
+    # simulate a run interrupted after round 1: drop the last round and the summary (rounds.jsonl is replaced whole
+    # by a rename, so a kill leaves the old file or the new, never a torn line)
     rounds = read_jsonl(part / "rounds.jsonl")
-    (part / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds[:2]) + '{"torn": ')
+    (part / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds[:2]))
     (part / "summary.json").unlink()
     resumed = run(tiny_cfg(files), part)
     strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rs]  # noqa: E731
@@ -201,3 +202,23 @@ def test_precision_is_stored_resolved(files, tmp_path):
     other = "bf16" if cfg.precision == "fp32" else "fp32"
     with pytest.raises(StarloraError, match=f"precision: '{cfg.precision}' -> '{other}'"):
         run(tiny_cfg(files, rounds=1, precision=other), tmp_path / "run")
+
+
+def test_bf16_frozen_weights_change_no_number(files, tmp_path, monkeypatch):
+    """Under bf16 autocast the frozen linear weights are stored in bf16 once (hardware.bf16_frozen_linears) instead
+    of cast on every call: a whole run gives the same numbers to the bit as with the casts."""
+    from starlora import experiment
+
+    counts, real = [], experiment.bf16_frozen_linears
+    monkeypatch.setattr(experiment, "bf16_frozen_linears", lambda model, precision: counts.append(real(model, precision)))
+    cast = run(tiny_cfg(files, precision="bf16"), tmp_path / "cast")
+    assert len(counts) == 3 and counts[0] > 0 and counts[1:] == [0, 0]  # cast once, in the first round; kept after
+    monkeypatch.setattr(experiment, "bf16_frozen_linears", lambda model, precision: 0)
+    plain = run(tiny_cfg(files, precision="bf16"), tmp_path / "plain")
+    strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rs]  # noqa: E731
+    assert strip(read_jsonl(tmp_path / "cast" / "rounds.jsonl")) == strip(read_jsonl(tmp_path / "plain" / "rounds.jsonl"))
+    assert cast["auc"] == plain["auc"]
+    for name in ("adapter_model.safetensors",):
+        assert (tmp_path / "cast" / "adapter" / name).read_bytes() == (tmp_path / "plain" / "adapter" / name).read_bytes()
+    assert (tmp_path / "cast" / "scores" / "round_1.jsonl").read_text() == \
+        (tmp_path / "plain" / "scores" / "round_1.jsonl").read_text()
