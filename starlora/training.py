@@ -25,6 +25,7 @@ from .errors import StarloraError
 from .hardware import autocast
 from .masks import BatchDropout, lora_sampling, swap_lora_dropout
 from .models import LORA_TARGETS
+from .scoring import answer_logits
 from .tokens import answer_prefix, encode_answer, encode_prompt, progress
 
 
@@ -151,12 +152,11 @@ def train(model, tokenizer, examples, settings: TrainSettings, desc: str = "trai
                         drop.rows = rows
                     with parallel.gradient_sync(net, j == micro - 1):
                         with autocast(device, settings.precision):
-                            out = net(input_ids=ids[rows, :width].to(device),
-                                      attention_mask=mask[rows, :width].to(device),
-                                      labels=labels[rows, :width].to(device), num_items_in_batch=max(tokens, 1),
-                                      use_cache=False)
-                        (out.loss * size * share).backward()  # DDP and FSDP average over processes
-                    loss += out.loss.item() * share
+                            step_loss = causal_lm_loss(net, model, ids[rows, :width].to(device),
+                                                       mask[rows, :width].to(device),
+                                                       labels[rows, :width].to(device), max(tokens, 1))
+                        (step_loss * size * share).backward()  # DDP and FSDP average over processes
+                    loss += step_loss.item() * share
                 optimizer.step()
                 schedule.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -191,6 +191,19 @@ def check_diverged(model, losses: np.ndarray, total: int, settings: TrainSetting
     if settings.precision != "fp32":
         blame += f", or train in fp32 (--precision fp32; this ran in {settings.precision})"
     raise StarloraError(f"training diverged: {where}; {blame}")
+
+
+def causal_lm_loss(net, model, ids, mask, labels, items: int) -> torch.Tensor:
+    """HF's causal-LM loss (the answer tokens' cross-entropies summed, over `items`), with the LM head run only on
+    the answer positions: on short prompts with one-token answers the head and its log-softmax over every position
+    and the whole vocabulary cost a tenth of a training step for nothing. A DDP-wrapped `net` must run its own
+    forward (its hooks reduce the gradients), so it takes HF's path over every position."""
+    if net is not model:
+        return net(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=items, use_cache=False).loss
+    shifted = labels[:, 1:]  # the logits at position p predict the token at p + 1
+    rows, positions = (shifted != -100).nonzero(as_tuple=True)
+    logits = parallel.as_forward(model, answer_logits, ids, mask, rows, positions)
+    return torch.nn.functional.cross_entropy(logits.float(), shifted[rows, positions], reduction="sum") / items
 
 
 def micro_batches(n: int, rank: int, size: int, micro: int) -> list[slice]:

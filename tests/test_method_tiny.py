@@ -160,3 +160,30 @@ def test_reference_target_warns():
         acquisition_scores(get_strategy("pe"), model, tok, BOOLQ, EXAMPLES, t=0, rounds=3, base_cache=None,
                            reference=True, settings=SMALL)
     assert "reads labels a real pool does not have" in REFERENCE_WARNING
+
+
+def test_the_answer_position_loss_is_hf_causal_lm_loss_with_its_gradients():
+    """training.causal_lm_loss runs the LM head only where there are labels: the same loss as HF's over every
+    position (to float summation order) and the same gradients on every LoRA weight (to 1e-6 relative)."""
+    from starlora.training import causal_lm_loss, encode_examples, training_batch
+
+    model, tok = lora_model(dropout=0.0)
+    examples = [Example(f"e{i}", f"Question: is {i} even?\nAnswer:", "true" if i % 2 == 0 else "false", "")
+                for i in range(5)]
+    ids, mask, labels = training_batch(encode_examples(tok, examples, TrainSettings()), tok.pad_token_id)
+    items = int((labels[:, 1:] != -100).sum())
+    losses, grads = [], []
+    for path in ("hf", "answers"):
+        model.zero_grad()
+        with lora_sampling(model, True):
+            if path == "hf":
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=items).loss
+            else:
+                loss = causal_lm_loss(model, model, ids, mask, labels, items)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert 0 < items < int(mask.sum()) - 5  # the prompts carry no label: the head skips them
+    assert losses[1] == pytest.approx(losses[0], rel=1e-6)
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-6, atol=1e-9)
