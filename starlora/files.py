@@ -126,7 +126,8 @@ def write_jsonl(path, records) -> None:
 
 def append_jsonl(path, records) -> None:
     """Append records as JSON lines, flushed and fsynced; lines already there are never rewritten. A line torn by a
-    kill mid-append (read_jsonl skips it) is cut off first, so it cannot glue onto the next record."""
+    kill mid-append (read_jsonl skips it) is cut off first, and a whole last line without its newline is ended, so
+    nothing glues onto the next record."""
     if not parallel.is_main():
         return
     path = Path(path)

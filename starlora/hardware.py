@@ -61,7 +61,7 @@ def resolve_dtype(name: str, dev: torch.device) -> str:
 
 def bf16_frozen_linears(model, precision: str) -> int:
     """Store the frozen base's linear weights (and the LM head) in bf16 when every forward runs under bf16 autocast,
-    which would otherwise cast each of them again on every call (measured: 9-14% of a CPU run's time). Autocast
+    which would otherwise cast each of them again on every call (README, Speed). Autocast
     computes a linear layer from the bf16-rounded weight either way, so the numbers are the same to the bit; the
     embeddings and norms stay fp32 (a head tied to the embeddings gets a bf16 copy of its own). Call it once the
     adapter is attached (PEFT rounds a new adapter's initial weights to its base layer's dtype), on a model whose

@@ -196,7 +196,7 @@ def check_diverged(model, losses: np.ndarray, total: int, settings: TrainSetting
 def causal_lm_loss(net, model, ids, mask, labels, items: int) -> torch.Tensor:
     """HF's causal-LM loss (the answer tokens' cross-entropies summed, over `items`), with the LM head run only on
     the answer positions: on short prompts with one-token answers the head and its log-softmax over every position
-    and the whole vocabulary cost a tenth of a training step for nothing. A DDP-wrapped `net` must run its own
+    and the whole vocabulary were work for nothing (README, Speed). A DDP-wrapped `net` must run its own
     forward (its hooks reduce the gradients), so it takes HF's path over every position."""
     if net is not model:
         return net(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=items, use_cache=False).loss
