@@ -390,8 +390,7 @@ def pool_table(result: dict) -> str:
     table = [[f"{row['n']}", f"{row['seconds']:.1f}", f"{row['ms_per_example']:.2f}", f"{row['select_write_ms']:.0f}",
               f"{row['rss_before_mb']:.0f}", f"{row['peak_rss_growth_mb']:.0f}"]
              + ([f"{row['peak_gpu_growth_mb']:.0f}"] if gpu else []) for row in r["pool_sizes"]]
-    widths = [max(len(c) for c in col) for col in zip(head, *table)]
-    return "\n".join(lines + ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in [head, *table]])
+    return "\n".join(lines + right_aligned(head, table))
 
 
 # ---------------------------------------------------------------- one round of a protocol, phase by phase
@@ -490,6 +489,10 @@ def round_table(result: dict) -> str:
                 table.append([name, phase, f"{p['seconds']:.1f}", f"{p['examples_per_s']:.1f}", f"{p['gflops']:.0f}",
                               f"{100 * p['matmul_fraction']:.0f}%"])
         table.append([name, "round", f"{phases['round_s']:.1f}", "", "", ""])
+    return "\n".join(lines + right_aligned(head, table) + [f"peak RSS {r['peak_rss_mb']:.0f} MB"])
+
+
+def right_aligned(head: list[str], table: list[list[str]]) -> list[str]:
+    """A text table's lines: the head, then the rows, each column right-aligned to its widest cell."""
     widths = [max(len(c) for c in col) for col in zip(head, *table)]
-    return "\n".join(lines + ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in [head, *table]]
-                     + [f"peak RSS {r['peak_rss_mb']:.0f} MB"])
+    return ["  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in [head, *table]]

@@ -15,6 +15,7 @@ from . import parallel
 from .config import PROTOCOLS, MethodConfig, RunConfig, resolve
 from .errors import StarloraError, StarloraWarning
 from .data import HUB_PREFIX, delimiter_option
+from .files import check_out_folder
 from .tasks import BUILTIN, GENERIC
 from .tracking import parse_report_to
 
@@ -207,16 +208,6 @@ def cmd_report(args) -> None:
     rows = report(args.runs, args.out, target_deltas=getattr(args, "target_delta", None))  # sweep, demo: defaults
     print((Path(args.out) / "report.md").read_text())
     print(f"report written to {args.out} ({len(rows)} rows: one per group x strategy)")
-
-
-def check_out_folder(out: str) -> None:
-    """--out must be a folder, or creatable as one: a file there (or above it) is refused before anything runs."""
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise StarloraError(f"--out {out}: is a file, not a folder")
-    parent = next(p for p in [path, *path.absolute().parents] if p.exists())
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise StarloraError(f"--out {out}: cannot create a folder under {parent}")
 
 
 def cmd_init(args) -> None:

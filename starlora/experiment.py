@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from .diversity import kmeans_representatives
 from .embeddings import EmbeddingCache
 from .errors import StarloraError
 from .evaluation import evaluate
-from .files import RESUMED_ROUND, read_json, read_rounds, write_json, write_jsonl
+from .files import RESUMED_ROUND, check_out_folder, read_json, read_rounds, write_json, write_jsonl
 from .hardware import bf16_frozen_linears, device, resolve_precision
 from .memory import preflight
 from .models import load_model
@@ -67,11 +66,7 @@ def check_folder(out: Path, cfg: RunConfig) -> bool:
     corrected typo must not be locked out by the failed first attempt). Every process checks before any process
     writes, so all of them raise the same error or none."""
     try:
-        if out.exists() and not out.is_dir():
-            raise StarloraError(f"--out {out}: is a file, not a folder")
-        parent = next(p for p in [out, *out.absolute().parents] if p.exists())
-        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-            raise StarloraError(f"--out {out}: cannot create a folder under {parent}")
+        check_out_folder(out)
         config_file = out / "config.json"
         if config_file.exists():
             stored = {**LEGACY, **read_json(config_file, {"config": dict})["config"]}
@@ -243,22 +238,30 @@ def run(cfg: RunConfig, out: str | Path, *, dry_run: bool = False, on_round=None
     return summary
 
 
+def run_pool(cfg: RunConfig, pool: list[Example]) -> list[Example]:
+    """The pool a run draws from: the data's, with one class made rare (--pool-class-ratio, drawn per seed, before
+    anything else is drawn, so the initial set reflects the imbalance), refused when it cannot hold the initial set,
+    the queries, the probe and the stop set. `run` and `sweep`'s check before the first run both use it."""
+    if cfg.pool_class_ratio:
+        pool = imbalanced_pool(pool, *parse_class_ratio(cfg.pool_class_ratio), cfg.seed)
+    needed = cfg.init_size + cfg.query_size * (cfg.rounds - 1)
+    if needed + cfg.probe_size + cfg.stop_set_size > len(pool):
+        raise StarloraError(f"--init-size {cfg.init_size} + {cfg.rounds - 1} queries of {cfg.query_size} need {needed} "
+                            f"pool examples besides the --probe-size {cfg.probe_size} probe and the --stop-set-size "
+                            f"{cfg.stop_set_size} stop set (never labeled); the pool has {len(pool)}")
+    return pool
+
+
 def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict | None:
     """Load and check everything, then (not in a dry run) open the folder and record the base model's probe."""
     task = get_task(cfg.task, cfg.candidates, cfg.template, user_files=bool(cfg.train_file or cfg.test_file))
     strategy = get_strategy(cfg.strategy, task.closed)
     data = load_data(task, cfg.data, cfg.train_file, cfg.test_file, cfg.id_field, cfg.answer_field)
-    if cfg.pool_class_ratio:  # before anything is drawn from the pool: the initial set reflects the imbalance
-        data = dataclasses.replace(data, pool=imbalanced_pool(data.pool, *parse_class_ratio(cfg.pool_class_ratio),
-                                                              cfg.seed))
+    data = dataclasses.replace(data, pool=run_pool(cfg, data.pool))
+    if cfg.pool_class_ratio:
         counts = metrics.class_counts([ex.gold for ex in data.pool], task.candidates)
         logger.info(f"--pool-class-ratio {cfg.pool_class_ratio}: a pool of {len(data.pool)}: "
                     + ", ".join(f"{c} {n} ({100 * n / len(data.pool):.1f}%)" for c, n in counts.items()))
-    needed = cfg.init_size + cfg.query_size * (cfg.rounds - 1)
-    if needed + cfg.probe_size + cfg.stop_set_size > len(data.pool):
-        raise StarloraError(f"--init-size {cfg.init_size} + {cfg.rounds - 1} queries of {cfg.query_size} need {needed} "
-                            f"pool examples besides the --probe-size {cfg.probe_size} probe and the --stop-set-size "
-                            f"{cfg.stop_set_size} stop set (never labeled); the pool has {len(data.pool)}")
     test = data.test[: cfg.test_size] if cfg.test_size else data.test
     resume = check_folder(out, cfg)
     done = read_rounds(out, RESUMED_ROUND) if resume else []

@@ -42,6 +42,16 @@ def write_atomic(path: str | os.PathLike, text: str | Iterable[str]) -> None:
         raise
 
 
+def check_out_folder(out) -> None:
+    """--out must be a folder, or creatable as one: a file there (or above it) is refused before anything runs."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise StarloraError(f"--out {out}: is a file, not a folder")
+    parent = next(p for p in [path, *path.absolute().parents] if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise StarloraError(f"--out {out}: cannot create a folder under {parent}")
+
+
 def write_json(path, obj) -> None:
     write_atomic(path, json.dumps(obj, indent=2) + "\n")
 

@@ -339,7 +339,7 @@ def test_lines(rows, target_deltas=TARGET_DELTAS) -> list[str]:
             str(r["delta_auc"]["n"]), _fmt_delta(r)[0], _p(t["p_t"]), _p(t["p_holm"]), _p(t["p_sign"]),
             "n/a" if np.isnan(t["sd"]) else f"{t['sd']:.2f}", "n/a" if np.isnan(t["mde"]) else f"{t['mde']:.2f}",
             *(_seeds(t["seeds_needed"][float(x)], t["sd"]) for x in target_deltas)]) + " |")
-    return lines + ["", f"Paired over seeds with the random runs of the same group: p (t) = two-sided paired t-test of "
+    return lines + ["", "Paired over seeds with the random runs of the same group: p (t) = two-sided paired t-test of "
                     "mean ΔAUC = 0; p (t, Holm) = the same adjusted by Holm's step-down method over the strategies "
                     "compared with random in the group (family-wise error rate); p (sign) = two-sided exact sign "
                     "test of the seeds' ΔAUC signs (ties dropped). sd of Δ = standard deviation of the paired "

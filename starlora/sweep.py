@@ -22,10 +22,10 @@ from pathlib import Path
 
 import yaml
 
-from .config import RunConfig, parse_class_ratio, resolve, variant
-from .data import imbalanced_pool, load_data
+from .config import RunConfig, resolve, variant
+from .data import load_data
 from .errors import StarloraError
-from .experiment import run
+from .experiment import run, run_pool
 from .files import read_json, read_jsonl
 from .provenance import code_revision, revision_label
 from .strategies import get_strategy
@@ -173,15 +173,7 @@ def check_data(jobs: list[tuple[int, Job]], grid=None, blocks: int = 1) -> None:
                                               cfg.answer_field).pool
             task, examples = loaded[key]
             get_strategy(cfg.strategy, task.closed)
-            if cfg.pool_class_ratio:  # the pool the run will have: the class made rare, drawn per seed
-                examples = imbalanced_pool(examples, *parse_class_ratio(cfg.pool_class_ratio), cfg.seed)
-            pool = len(examples)
-            needed = cfg.init_size + cfg.query_size * (cfg.rounds - 1)
-            if needed + cfg.probe_size + cfg.stop_set_size > pool:  # as experiment.setup words it
-                raise StarloraError(f"--init-size {cfg.init_size} + {cfg.rounds - 1} queries of {cfg.query_size} "
-                                    f"need {needed} pool examples besides the --probe-size {cfg.probe_size} probe "
-                                    f"and the --stop-set-size {cfg.stop_set_size} stop set (never labeled); the "
-                                    f"pool has {pool}")
+            run_pool(cfg, examples)  # the pool the run will have (--pool-class-ratio), checked as run checks it
 
 
 def finished_rounds(job: Job) -> int:

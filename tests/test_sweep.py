@@ -160,7 +160,7 @@ def test_every_block_is_checked_before_the_first_run(grid, capsys):
         capsys.readouterr()
         assert main(["sweep", "--grid", str(grid / "two.yaml"), "--out", str(grid / "b")]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and f"two.yaml: block 2: " in err
+        assert err.count("\n") == 1 and "two.yaml: block 2: " in err
         assert not (grid / "b").exists()  # block 1 never ran
     (grid / "two.yaml").write_text(json.dumps([good, {**good, "strategies": ["nope"]}]))
     with pytest.raises(StarloraError, match="two.yaml: block 2: unknown --strategy 'nope'"):
