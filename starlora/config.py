@@ -122,17 +122,16 @@ RESUMABLE_CHANGES = {"gradient_checkpointing"}
 
 PROTOCOLS = {
     "paper": {},
-    # The offline demo: minutes on 2 CPU cores with the embedded model.
-    # GSM8K generation limits from the embedded gold solutions (SmolLM2 tokens): 192 covers 96.7%, 256 covers 99.5%
-    # (p95 175, p99 232); generation stops earlier at the end of "The final answer is N" (tasks.final_answer_complete).
-    # (The demo: candidates subsampled to 64 and no few-shot evaluation keep 3 runs under 10 minutes on 2 cores.)
+    # The offline demo: few labels, 64 candidates per round and no few-shot evaluation keep it to minutes on a CPU.
+    # max_new_tokens is sized from the embedded GSM8K gold solutions (docs/experiments.md); generation also stops at a
+    # finished final-answer line (tasks.final_answer_complete).
     "quick": dict(init_size=8, query_size=8, rounds=4, epochs=3, lr=1e-3, lora_r=16, candidate_subsample=64,
                   test_size=300, probe_size=32, fewshot=0, max_new_tokens=192),
-    # Meaningful on 2 cores in about an hour per strategy and seed.
+    # Between quick and paper: results that mean something on a CPU (its timings are in docs/experiments.md).
     "cpu": dict(init_size=64, query_size=64, rounds=6, epochs=3, lr=5e-4, lora_r=32, candidate_subsample=768,
                 test_size=1000, max_new_tokens=256),
-    # The committed study (results/): embedded SST-2, 8 -> 48 labels, where the 135M model's curve still rises
-    # (measured: 66% at 16 labels, 82% at 32); a few minutes per run on 2 cores.
+    # The committed study (results/sst2, docs/studies.md): embedded SST-2 from 8 to 48 labels, the range where the
+    # 135M model's learning curve still rises.
     "sst2": dict(task="sst2", init_size=8, query_size=8, rounds=6, epochs=3, lr=1e-3, lora_r=16,
                  candidate_subsample=256, probe_size=64),
 }

@@ -23,10 +23,9 @@ from .models import LORA_TARGETS, model_config
 
 logger = logging.getLogger(__name__)
 GIB = 2**30
-# Bytes autograd holds for backward per token (parameters excluded), measured on SmolLM2 with batches of 4x128 and
-# 8x256 tokens (the same per token): per decoder layer in units of the hidden size -- fp32 70, bf16 weights 65,
-# fp32 weights under bf16 autocast 55 (plus the bf16 weight copies), checkpointed 2-4 (the layer inputs) -- and per
-# vocabulary entry 4 (the fp32 logits).
+# Bytes autograd holds for backward per token (parameters excluded): per decoder layer in units of the hidden size,
+# and per vocabulary entry (the fp32 logits). Measured on SmolLM2 (docs/large-models.md); each constant is at or
+# above the measurements of the cases it covers, so the estimate errs towards refusing.
 PER_LAYER = {"fp32": 72, "half": 65, "checkpointed": 5}
 PER_VOCAB = 4
 RUNTIME = 0.5 * GIB  # the framework itself (CUDA context, allocator slack, Python)
