@@ -20,7 +20,7 @@ _EXPORTS = {  # name -> module
     "TrainSettings": "training", "attach_lora": "training", "train": "training",
     "ScoringSettings": "scoring", "score": "scoring",
     "get_strategy": "strategies", "select": "strategies", "STRATEGIES": "strategies",
-    "Acquisition": "acquisition", "BaseCache": "acquisition", "acquisition_scores": "acquisition",
+    "Acquisition": "acquisition", "BaseScoreCache": "acquisition", "acquisition_scores": "acquisition",
     "evaluate": "evaluation", "report": "report", "StarloraError": "errors",
 }
 __all__ = ["__version__", *_EXPORTS]
@@ -32,3 +32,8 @@ def __getattr__(name):
 
         return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'starlora' has no attribute {name!r}")
+
+
+def __dir__():
+    """The lazily exported names too (dir(starlora), tab completion), not only those loaded so far."""
+    return sorted({*globals(), *__all__})

@@ -3,8 +3,6 @@ combined by the strategy into the score that picks what to label next."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -14,8 +12,7 @@ import numpy as np
 
 from .config import MethodConfig, uses_mc_dropout
 from .errors import StarloraWarning
-from .files import append_jsonl, read_jsonl
-from .masks import adapter_disabled
+from .cache import ExampleCache, digest
 from .scoring import ScoringSettings, score
 from .strategies import Strategy, measure_key, select
 
@@ -23,60 +20,27 @@ REFERENCE_WARNING = ("--target reference scores the GOLD answers of the unlabele
                      "official STAR code does; it reads labels a real pool does not have (simulation only)")
 
 
-class BaseCache:
-    """mu_b per example, on disk in the run or project folder. The base model is frozen, so each example is scored
-    once per pool. An entry's key covers everything that changes mu_b: the model, the task (name, candidates,
-    answer format), the target, the token limits and the precision, and the example's id and prompt (the gold answer
-    too with reference=True); `computed` counts examples actually scored (for tests and logs).
-
-    The file is JSON lines, one {"key", measures...} per example, appended every CHUNK examples as scoring proceeds:
-    a round writes only its new examples, never the whole cache again, and an interrupted run keeps what it scored
-    (a torn last line is ignored). A path ending in .json means its .jsonl sibling; the old format in that .json
-    file (one JSON object, key -> measures) is still read, never written."""
-
-    CHUNK = 4096  # examples per score() call and append. Batches differ across a chunk boundary, so on pools larger
-    # than this mu_b can differ in the last float digits from one unchunked call (as with another batch size).
+class BaseScoreCache(ExampleCache):
+    """mu_b per example: the frozen base model's uncertainty measures, computed once per pool (cache.ExampleCache).
+    An entry's key covers everything that changes mu_b: the model, the task (name, candidates, answer format), the
+    target, the token limits and the precision, and the example's id and prompt (the gold answer too with
+    reference=True)."""
 
     def __init__(self, path: str | os.PathLike | None, model_name: str, task, settings: ScoringSettings,
                  reference: bool = False):
-        self.path = Path(path) if path else None
-        if self.path and self.path.suffix == ".json":
-            self.path = self.path.with_suffix(".jsonl")
-        self.task, self.settings, self.reference = task, settings, reference
-        self.prefix = _digest(json.dumps(self.identity(model_name))) + "|"
-        self.values: dict[str, dict[str, float]] = {}
-        if self.path:
-            legacy = self.path.with_suffix(".json")
-            if self.path.suffix == ".jsonl" and legacy.exists():
-                self.values = json.loads(legacy.read_text())
-            self.values |= {r.pop("key"): r for r in read_jsonl(self.path, appended=True) if "key" in r}
-        self.computed = 0
+        self.reference = reference
+        super().__init__(path, model_name, task, settings)
 
     def identity(self, model_name: str) -> list:
-        """Everything besides the example that changes an entry."""
         task, settings = self.task, self.settings
         return [model_name, task.name, task.candidates, task.numeric, self.reference, settings.max_prompt_tokens,
                 settings.max_answer_tokens, settings.max_new_tokens, settings.precision]
 
     def key(self, ex) -> str:
-        return f"{self.prefix}{ex.id}|{_digest(ex.prompt + (chr(0) + ex.target if self.reference else ''))}"
-
-    def get(self, model, tokenizer, examples) -> dict[str, np.ndarray]:
-        keys = [self.key(ex) for ex in examples]
-        missing = [(k, ex) for k, ex in zip(keys, examples) if k not in self.values]
-        for start in range(0, len(missing), self.CHUNK):
-            part = missing[start:start + self.CHUNK]
-            part_of = f" ({start + len(part)} of {len(missing)})" if len(missing) > self.CHUNK else ""
-            with adapter_disabled(model):
-                new = list(zip([k for k, _ in part], self.compute(model, tokenizer, [ex for _, ex in part], part_of)))
-            self.values.update(new)
-            self.computed += len(part)
-            if self.path:
-                append_jsonl(self.path, ({"key": k, **entry} for k, entry in new))
-        return self.combine([self.values[k] for k in keys])
+        return f"{self.prefix}{ex.id}|{digest(ex.prompt + (chr(0) + ex.target if self.reference else ''))}"
 
     def compute(self, model, tokenizer, examples, part_of: str) -> list[dict]:
-        """One JSON-able entry per example, computed with the adapter switched off: the base model's measures."""
+        """The base model's measures (the adapter is switched off)."""
         scores = score(model, tokenizer, self.task, examples, passes=1, settings=self.settings,
                        reference=self.reference, desc="base model" + part_of)
         return [{name: float(v[i]) for name, v in scores.measures.items()} for i in range(len(examples))]
@@ -85,25 +49,22 @@ class BaseCache:
         return {k: np.array([r[k] for r in rows]) for k in rows[0]} if rows else {}
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()[:12]
+BaseCache = BaseScoreCache  # its name before it was told apart from the caches' common base (cache.ExampleCache)
 
 
 @dataclass(frozen=True)
 class RoundSeeds:
-    """Every random choice of round t of a run with `seed`, one rule each, so a resumed run (or another process)
-    draws the same: MC dropout masks and selection tie-breaks, the random strategy's scores, the candidate subsample.
-    (The initial set, adapter initialisation and training order are seeded by `seed` alone.)"""
+    """Every random choice of round t of a run with `seed`, so a resumed run (or another process) draws the same:
+    one seed for the round's MC dropout masks and its picks (selection tie-breaks, the batch-aware and k-means
+    picks), and a stream each for the random strategy's scores and the candidate subsample. (The initial set, adapter
+    initialisation and training order are seeded by `seed` alone.)"""
 
     seed: int
     t: int
 
     @property
-    def masks(self) -> int:
-        return self.seed * 1000 + self.t
-
-    @property
-    def tiebreak(self) -> int:
+    def round_seed(self) -> int:
+        """The MC dropout masks (of the first chunk; acquisition_scores) and the picks of round t."""
         return self.seed * 1000 + self.t
 
     @property
@@ -136,13 +97,13 @@ class Acquisition:
     strategy: Strategy
     cfg: MethodConfig
     settings: ScoringSettings
-    base_cache: BaseCache | None
+    base_cache: BaseScoreCache | None
     reference: bool = False
-    embeddings: BaseCache | None = None  # embeddings.EmbeddingCache: needed by coreset, badge and --diversity
+    embeddings: ExampleCache | None = None  # embeddings.EmbeddingCache: needed by coreset, badge and --diversity
 
     def __post_init__(self):
         if self.base_cache is not None and self.base_cache.reference != self.reference:
-            raise ValueError("Acquisition and its BaseCache disagree on reference scoring")
+            raise ValueError("Acquisition and its BaseScoreCache disagree on reference scoring")
 
     @property
     def passes(self) -> int:
@@ -155,7 +116,7 @@ class Acquisition:
                                   reference=self.reference, seed=self.cfg.seed, settings=self.settings)
 
     def select(self, ids, mu, n: int, taken, t: int) -> list[str]:
-        return select(ids, mu, n, taken, seed=RoundSeeds(self.cfg.seed, t).tiebreak)
+        return select(ids, mu, n, taken, seed=RoundSeeds(self.cfg.seed, t).round_seed)
 
     @property
     def needs_embeddings(self) -> bool:
@@ -176,7 +137,7 @@ class Acquisition:
             return self.select(ids, mu["mu"], n, (), t)
         from . import diversity
 
-        seed = RoundSeeds(self.cfg.seed, t).tiebreak
+        seed = RoundSeeds(self.cfg.seed, t).round_seed
         emb = self.embeddings.get(model, tokenizer, candidates)
         if self.strategy.pick == "coreset":
             order, mu["mu"] = diversity.kcenter_greedy(emb, self.embeddings.get(model, tokenizer, labeled), n, seed)
@@ -188,7 +149,7 @@ class Acquisition:
 
 
 def acquisition_scores(strategy: Strategy, model, tokenizer, task, candidates, *, t: int, rounds: int,
-                       base_cache: BaseCache | None, passes: int = 3, length_norm=False, schedule="linear",
+                       base_cache: BaseScoreCache | None, passes: int = 3, length_norm=False, schedule="linear",
                        normalisation="minmax", reference=False, seed=0,
                        settings: ScoringSettings = ScoringSettings()) -> dict[str, np.ndarray]:
     """{'mu_b', 'mu_f', 'mu'} over the candidates (mu_b is NaN when the strategy does not use the base model)."""
@@ -199,12 +160,12 @@ def acquisition_scores(strategy: Strategy, model, tokenizer, task, candidates, *
         warnings.warn(REFERENCE_WARNING, StarloraWarning, stacklevel=2)
     key = measure_key(strategy, length_norm)
     mu_f, probs = [], []
-    for start in range(0, n, BaseCache.CHUNK):  # a pool-independent working set (token lists) per chunk
-        part = candidates[start:start + BaseCache.CHUNK]
-        part_of = f" ({start + len(part)} of {n})" if n > BaseCache.CHUNK else ""
+    for start in range(0, n, ExampleCache.CHUNK):  # a pool-independent working set (token lists) per chunk
+        part = candidates[start:start + ExampleCache.CHUNK]
+        part_of = f" ({start + len(part)} of {n})" if n > ExampleCache.CHUNK else ""
         # masks reproducible per seed, round and chunk, whatever the process split; the first chunk (every pool up
         # to CHUNK) keeps the round's own seed
-        masks = RoundSeeds(seed, t).masks + 10**9 * (start // BaseCache.CHUNK)
+        masks = RoundSeeds(seed, t).round_seed + 10**9 * (start // ExampleCache.CHUNK)
         lora = score(model, tokenizer, task, part, passes=passes if strategy.mc_dropout else 1,
                      mc_dropout=strategy.mc_dropout, reference=reference, settings=settings,
                      desc=f"scoring round {t}{part_of}", seed=masks)

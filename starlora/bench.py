@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .acquisition import Acquisition, BaseCache, acquisition_scores, subsample
+from .acquisition import Acquisition, BaseScoreCache, acquisition_scores, subsample
 from .data import load_data, make_examples, read_rows
 from .evaluation import evaluate
 from .experiment import write_scores
@@ -214,23 +214,26 @@ def peak_memory_mb(dev: torch.device) -> float:
     return torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else peak_host_mb()
 
 
+def _set_up(model_name, task_name, train_file, batch_size: int, precision: str, dtype: str, strategy: str):
+    """What bench and pool_round measure with: (task, its pool examples, device, resolved precision and dtype, model
+    with the paper's adapter (r 64, alpha 16, dropout 0.1), tokenizer, scoring settings, strategy)."""
+    task = get_task(task_name, user_files=bool(train_file))
+    examples = make_examples(read_rows(train_file), task, str(train_file)) if train_file else load_data(task).pool
+    dev = device()
+    precision, dtype = resolve_precision(precision, dev), resolve_dtype(dtype, dev)
+    model, tokenizer = load_model(model_name, dtype=dtype)
+    model = attach_lora(model, TrainSettings())
+    settings = ScoringSettings(batch_size=batch_size, precision=precision)
+    return task, examples, dev, precision, dtype, model, tokenizer, settings, get_strategy(strategy, task.closed)
+
+
 def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, naive_n=32, batch_size=32,
           train_batch_size=8, precision="auto", strategy="star-me", dtype="auto",
           gradient_checkpointing=False) -> dict:
     """Measure everything in one process; returns the JSON-able result."""
-    task = get_task(task_name, user_files=bool(train_file))
-    if train_file:
-        examples = make_examples(read_rows(train_file), task, str(train_file))
-    else:
-        examples = load_data(task).pool
+    task, examples, dev, precision, dtype, model, tokenizer, settings, star = \
+        _set_up(model_name, task_name, train_file, batch_size, precision, dtype, strategy)
     examples = examples[:n]
-    dev = device()
-    precision = resolve_precision(precision, dev)
-    dtype = resolve_dtype(dtype, dev)
-    model, tokenizer = load_model(model_name, dtype=dtype)
-    model = attach_lora(model, TrainSettings())  # the paper's adapter: r 64, alpha 16, dropout 0.1
-    settings = ScoringSettings(batch_size=batch_size, precision=precision)
-    star = get_strategy(strategy, task.closed)
     result = {"model": model_name, "task": task.name, "strategy": star.name, "n": len(examples), "k": k,
               "naive_n": min(naive_n, len(examples)), "device": str(dev), "precision": precision,
               "dtype": dtype, "gradient_checkpointing": gradient_checkpointing,
@@ -241,7 +244,7 @@ def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, 
     result["matmul_gflops"] = matmul_gflops(precision, dev)
 
     logger.info(f"scoring {len(examples)} examples ({star.name}, K={k}, batched) ...")
-    cache_b = BaseCache(None, model_name, task, settings)
+    cache_b = BaseScoreCache(None, model_name, task, settings)
     with FlopCount(model) as flops:
         start = time.perf_counter()
         acquisition_scores(star, model, tokenizer, task, examples, t=0, rounds=10, base_cache=cache_b,
@@ -321,23 +324,16 @@ class PeakMemory:
 def pool_round(model_name, task_name, train_file, n: int, k: int, batch_size: int, precision: str,
                strategy: str, dtype: str = "auto") -> dict:
     """One round's acquisition on a synthetic pool of n, as experiment.run_round does it: mu_b through an on-disk
-    BaseCache (empty, so every example is scored and appended), the current LoRA model's scores for the strategy,
+    BaseScoreCache (empty, so every example is scored and appended), the current LoRA model's scores for the strategy,
     the selection of the query and the round's score file. Meant for a fresh process (pool_bench)."""
-    task = get_task(task_name, user_files=bool(train_file))
-    base = make_examples(read_rows(train_file), task, str(train_file)) if train_file else load_data(task).pool
+    task, base, dev, precision, dtype, model, tokenizer, settings, star = \
+        _set_up(model_name, task_name, train_file, batch_size, precision, dtype, strategy)
     pool = synthetic_pool(base, n)
-    dev = device()
-    precision = resolve_precision(precision, dev)
-    dtype = resolve_dtype(dtype, dev)
-    model, tokenizer = load_model(model_name, dtype=dtype)
-    model = attach_lora(model, TrainSettings())  # the paper's adapter: r 64, alpha 16, dropout 0.1
-    settings = ScoringSettings(batch_size=batch_size, precision=precision)
-    star = get_strategy(strategy, task.closed)
     warm_up = [dataclasses.replace(ex, id=f"warm-up {ex.id}") for ex in base[:batch_size]]
     acquisition_scores(star, model, tokenizer, task, warm_up, t=0, rounds=10, passes=k, settings=settings,
-                       base_cache=BaseCache(None, model_name, task, settings))  # one-off allocations and kernel set-up
+                       base_cache=BaseScoreCache(None, model_name, task, settings))  # one-off allocations and kernel set-up
     with tempfile.TemporaryDirectory() as tmp:
-        cache = BaseCache(Path(tmp) / "base_scores.jsonl", model_name, task, settings)
+        cache = BaseScoreCache(Path(tmp) / "base_scores.jsonl", model_name, task, settings)
         memory = PeakMemory(dev)
         start = time.perf_counter()
         mu = acquisition_scores(star, model, tokenizer, task, pool, t=0, rounds=10, base_cache=cache, passes=k,
@@ -438,9 +434,9 @@ def round_bench(protocol: str = "sst2", strategies=("random", "me", "star-me"), 
                                  lambda: train(current, tokenizer, labeled, training, desc=f"{name}: training"))
         phases["evaluate"] = _timed(dev, current, len(test), 1, lambda: evaluate(current, tokenizer, task, test,
                                                                                settings, desc=f"{name}: evaluating"))
-        cache = BaseCache(None, cfg.model, task, settings)
+        cache = BaseScoreCache(None, cfg.model, task, settings)
         acquisition = Acquisition(strategy, cfg, settings, cache)
-        if strategy.measure is not None and strategy.needs_base:
+        if strategy.needs_base:
             phases["base"] = _timed(dev, current, len(candidates), 1,
                                     lambda: cache.get(current, tokenizer, candidates))
         phases["score"] = _timed(dev, current, len(candidates), 1,

@@ -7,22 +7,22 @@ from __future__ import annotations
 import numpy as np
 
 
-def kcenter_greedy(candidates: np.ndarray, labeled: np.ndarray, k: int, seed: int = 0) -> tuple[list[int], np.ndarray]:
-    """Core-set (Sener & Savarese 2018): k times, the candidate farthest from everything labeled or chosen so far.
+def kcenter_greedy(candidates: np.ndarray, labeled: np.ndarray, n: int, seed: int = 0) -> tuple[list[int], np.ndarray]:
+    """Core-set (Sener & Savarese 2018): n times, the candidate farthest from everything labeled or chosen so far.
     Returns (chosen indices, each candidate's distance to the labeled set before choosing). Without labeled
     examples the first pick is a seeded random candidate."""
     x = np.asarray(candidates, dtype=np.float64)
-    n, k = len(x), min(k, len(x))
-    if n == 0:
+    points, n = len(x), min(n, len(x))
+    if points == 0:
         return [], np.zeros(0)
     if len(labeled):
         nearest = _min_distances(x, np.asarray(labeled, dtype=np.float64))
     else:
-        nearest = np.full(n, np.inf)
+        nearest = np.full(points, np.inf)
     before = nearest.copy()
     chosen = []
-    for _ in range(k):
-        i = int(np.random.default_rng(seed).integers(n)) if not chosen and np.isinf(nearest).all() \
+    for _ in range(n):
+        i = int(np.random.default_rng(seed).integers(points)) if not chosen and np.isinf(nearest).all() \
             else int(np.argmax(nearest))  # ties: the lowest index
         chosen.append(i)
         nearest = np.minimum(nearest, np.linalg.norm(x - x[i], axis=1))
@@ -54,13 +54,13 @@ def _residuals(probs: np.ndarray) -> np.ndarray:
     return r
 
 
-def badge(probs: np.ndarray, hidden: np.ndarray, k: int, seed: int = 0) -> tuple[list[int], np.ndarray]:
-    """BADGE (Ash et al. 2020): k-means++ seeding on the gradient embeddings g_i = r_i outer h_i, r = p - onehot(y_hat),
-    from their factors (gradient_d2), so memory is N (C + H), not the N C H of the embeddings themselves (70k
-    examples, 4 labels and a 70B model's 8192 would be 18 GB). Returns (picks in order, |g_i|)."""
+def badge(probs: np.ndarray, hidden: np.ndarray, n: int, seed: int = 0) -> tuple[list[int], np.ndarray]:
+    """BADGE (Ash et al. 2020): n picks by k-means++ seeding on the gradient embeddings g_i = r_i outer h_i,
+    r = p - onehot(y_hat), from their factors (gradient_d2), so memory is N (C + H), not the N C H of the embeddings
+    themselves (70k examples, 4 labels and a 70B model's 8192 would be 18 GB). Returns (picks in order, |g_i|)."""
     r, h = _residuals(probs), np.asarray(hidden, dtype=np.float64)
     sq = (r * r).sum(1) * (h * h).sum(1)
-    return d2_sampling(len(sq), lambda i: gradient_d2(r, h, sq, i), k, seed), np.sqrt(sq)
+    return d2_sampling(len(sq), lambda i: gradient_d2(r, h, sq, i), n, seed), np.sqrt(sq)
 
 
 def gradient_d2(r: np.ndarray, h: np.ndarray, sq: np.ndarray, i: int) -> np.ndarray:
@@ -70,73 +70,74 @@ def gradient_d2(r: np.ndarray, h: np.ndarray, sq: np.ndarray, i: int) -> np.ndar
     return np.where(d2 > 1e-12 * (sq + sq[i]), d2, 0.0)
 
 
-def d2_sampling(n: int, d2_to, k: int, seed: int = 0) -> list[int]:
-    """k-means++ seeding (Arthur & Vassilvitskii 2007) with one trial per centre, as BADGE uses it: the first point
+def d2_sampling(points: int, d2_to, n: int, seed: int = 0) -> list[int]:
+    """n of `points` points by k-means++ seeding (Arthur & Vassilvitskii 2007) with one trial per centre, as BADGE
+    uses it: the first point
     uniformly, each next with probability proportional to its squared distance to the nearest point chosen so far
     (d2_to(i): every point's squared distance to point i). Points that coincide with chosen ones have D^2 = 0 and are
-    never drawn; when only such points are left, the lowest indices fill the k."""
+    never drawn; when only such points are left, the lowest indices fill the n."""
     rng = np.random.default_rng(seed)
-    k, picked, nearest = min(k, n), [], np.full(n, np.inf)
-    while len(picked) < k:
+    n, picked, nearest = min(n, points), [], np.full(points, np.inf)
+    while len(picked) < n:
         if picked:
             total = nearest.sum()
             if not total > 0:
                 break
-            i = int(rng.choice(n, p=nearest / total))
+            i = int(rng.choice(points, p=nearest / total))
         else:
-            i = int(rng.integers(n))
+            i = int(rng.integers(points))
         picked.append(i)
         nearest = np.minimum(nearest, d2_to(i))
         nearest[i] = 0.0
-    return picked + _fill(n, picked, k)
+    return picked + _fill(points, picked, n)
 
 
-def cluster_spread(scores: np.ndarray, embeddings: np.ndarray, k: int, beta: float, seed: int = 0) -> list[int]:
-    """Cluster-margin style diversity (Citovsky et al. 2021): of the ceil(beta * k) best-scoring candidates, k-means
-    with k clusters on their embeddings, then the best-scoring member of each cluster, best first. beta = 1 is the
-    plain top-k; larger beta trades score for spread."""
+def cluster_spread(scores: np.ndarray, embeddings: np.ndarray, n: int, beta: float, seed: int = 0) -> list[int]:
+    """Cluster-margin style diversity (Citovsky et al. 2021): n picks: of the ceil(beta * n) best-scoring candidates,
+    k-means with n clusters on their embeddings, then the best-scoring member of each cluster, best first. beta = 1
+    is the plain top n; larger beta trades score for spread."""
     from sklearn.cluster import KMeans
 
     scores = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)
-    k = min(k, len(scores))
-    if k == 0:
+    n = min(n, len(scores))
+    if n == 0:
         return []
     tiebreak = np.random.default_rng(seed).permutation(len(scores))
     ranked = np.lexsort((tiebreak, -scores))  # best first, seeded order among ties
-    top = ranked[: max(k, int(np.ceil(beta * k - 1e-9)))]  # 1.1 * 100 is 110.00000000000001: 110, not 111
-    if len(top) == k:
+    top = ranked[: max(n, int(np.ceil(beta * n - 1e-9)))]  # 1.1 * 100 is 110.00000000000001: 110, not 111
+    if len(top) == n:
         return [int(i) for i in top]
-    labels = KMeans(n_clusters=k, n_init=1, random_state=seed).fit_predict(np.asarray(embeddings)[top])
+    labels = KMeans(n_clusters=n, n_init=1, random_state=seed).fit_predict(np.asarray(embeddings)[top])
     best = {}
     for i, c in zip(top, labels):  # `top` is in score order: the first member seen is the cluster's best
         best.setdefault(int(c), int(i))
     picked = sorted(best.values(), key=lambda i: list(top).index(i))
-    if len(picked) < k:  # k-means can leave a cluster empty: fill with the best remaining
-        picked += [int(i) for i in top if int(i) not in picked][: k - len(picked)]
+    if len(picked) < n:  # k-means can leave a cluster empty: fill with the best remaining
+        picked += [int(i) for i in top if int(i) not in picked][: n - len(picked)]
     return picked
 
 
-def kmeans_representatives(embeddings: np.ndarray, k: int, seed: int = 0) -> list[int]:
-    """A diverse cold start: k-means with k clusters, then the example nearest each centroid (clusters in the order
-    k-means numbers them). Needs no labels and no scores."""
+def kmeans_representatives(embeddings: np.ndarray, n: int, seed: int = 0) -> list[int]:
+    """A diverse cold start of n: k-means with n clusters, then the example nearest each centroid (clusters in the
+    order k-means numbers them). Needs no labels and no scores."""
     from sklearn.cluster import KMeans
 
     x = np.asarray(embeddings, dtype=np.float64)
-    k = min(k, len(x))
-    if k == 0:
+    n = min(n, len(x))
+    if n == 0:
         return []
-    fit = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(x)
+    fit = KMeans(n_clusters=n, n_init=1, random_state=seed).fit(x)
     picked = []
-    for c in range(k):
+    for c in range(n):
         members = np.flatnonzero(fit.labels_ == c)
         if len(members):
             d = np.linalg.norm(x[members] - fit.cluster_centers_[c], axis=1)
             picked.append(int(members[np.argmin(d)]))
     picked = list(dict.fromkeys(picked))
-    return picked + _fill(len(x), picked, k)  # empty clusters
+    return picked + _fill(len(x), picked, n)  # empty clusters
 
 
-def _fill(n: int, picked: list[int], k: int) -> list[int]:
-    """The lowest indices not yet picked, up to k picks in all."""
+def _fill(points: int, picked: list[int], n: int) -> list[int]:
+    """The lowest indices not yet picked, up to n picks in all."""
     taken = set(picked)
-    return [i for i in range(n) if i not in taken][: k - len(picked)]
+    return [i for i in range(points) if i not in taken][: n - len(picked)]

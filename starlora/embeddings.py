@@ -1,5 +1,5 @@
 """Pool embeddings for the diversity strategies: the frozen base model's last hidden state averaged over each prompt's
-tokens. Computed once per example and kept on disk like mu_b (EmbeddingCache is a BaseCache: keyed by model, token
+tokens. Computed once per example and kept on disk like mu_b (EmbeddingCache is a cache.ExampleCache: keyed by model, token
 limit, precision, id and prompt; appended as computed; an interrupted run keeps what it embedded)."""
 
 from __future__ import annotations
@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 from . import parallel
-from .acquisition import BaseCache, _digest
+from .cache import ExampleCache
 from .hardware import autocast
-from .tokens import encode_prompt, length_sorted_batches, progress
+from .progress import progress
+from .tokens import encode_prompt, length_sorted_batches
 
 
 def _last_hidden(lm, ids, mask):
@@ -31,9 +32,7 @@ def embed(model, tokenizer, examples, batch_size: int = 32, max_prompt_tokens: i
     out = np.zeros((len(prompts), width), dtype=np.float64)
     batches = length_sorted_batches([len(p) for p in prompts], batch_size)
     bar = progress(total=len(prompts), desc=desc, leave=False, disable=not (desc and parallel.is_main()))
-    for b in parallel.mine(len(batches)):
-        spare = b >= len(batches)  # sharded: a throw-away forward so that every process runs as many
-        rows = batches[b] if not spare else batches[0][:1]
+    for _, rows, spare in parallel.my_batches(batches):  # spare: sharded, a throw-away forward
         longest = max(len(prompts[i]) for i in rows)
         ids = torch.full((len(rows), longest), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros(len(rows), longest, dtype=torch.long)
@@ -51,14 +50,11 @@ def embed(model, tokenizer, examples, batch_size: int = 32, max_prompt_tokens: i
     return parallel.sum_across(out)[0].astype(np.float32)
 
 
-class EmbeddingCache(BaseCache):
+class EmbeddingCache(ExampleCache):
     """Prompt embeddings per example, on disk (embeddings.jsonl: {"key", "embedding": base64 float32})."""
 
     def identity(self, model_name: str) -> list:
         return [model_name, "embedding", self.settings.max_prompt_tokens, self.settings.precision]
-
-    def key(self, ex) -> str:  # the prompt alone: the embedding does not read the answer
-        return f"{self.prefix}{ex.id}|{_digest(ex.prompt)}"
 
     def compute(self, model, tokenizer, examples, part_of: str) -> list[dict]:
         vectors = embed(model, tokenizer, examples, self.settings.batch_size, self.settings.max_prompt_tokens,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import __version__, metrics, parallel
-from .acquisition import Acquisition, BaseCache, subsample
+from .acquisition import Acquisition, BaseScoreCache, subsample
 from .config import (LEGACY, PROTOCOLS, RESUMABLE_CHANGES, MethodConfig, RunConfig, parse_class_ratio, resolve,
                      uses_mc_dropout, variant)
 from .data import Example, imbalanced_pool, load_data
@@ -59,8 +59,9 @@ RUN_FILES = ("config.json", "rounds.jsonl", "summary.json", "base_scores.jsonl",
              "probe", "stop", "scores", "adapter")  # base_scores.json: the base-score cache in its old format
 
 
-def check_folder(out: Path, cfg: RunConfig) -> bool:
-    """May `out` take this run? Writes nothing. True when it holds finished rounds of this very configuration.
+def folder_resumes(out: Path, cfg: RunConfig) -> bool:
+    """Does this run resume `out` (True: it holds finished rounds of this very configuration) or start there afresh
+    (False)? Raises when `out` cannot take it; writes nothing.
 
     A folder of another configuration is refused once it has a finished round; before that it is taken over (a
     corrected typo must not be locked out by the failed first attempt). Every process checks before any process
@@ -263,7 +264,7 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
         logger.info(f"--pool-class-ratio {cfg.pool_class_ratio}: a pool of {len(data.pool)}: "
                     + ", ".join(f"{c} {n} ({100 * n / len(data.pool):.1f}%)" for c, n in counts.items()))
     test = data.test[: cfg.test_size] if cfg.test_size else data.test
-    resume = check_folder(out, cfg)
+    resume = folder_resumes(out, cfg)
     done = read_rounds(out, RESUMED_ROUND) if resume else []
     if (len(done) >= cfg.rounds or done and done[-1].get("stopped")) and (out / "summary.json").exists():
         logger.info(f"{out}: all {cfg.rounds} rounds already finished")
@@ -302,7 +303,7 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
         held, total = parallel.local_parameters(parallel.shard(model))
         logger.info(f"FSDP over {parallel.world()[1]} processes: this one holds {held:,} of {total:,} parameters")
     reference = cfg.target == "reference"
-    cache = BaseCache(out / "base_scores.jsonl", cfg.model, task, settings, reference=reference)
+    cache = BaseScoreCache(out / "base_scores.jsonl", cfg.model, task, settings, reference=reference)
     measure = one_pass_measure(strategy, cfg.length_norm)
     (out / "scores").mkdir(exist_ok=True)
     (out / "probe").mkdir(exist_ok=True)

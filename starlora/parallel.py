@@ -60,6 +60,13 @@ def mine(n: int) -> range:
     return range(rank, size * math.ceil(n / size) if sharded() else n, size)
 
 
+def my_batches(batches: list[list[int]]) -> list[tuple[int, list[int], bool]]:
+    """This process's batches (`mine`) as (index, rows, spare). Sharded, a process short of a batch gets a spare: a
+    throw-away repeat of the first batch's first row, whose forward runs (the other processes need this one's weight
+    shards) and whose results the caller drops."""
+    return [(b, batches[b], False) if b < len(batches) else (b, batches[0][:1], True) for b in mine(len(batches))]
+
+
 def sum_across(*arrays: np.ndarray) -> list[np.ndarray]:
     """Element-wise sums over processes (each process fills its own entries and leaves the rest at zero)."""
     if not distributed():

@@ -28,7 +28,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from . import training
-from .acquisition import Acquisition, BaseCache, RoundSeeds, random_scores
+from .acquisition import Acquisition, BaseScoreCache, RoundSeeds, random_scores
 from .card import push, write_card
 from .config import LEGACY, MethodConfig
 from .data import Example, make_examples, read_rows, row_id
@@ -220,12 +220,12 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
     if random or not cold and ((strategy.measure is None and not acquisition.needs_embeddings) or
                                (not adapters and strategy.measure == "bald")):
         mu = random_scores(len(ids), cfg.seed, t)  # BALD of the base model alone is 0 everywhere: say it is random
-        selected = select(ids, mu, n, asked, seed=RoundSeeds(cfg.seed, t).tiebreak)
+        selected = select(ids, mu, n, asked, seed=RoundSeeds(cfg.seed, t).round_seed)
         how, shown = "random", {}
     else:
         preflight(cfg, task)
         model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization)
-        acquisition.base_cache = BaseCache(project.folder / "base_scores.jsonl", cfg.model, task, settings)
+        acquisition.base_cache = BaseScoreCache(project.folder / "base_scores.jsonl", cfg.model, task, settings)
         if acquisition.needs_embeddings or cold:
             acquisition.embeddings = EmbeddingCache(project.folder / "embeddings.jsonl", cfg.model, task, settings)
         prompts = {r["id"]: r["prompt"] for r in pool}
@@ -234,7 +234,7 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
         mu, lam = None, None
         if cold:  # a diverse first batch: needs no scores
             vectors = acquisition.embeddings.get(model, tokenizer, candidates)
-            selected = [ids[i] for i in kmeans_representatives(vectors, n, RoundSeeds(cfg.seed, t).tiebreak)]
+            selected = [ids[i] for i in kmeans_representatives(vectors, n, RoundSeeds(cfg.seed, t).round_seed)]
             how = "k-means cold start"
         else:
             if not adapters and strategy.pick == "top" and key is not None:  # no labels yet: the base model alone
@@ -591,12 +591,12 @@ def status(folder) -> str:
     lines += [f"round {t} query: {q.get('how', '?')}" for t, q in enumerate(queries)]
     if not queries:
         lines.append(f"first query: {first_query_rule(project.strategy, project.cfg)}")
-    lines += stopping_lines(project, [project.trained(a) for a in adapters])
+    lines += stopping_advice(project, [project.trained(a) for a in adapters])
     lines.append("next: " + next_step(project, labels, queries, adapters))
     return "\n".join(lines)
 
 
-def stopping_lines(project, records: list[dict]) -> list[str]:
+def stopping_advice(project, records: list[dict]) -> list[str]:
     """The stopping criteria after the last trained round (records: the rounds' train.json), and whether the
     project's --stop-when rule holds ("you can stop")."""
     if not records or "stop_uncertainty" not in records[-1]:

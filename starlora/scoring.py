@@ -19,8 +19,9 @@ from . import uncertainty as U
 from .errors import StarloraError
 from .hardware import autocast
 from .masks import GroupDropout, MaskDropout, group_seed, lora_sampling, swap_lora_dropout
+from .progress import progress
 from .tasks import Task
-from .tokens import answer_prefix, encode_answer, encode_prompt, length_sorted_batches, progress
+from .tokens import answer_prefix, encode_answer, encode_prompt, length_sorted_batches
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,7 @@ def answer_stats(model, sequences, batch_size: int, desc: str | None = None, *, 
     # every LoRA dropout draws keep_mask's masks: per group of rows (GroupDropout) or per row (MaskDropout)
     grouped = swap_lora_dropout(model, GroupDropout if groups is not None else MaskDropout)
     with seeded, grouped as dropouts:
-        for b in parallel.mine(len(batches)):
-            spare = b >= len(batches)  # sharded: a throw-away forward so that every process runs as many
-            rows = batches[b] if not spare else batches[0][:1]
+        for b, rows, spare in parallel.my_batches(batches):  # spare: sharded, a throw-away forward
             if mask_seed is not None:
                 torch.manual_seed(mask_seed * 1_000_003 + b)
             if groups is not None:
@@ -168,9 +167,8 @@ def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     done = []
     batches = length_sorted_batches([len(p) for p in prompts], batch_size)
-    for b in progress(parallel.mine(len(batches)), desc=desc, leave=False, disable=not (desc and parallel.is_main())):
-        spare = b >= len(batches)  # sharded: a throw-away generation so that every process runs as many
-        rows = batches[b] if not spare else batches[0][:1]
+    for _, rows, spare in progress(parallel.my_batches(batches), desc=desc, leave=False,
+                                   disable=not (desc and parallel.is_main())):  # spare: sharded, a throw-away one
         width = max(len(prompts[i]) for i in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros(len(rows), width, dtype=torch.long)

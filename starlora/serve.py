@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 from . import project as P
 from .errors import StarloraError
-from .tokens import watch_progress
+from .progress import watch_progress
 
 logger = logging.getLogger(__name__)
 LOCAL_NAMES = {"localhost", "127.0.0.1", "::1"}
@@ -49,7 +49,7 @@ def cross_site(headers) -> bool:
     return origin is not None and urlsplit(origin).netloc != headers.get("host")
 
 
-class Job:
+class BackgroundJob:
     """One background training or query: its current progress bar, its last log line, and how it ended."""
 
     def __init__(self, kind: str):
@@ -73,18 +73,18 @@ class Jobs:
 
     def __init__(self):
         self._lock = threading.Lock()
-        self.current: Job | None = None
+        self.current: BackgroundJob | None = None
 
     @property
-    def running(self) -> Job | None:
+    def running(self) -> BackgroundJob | None:
         job = self.current
         return job if job is not None and job.finished is None else None
 
-    def start(self, kind: str, check, work) -> Job:
+    def start(self, kind: str, check, work) -> BackgroundJob:
         """Run work() in the background after check() (which raises when the folder is not ready for it)."""
-        with self.idle():
+        with self.exclusive():
             check()
-            job = self.current = Job(kind)
+            job = self.current = BackgroundJob(kind)
         job.thread = threading.Thread(target=self._run, args=(job, work), name=f"starlora-{kind}", daemon=True)
         job.thread.start()
         return job
@@ -96,15 +96,15 @@ class Jobs:
             raise Busy(f"{what} is already running; wait for it to finish")
 
     @contextlib.contextmanager
-    def idle(self):
-        """Nothing else starts meanwhile (and nothing runs now): a start, or a label change, which a training must not
-        see half-way, since it reads the labels as they are when it starts."""
+    def exclusive(self):
+        """Holds the lock, so nothing else starts meanwhile, and raises Busy if a job runs now: around a start, or a
+        label change, which a training must not see half-way, since it reads the labels as they are when it starts."""
         with self._lock:
             self.refuse_if_busy()
             yield
 
-    def _run(self, job: Job, work) -> None:
-        handler = _LastLine(job)
+    def _run(self, job: BackgroundJob, work) -> None:
+        handler = _JobMessages(job)
         logging.getLogger("starlora").addHandler(handler)
         try:
             with watch_progress(lambda bar: setattr(job, "bar", bar)):
@@ -123,10 +123,11 @@ class Busy(StarloraError):
     pass
 
 
-class _LastLine(logging.Handler):
-    """Keeps the job's info lines (e.g. the held-out accuracy of the adapter just trained) for the page."""
+class _JobMessages(logging.Handler):
+    """Keeps every info line the job's thread logs (e.g. the held-out accuracy of the adapter just trained), for the
+    page."""
 
-    def __init__(self, job: Job):
+    def __init__(self, job: BackgroundJob):
         super().__init__(logging.INFO)
         self.job, self.thread = job, threading.get_ident()
 
@@ -207,7 +208,7 @@ def state(folder) -> dict:
         "mixes": project.strategy.combine == "mix",
         "can_train": not waiting and bool(labels) and (not records or records[-1]["n_labels"] < len(labels)),
         "can_query": not waiting and not (labels and len(adapters) < len(queries)),
-        "stopping": P.stopping_lines(project, records),
+        "stopping": P.stopping_advice(project, records),
         "next": P.next_step(project, labels, queries, adapters),
     }
 
@@ -302,7 +303,7 @@ def create_app(folder, token: str | None = None, local: bool = True):
     @app.post("/api/label")
     def post_label(item: LabelIn):
         try:
-            with jobs.idle():
+            with jobs.exclusive():
                 new = P.label_one(folder, item.id, item.answer)
         except StarloraError as e:
             raise refused(e) from None
@@ -311,7 +312,7 @@ def create_app(folder, token: str | None = None, local: bool = True):
     @app.post("/api/undo")
     def post_undo(item: UndoIn):
         try:
-            with jobs.idle():
+            with jobs.exclusive():
                 P.unlabel(folder, item.id)
         except StarloraError as e:
             raise refused(e) from None

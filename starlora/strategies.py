@@ -82,8 +82,8 @@ def one_pass_measure(strategy: Strategy, length_norm: bool) -> str:
     return key if key not in (None, "bald") else ("me_norm" if length_norm else "me")
 
 
-def select(ids, scores, k: int, labeled, seed: int) -> list[str]:
-    """The k highest-scoring ids not in `labeled`; ties fall in a seeded random order, so results are reproducible."""
+def select(ids, scores, n: int, labeled, seed: int) -> list[str]:
+    """The n highest-scoring ids not in `labeled`; ties fall in a seeded random order, so results are reproducible."""
     labeled = set(labeled)
     keep = [i for i, id_ in enumerate(ids) if id_ not in labeled]
     if not keep:
@@ -91,4 +91,4 @@ def select(ids, scores, k: int, labeled, seed: int) -> list[str]:
     scores = np.nan_to_num(np.asarray(scores, dtype=np.float64)[keep], nan=-np.inf)
     tiebreak = np.random.default_rng(seed).permutation(len(keep))
     order = np.lexsort((tiebreak, -scores))  # primary key last: score descending, then the seeded order
-    return [ids[keep[j]] for j in order[:k]]
+    return [ids[keep[j]] for j in order[:n]]

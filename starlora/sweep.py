@@ -30,7 +30,7 @@ from .files import read_json, read_jsonl
 from .provenance import code_revision, revision_label
 from .strategies import get_strategy
 from .tasks import get_task
-from .tokens import progress
+from .progress import progress
 
 GRID_KEYS = {"tasks", "strategies", "seeds", "protocol", "config"}
 logger = logging.getLogger(__name__)

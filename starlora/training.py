@@ -25,8 +25,9 @@ from .errors import StarloraError
 from .hardware import autocast
 from .masks import BatchDropout, lora_sampling, swap_lora_dropout
 from .models import LORA_TARGETS
+from .progress import progress
 from .scoring import answer_logits
-from .tokens import answer_prefix, encode_answer, encode_prompt, progress
+from .tokens import answer_prefix, encode_answer, encode_prompt
 
 
 @dataclass(frozen=True)

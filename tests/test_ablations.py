@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from helpers import lora_model
-from starlora.acquisition import BaseCache, acquisition_scores
+from starlora.acquisition import BaseScoreCache, acquisition_scores
 from starlora.data import Example
 from starlora.experiment import method_settings, resolve, uses_mc_dropout
 from starlora.scoring import ScoringSettings, score
@@ -29,7 +29,7 @@ def model():
 
 def acquire(model, strategy, t=1):
     lora, tok = model
-    cache = BaseCache(None, "tiny", BOOLQ, SMALL)
+    cache = BaseScoreCache(None, "tiny", BOOLQ, SMALL)
     out = acquisition_scores(get_strategy(strategy), lora, tok, BOOLQ, EXAMPLES, t=t, rounds=ROUNDS, base_cache=cache,
                              passes=3, seed=0, settings=SMALL)
     return out, cache.computed

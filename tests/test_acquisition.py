@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from starlora import acquisition as A
-from starlora.acquisition import BaseCache
+from starlora.acquisition import BaseScoreCache
+from starlora.cache import ExampleCache
 from starlora.data import Example
 from starlora.files import read_jsonl
 from starlora.models import tiny_random
@@ -24,7 +25,7 @@ FP32 = ScoringSettings(batch_size=4, precision="fp32")
 def computed(path, examples=EXAMPLES, model="tiny", task=BOOLQ, settings=FP32, reference=False):
     """How many examples a fresh cache over `path` has to score for these settings."""
     model_, tok = tiny_random()
-    cache = BaseCache(path, model, task, settings, reference=reference)
+    cache = BaseScoreCache(path, model, task, settings, reference=reference)
     cache.get(model_, tok, examples)
     return cache.computed
 
@@ -67,7 +68,7 @@ def test_an_interrupted_scoring_keeps_the_chunks_it_finished(tmp_path, monkeypat
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(BaseCache, "CHUNK", 4)
+    monkeypatch.setattr(ExampleCache, "CHUNK", 4)
     monkeypatch.setattr(A, "score", score)
     with pytest.raises(KeyboardInterrupt):
         computed(path)
@@ -80,12 +81,12 @@ def test_an_old_single_object_cache_file_is_still_read_and_never_written(tmp_pat
     (tmp_path / "new").mkdir()
     (tmp_path / "old").mkdir()
     model, tok = tiny_random()
-    fresh = BaseCache(tmp_path / "new" / "base_scores.jsonl", "tiny", BOOLQ, FP32)
+    fresh = BaseScoreCache(tmp_path / "new" / "base_scores.jsonl", "tiny", BOOLQ, FP32)
     expected = fresh.get(model, tok, EXAMPLES)
     old = json.dumps({r.pop("key"): r for r in read_jsonl(tmp_path / "new" / "base_scores.jsonl")})
     (tmp_path / "old" / "base_scores.json").write_text(old)  # the format before the cache was JSON lines
     for name in ("base_scores.jsonl", "base_scores.json"):  # the old name means the new file beside it
-        cache = BaseCache(tmp_path / "old" / name, "tiny", BOOLQ, FP32)
+        cache = BaseScoreCache(tmp_path / "old" / name, "tiny", BOOLQ, FP32)
         got = cache.get(model, tok, EXAMPLES)
         assert cache.computed == 0 and all(np.array_equal(got[k], expected[k]) for k in expected)
     assert computed(tmp_path / "old" / "base_scores.jsonl", examples=[dataclasses.replace(EXAMPLES[0], id="n")]) == 1
@@ -108,9 +109,9 @@ def test_large_pools_are_scored_in_chunks_with_the_same_deterministic_scores(mon
     pool = [Example(f"p{i}", f"Question: is {i} odd?\nAnswer:", "", None) for i in range(12)]
 
     def scores(strategy, chunk):
-        monkeypatch.setattr(BaseCache, "CHUNK", chunk)
+        monkeypatch.setattr(ExampleCache, "CHUNK", chunk)
         return A.acquisition_scores(get_strategy(strategy), model, tok, BOOLQ, pool, t=1, rounds=3, passes=3,
-                                    base_cache=BaseCache(None, "tiny", BOOLQ, FP32), settings=FP32, seed=0)
+                                    base_cache=BaseScoreCache(None, "tiny", BOOLQ, FP32), settings=FP32, seed=0)
 
     whole, chunked = scores("me", 4096), scores("me", 5)
     np.testing.assert_allclose(chunked["mu_f"], whole["mu_f"], rtol=1e-5, atol=1e-7)

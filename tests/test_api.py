@@ -22,3 +22,7 @@ def test_attach_lora_takes_peft_config_and_matches_train_settings():
     theirs = {k: v for k, v in peft.state_dict().items() if "lora_" in k}
     assert mine.keys() == theirs.keys() and len(mine) == 2 * 7 * 2  # A and B, seven projections, two layers
     assert all(torch.equal(mine[k], theirs[k]) for k in mine)  # same seed, same initial adapter
+
+
+def test_dir_lists_the_lazily_exported_names():
+    assert set(starlora.__all__) <= set(dir(starlora))

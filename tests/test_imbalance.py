@@ -9,7 +9,7 @@ import pytest
 from starlora import metrics
 from starlora.data import Example, imbalanced_pool, load_data
 from starlora.errors import StarloraError
-from starlora.experiment import check_folder, resolve, run
+from starlora.experiment import folder_resumes, resolve, run
 from starlora.files import read_jsonl
 from starlora.report import load_runs, table, write_tables
 from starlora.tasks import get_task
@@ -116,11 +116,11 @@ def test_an_imbalanced_macro_f1_run_records_classes_and_its_metric(files, tmp_pa
     # a resume cannot switch the metric or the pool
     for change in (dict(metric="accuracy"), dict(pool_class_ratio="true=0.3")):
         with pytest.raises(StarloraError, match="another configuration"):
-            check_folder(tmp_path / "run", dataclasses.replace(cfg, **change))
+            folder_resumes(tmp_path / "run", dataclasses.replace(cfg, **change))
     # a run from before the options: its config.json lacks them and means accuracy on the whole pool
     old = {k: v for k, v in stored.items() if k not in ("metric", "pool_class_ratio")}
     (tmp_path / "run" / "config.json").write_text(json.dumps({"config": old}))
-    assert check_folder(tmp_path / "run", dataclasses.replace(cfg, metric="accuracy", pool_class_ratio=None))
+    assert folder_resumes(tmp_path / "run", dataclasses.replace(cfg, metric="accuracy", pool_class_ratio=None))
     (tmp_path / "run" / "config.json").write_text(json.dumps({"config": stored}))
     # the report names the metric its AUC is the area of
     rows = table(load_runs([tmp_path / "run"]))

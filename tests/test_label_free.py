@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from helpers import lora_model
-from starlora.acquisition import BaseCache, acquisition_scores
+from starlora.acquisition import BaseScoreCache, acquisition_scores
 from starlora.data import Example
 from starlora.scoring import ScoringSettings
 from starlora.strategies import get_strategy
@@ -44,7 +44,7 @@ def model():
 
 def scores(model, task, examples, strategy, reference=False):
     lora, tok = model
-    cache = BaseCache(None, "tiny", task, SMALL, reference=reference)  # fresh: nothing carried between calls
+    cache = BaseScoreCache(None, "tiny", task, SMALL, reference=reference)  # fresh: nothing carried between calls
     return acquisition_scores(get_strategy(strategy), lora, tok, task, examples, t=1, rounds=4, base_cache=cache,
                               passes=2, reference=reference, seed=0, settings=SMALL)
 

@@ -9,7 +9,7 @@ import torch
 from starlora.config import resolve
 from starlora.data import Example
 from starlora.errors import StarloraError
-from starlora.experiment import check_folder
+from starlora.experiment import folder_resumes
 from starlora.hardware import resolve_dtype
 from starlora.models import load_model, tiny_random
 from starlora.training import TrainSettings, attach_lora, micro_batches, train
@@ -129,12 +129,12 @@ def test_runs_made_before_the_options_existed_still_resume(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"config": stored}))
     finished = {"round": 0, "n_labeled": 8, "accuracy": 50.0, "added": [], "selected": []}  # one finished round
     (tmp_path / "rounds.jsonl").write_text(json.dumps(finished) + "\n")
-    assert check_folder(tmp_path, cfg)  # the missing keys mean fp32, 1, off: this very configuration
-    assert check_folder(tmp_path, dataclasses.replace(cfg, gradient_checkpointing=True))  # memory only: may change
+    assert folder_resumes(tmp_path, cfg)  # the missing keys mean fp32, 1, off: this very configuration
+    assert folder_resumes(tmp_path, dataclasses.replace(cfg, gradient_checkpointing=True))  # memory only: may change
     with pytest.raises(StarloraError, match="another configuration .*dtype"):
-        check_folder(tmp_path, dataclasses.replace(cfg, dtype="bf16"))
+        folder_resumes(tmp_path, dataclasses.replace(cfg, dtype="bf16"))
     with pytest.raises(StarloraError, match="gradient_accumulation_steps"):
-        check_folder(tmp_path, dataclasses.replace(cfg, gradient_accumulation_steps=2))
+        folder_resumes(tmp_path, dataclasses.replace(cfg, gradient_accumulation_steps=2))
 
 
 def test_memory_estimate_counts_parameters_exactly_and_scales_with_the_options():

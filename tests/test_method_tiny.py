@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from helpers import lora_model
-from starlora.acquisition import REFERENCE_WARNING, BaseCache, acquisition_scores
+from starlora.acquisition import REFERENCE_WARNING, BaseScoreCache, acquisition_scores
 from starlora.data import Example
 from starlora.errors import StarloraWarning
 from starlora.models import tiny_random
@@ -138,18 +138,18 @@ def test_base_cache_scores_each_example_once(tmp_path):
         return acquisition_scores(star, model, tok, BOOLQ, examples, t=t, rounds=4, base_cache=cache, passes=2,
                                   settings=SMALL)["mu_b"]
 
-    cache = BaseCache(path, "tiny", BOOLQ, SMALL)
+    cache = BaseScoreCache(path, "tiny", BOOLQ, SMALL)
     first = mu_b(cache, EXAMPLES[:6])
     assert cache.computed == 6  # every candidate on first use
     with adapter_disabled(model):  # ... under the base model (adapter disabled)
         np.testing.assert_allclose(first, score(model, tok, BOOLQ, EXAMPLES[:6], settings=SMALL).measures["me"],
                                    rtol=1e-9)
     assert np.array_equal(mu_b(cache, EXAMPLES[:6], t=1), first) and cache.computed == 6  # a later round: none
-    reopened = BaseCache(path, "tiny", BOOLQ, SMALL)  # from disk: a resumed run recomputes nothing
+    reopened = BaseScoreCache(path, "tiny", BOOLQ, SMALL)  # from disk: a resumed run recomputes nothing
     assert np.array_equal(mu_b(reopened, EXAMPLES[:6]), first) and reopened.computed == 0
     grown = mu_b(reopened, EXAMPLES)  # the candidate set grows: only the two new examples are scored
     assert reopened.computed == 2 and np.array_equal(grown[:6], first)
-    other = BaseCache(path, "other-model", BOOLQ, SMALL)  # another model shares no entry
+    other = BaseScoreCache(path, "other-model", BOOLQ, SMALL)  # another model shares no entry
     mu_b(other, EXAMPLES[:3])
     assert other.computed == 3
 

@@ -12,7 +12,7 @@ from starlora import sweep as S
 from starlora.cli import main
 from starlora.config import MethodConfig, resolve, variant
 from starlora.errors import StarloraError
-from starlora.experiment import check_folder, run
+from starlora.experiment import folder_resumes, run
 from starlora.project import init
 from starlora.provenance import ORACLE_NOTE, code_revision
 from starlora.report import report
@@ -42,7 +42,7 @@ def test_the_committed_studies_plan_to_their_existing_folders(study):
     existing = {p.parent.resolve() for p in (top / "sst2").rglob("summary.json")}
     assert existing and existing <= set(planned)
     for folder in existing:
-        assert check_folder(folder, planned[folder].cfg) is True, folder
+        assert folder_resumes(folder, planned[folder].cfg) is True, folder
 
 
 def test_report_marks_every_oracle_row_and_pairs_it_with_random(tmp_path):
