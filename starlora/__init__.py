@@ -20,6 +20,7 @@ _EXPORTS = {  # name -> module
     "TrainSettings": "training", "attach_lora": "training", "train": "training",
     "ScoringSettings": "scoring", "score": "scoring",
     "get_strategy": "strategies", "select": "strategies", "STRATEGIES": "strategies",
+    "Strategy": "strategies", "register_strategy": "strategies",
     "Acquisition": "acquisition", "BaseScoreCache": "acquisition", "acquisition_scores": "acquisition",
     "evaluate": "evaluation", "report": "report", "StarloraError": "errors",
 }

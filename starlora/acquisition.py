@@ -14,7 +14,7 @@ from .config import MethodConfig, uses_mc_dropout
 from .errors import StarloraWarning
 from .cache import ExampleCache, digest
 from .scoring import ScoringSettings, score
-from .strategies import Strategy, measure_key, select
+from .strategies import Pick, Strategy
 
 REFERENCE_WARNING = ("--target reference scores the GOLD answers of the unlabeled pool, as the "
                      "official STAR code does; it reads labels a real pool does not have (simulation only)")
@@ -115,12 +115,15 @@ class Acquisition:
                                   schedule=self.cfg.schedule, normalisation=self.cfg.normalisation,
                                   reference=self.reference, seed=self.cfg.seed, settings=self.settings)
 
-    def select(self, ids, mu, n: int, taken, t: int) -> list[str]:
-        return select(ids, mu, n, taken, seed=RoundSeeds(self.cfg.seed, t).round_seed)
+    @property
+    def picker(self) -> Pick:
+        """How the batch is picked: the strategy's own pick, or the top spread over k-means clusters (--diversity)."""
+        return self.strategy.pick.spread(self.cfg.diversity_beta) if self.cfg.diversity != "none" \
+            else self.strategy.pick
 
     @property
     def needs_embeddings(self) -> bool:
-        return self.strategy.pick != "top" or self.cfg.diversity != "none"
+        return self.picker.needs_embeddings
 
     def query(self, model, tokenizer, task, candidates, labeled, n: int, t: int) -> tuple[list[str], dict]:
         """Round t's query of n from the candidates (none of them labeled) and the scores to record."""
@@ -128,24 +131,30 @@ class Acquisition:
         return self.pick(model, tokenizer, candidates, labeled, mu, n, t), mu
 
     def pick(self, model, tokenizer, candidates, labeled, mu: dict, n: int, t: int) -> list[str]:
-        """The n to label from the candidates (none of them labeled), given their scores `mu`: the top n, or a
-        batch-aware pick on the pool embeddings (`labeled`: the labeled examples, which core-set keeps away from).
-        For core-set and BADGE, mu["mu"] becomes what the pick reads: the distance to the labeled set, the gradient
-        embedding's norm."""
+        """The n to label from the candidates (none of them labeled), given their scores `mu`: the picker's choice,
+        seeded per round (`labeled`: the labeled examples, whose embeddings core-set keeps away from). A pick may
+        set mu["mu"] to what it read (core-set: the distance to the labeled set; BADGE: the gradient embedding's
+        norm)."""
+        picker = self.picker
+        embedded = _Embedded(self.embeddings, model, tokenizer, candidates, labeled) if picker.needs_embeddings \
+            else None
         ids = [ex.id for ex in candidates]
-        if not self.needs_embeddings:
-            return self.select(ids, mu["mu"], n, (), t)
-        from . import diversity
+        return [ids[i] for i in picker.choose(mu, n, RoundSeeds(self.cfg.seed, t).round_seed, embedded)]
 
-        seed = RoundSeeds(self.cfg.seed, t).round_seed
-        emb = self.embeddings.get(model, tokenizer, candidates)
-        if self.strategy.pick == "coreset":
-            order, mu["mu"] = diversity.kcenter_greedy(emb, self.embeddings.get(model, tokenizer, labeled), n, seed)
-        elif self.strategy.pick == "badge":
-            order, mu["mu"] = diversity.badge(mu.pop("probs"), emb, n, seed)
-        else:
-            order = diversity.cluster_spread(mu["mu"], emb, n, self.cfg.diversity_beta, seed)
-        return [ids[i] for i in order]
+
+class _Embedded:
+    """The pool embeddings a pick reads (strategies.Embedded): the candidates' computed at once (as a round always
+    has), the labeled examples' on first call."""
+
+    def __init__(self, cache: ExampleCache, model, tokenizer, candidates, labeled):
+        self.cache, self.model, self.tokenizer, self.examples = cache, model, tokenizer, labeled
+        self.vectors = cache.get(model, tokenizer, candidates)
+
+    def candidates(self) -> np.ndarray:
+        return self.vectors
+
+    def labeled(self) -> np.ndarray:
+        return self.cache.get(self.model, self.tokenizer, self.examples)
 
 
 def acquisition_scores(strategy: Strategy, model, tokenizer, task, candidates, *, t: int, rounds: int,
@@ -154,11 +163,11 @@ def acquisition_scores(strategy: Strategy, model, tokenizer, task, candidates, *
                        settings: ScoringSettings = ScoringSettings()) -> dict[str, np.ndarray]:
     """{'mu_b', 'mu_f', 'mu'} over the candidates (mu_b is NaN when the strategy does not use the base model)."""
     n = len(candidates)
-    if strategy.measure is None:
+    if not strategy.reads_model:
         return {"mu_b": np.full(n, np.nan), "mu_f": np.full(n, np.nan), "mu": random_scores(n, seed, t)}
     if reference:
         warnings.warn(REFERENCE_WARNING, StarloraWarning, stacklevel=2)
-    key = measure_key(strategy, length_norm)
+    key = strategy.measure_key(length_norm)
     mu_f, probs = [], []
     for start in range(0, n, ExampleCache.CHUNK):  # a pool-independent working set (token lists) per chunk
         part = candidates[start:start + ExampleCache.CHUNK]
@@ -175,6 +184,6 @@ def acquisition_scores(strategy: Strategy, model, tokenizer, task, candidates, *
     mu_b = base_cache.get(model, tokenizer, candidates)[key] if strategy.needs_base \
         else np.full(n, np.nan)
     out = {"mu_b": mu_b, "mu_f": mu_f, "mu": strategy.scores(mu_b, mu_f, t, rounds, schedule, normalisation)}
-    if strategy.pick == "badge":
+    if strategy.pick.needs_probs:
         out["probs"] = np.concatenate(probs)  # the deterministic pass's label distribution [N, C]
     return out

@@ -210,15 +210,15 @@ def check(cfg: MethodConfig) -> None:
                             "4/8 bits: use --mode lora")
     check_closed_options(cfg)
     strategy = get_strategy(cfg.strategy)
-    if getattr(cfg, "target", "own") == "reference" and strategy.measure is None:
+    if getattr(cfg, "target", "own") == "reference" and not strategy.reads_model:
         raise StarloraError(f"--target reference changes what an uncertainty reads; --strategy {cfg.strategy} reads "
                             "none, so it would only rename the baseline: leave --target at own")
-    if cfg.diversity != "none" and strategy.pick != "top":
+    if cfg.diversity != "none" and strategy.pick.spread(cfg.diversity_beta) is None:
         raise StarloraError(f"--diversity {cfg.diversity} spreads a score-based strategy; --strategy {cfg.strategy} "
-                            "already picks its batch for diversity")
-    if strategy.measure == "bald" and not uses_mc_dropout(cfg, strategy):
-        raise StarloraError("--strategy bald needs MC dropout (--mode lora, --k 2 or more, --lora-dropout > 0); "
-                            "without it the mutual information is 0 for every example")
+                            f"already picks its batch its own way ({strategy.pick.name})")
+    if strategy.reads_model and strategy.measure.needs_passes and not uses_mc_dropout(cfg, strategy):
+        raise StarloraError(f"--strategy {cfg.strategy} needs MC dropout (--mode lora, --k 2 or more, --lora-dropout > "
+                            f"0); without it {strategy.measure.meaning} is 0 for every example")
 
 
 def task_candidates(cfg) -> tuple[str, ...] | None | bool:

@@ -33,11 +33,10 @@ from .scoring import ScoringSettings, score
 from .masks import adapter_disabled
 from .tokens import join
 from .stopping import draw_stop_set, parse_stop_rule, stop_figures
-from .strategies import Strategy, get_strategy, one_pass_measure
+from .strategies import Strategy, get_strategy
 from .tasks import Task, get_task
 from .tracking import Tracking, run_name
 from .training import TrainSettings, attach_lora, train
-from .uncertainty import mixing_weight
 
 
 logger = logging.getLogger(__name__)
@@ -304,7 +303,7 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
         logger.info(f"FSDP over {parallel.world()[1]} processes: this one holds {held:,} of {total:,} parameters")
     reference = cfg.target == "reference"
     cache = BaseScoreCache(out / "base_scores.jsonl", cfg.model, task, settings, reference=reference)
-    measure = one_pass_measure(strategy, cfg.length_norm)
+    measure = strategy.one_pass_measure(cfg.length_norm)
     (out / "scores").mkdir(exist_ok=True)
     (out / "probe").mkdir(exist_ok=True)
     probe = [pool[i] for i in probe_ids]
@@ -361,7 +360,7 @@ def run_round(x: Experiment, t: int, labeled: list[str], added: list[str], previ
         selected, mu = x.acquisition.query(current, x.tokenizer, x.task, candidates, [x.pool[i] for i in labeled],
                                            cfg.query_size, t)
         ids = [ex.id for ex in candidates]
-        lam = mixing_weight(t, cfg.rounds, cfg.schedule) if x.strategy.combine == "mix" else None
+        lam = x.strategy.combine.weight(t, cfg.rounds, cfg.schedule)
         write_scores(out / "scores" / f"round_{t}.jsonl", ids, mu)
         times["score_s"] = time.time() - start
     if (t == cfg.rounds - 1 or stopped) and cfg.mode == "lora":

@@ -43,10 +43,9 @@ from .memory import preflight
 from .models import load_model
 from .scoring import score
 from .stopping import draw_stop_set, parse_stop_rule, stop_figures
-from .strategies import get_strategy, measure_key, one_pass_measure, select
+from .strategies import get_strategy, select
 from .tasks import get_task
 from .tracking import Tracking
-from .uncertainty import mixing_weight
 from .training import attach_lora
 
 logger = logging.getLogger(__name__)
@@ -216,9 +215,8 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
     ids = [ex.id for ex in candidates]
     settings, _ = method_settings(cfg, strategy)
     acquisition = Acquisition(strategy, cfg, settings, None)
-    cold = not labels and cfg.cold_start == "kmeans"
-    if random or not cold and ((strategy.measure is None and not acquisition.needs_embeddings) or
-                               (not adapters and strategy.measure == "bald")):
+    policy = query_policy(strategy, cfg, acquisition, bool(labels), bool(adapters), random)
+    if policy == "random":
         mu = random_scores(len(ids), cfg.seed, t)  # BALD of the base model alone is 0 everywhere: say it is random
         selected = select(ids, mu, n, asked, seed=RoundSeeds(cfg.seed, t).round_seed)
         how, shown = "random", {}
@@ -226,23 +224,24 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
         preflight(cfg, task)
         model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization)
         acquisition.base_cache = BaseScoreCache(project.folder / "base_scores.jsonl", cfg.model, task, settings)
-        if acquisition.needs_embeddings or cold:
+        if acquisition.needs_embeddings or policy == "k-means":
             acquisition.embeddings = EmbeddingCache(project.folder / "embeddings.jsonl", cfg.model, task, settings)
         prompts = {r["id"]: r["prompt"] for r in pool}
         labeled = [Example(r["id"], prompts[r["id"]], "", None) for r in labels]
-        key = measure_key(strategy, cfg.length_norm)
         mu, lam = None, None
-        if cold:  # a diverse first batch: needs no scores
+        if policy == "k-means":  # a diverse first batch: needs no scores
             vectors = acquisition.embeddings.get(model, tokenizer, candidates)
             selected = [ids[i] for i in kmeans_representatives(vectors, n, RoundSeeds(cfg.seed, t).round_seed)]
             how = "k-means cold start"
         else:
-            if not adapters and strategy.pick == "top" and key is not None:  # no labels yet: the base model alone
+            if policy == "base measure":  # no labels yet: the base model alone
+                key = strategy.measure_key(cfg.length_norm)
                 mu = {"mu": acquisition.base_cache.get(model, tokenizer, candidates)[key]}
                 how = f"base-model {key}"
-            elif not adapters:  # core-set from nothing, BADGE on the base model, random spread over clusters
+            elif policy == "base model":  # core-set from nothing, BADGE on the base model, random spread over clusters
                 mu = acquisition.scores(model, tokenizer, task, candidates, t)
-                how = "random" if key is None and strategy.pick == "top" else f"{strategy.name} on the base model"
+                how = "random" if not strategy.reads_model and not strategy.pick.needs_embeddings \
+                    else f"{strategy.name} on the base model"
             else:
                 from peft import PeftModel
 
@@ -272,6 +271,23 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
     return out
 
 
+def query_policy(strategy, cfg, acquisition, labeled: bool, trained: bool, random: bool = False) -> str:
+    """How a query chooses: "random" (--random; a strategy that reads no model and picks by score; a measure over MC
+    passes before any adapter, which would be 0 for every example), "k-means" (--cold-start kmeans before any
+    label), "adapter" (the last round's adapter scores, as in `starlora run`), or before any adapter, where a fresh
+    one would be the base model: "base measure" (the base model's uncertainty, cached) or "base model" (the
+    strategy's own scores and pick on the base model: core-set, BADGE, random spread over clusters)."""
+    cold = not labeled and cfg.cold_start == "kmeans"
+    zero = strategy.reads_model and strategy.measure.needs_passes and not trained
+    if random or not cold and ((not strategy.reads_model and not acquisition.needs_embeddings) or zero):
+        return "random"
+    if cold:
+        return "k-means"
+    if trained:
+        return "adapter"
+    return "base measure" if strategy.reads_model and not strategy.pick.needs_probs else "base model"
+
+
 def check_can_query(project, labels, adapters, queries) -> None:
     waiting = pending(queries, labels, adapters)
     if waiting:
@@ -289,9 +305,9 @@ def scoring_round(cfg, t: int) -> int:
 
 def query_lambda(project, t: int) -> float | None:
     """lambda(t) that query t mixes with (STAR's dynamic strategies, once an adapter exists); None otherwise."""
-    if project.strategy.combine != "mix" or t < 1:
+    if t < 1:
         return None
-    return mixing_weight(scoring_round(project.cfg, t), project.cfg.rounds, project.cfg.schedule)
+    return project.strategy.combine.weight(scoring_round(project.cfg, t), project.cfg.rounds, project.cfg.schedule)
 
 
 def guesses(model, tokenizer, task, settings, chosen: list[Example], ids: list[str], mu: dict | None) -> dict:
@@ -524,7 +540,7 @@ def train(folder, report_to=(), push_to_hub: str | None = None, command: str | N
         stop_scores = score(model, tokenizer, task, stop_examples, settings=settings, desc=f"round {t} stop set")
         last = adapters[-1] / "stop.json" if adapters else None
         record |= stop_figures(read_json(last) if last and last.exists() else None,
-                               stop_scores.predictions, stop_scores.measures[one_pass_measure(strategy, cfg.length_norm)])
+                               stop_scores.predictions, stop_scores.measures[strategy.one_pass_measure(cfg.length_norm)])
     if report_to:
         tracking = Tracking(report_to, f"{project.folder.name}/round{t}", project.folder, dataclasses.asdict(cfg))
         for loss in stats["step_losses"]:
@@ -620,17 +636,16 @@ def first_query_rule(strategy, cfg) -> str:
     base model (B = 0), so the base model's uncertainty chooses; the simulation's round 0 is random instead."""
     if cfg.cold_start == "kmeans":
         return "k-means over the pool embeddings (--cold-start kmeans), the example nearest each centroid"
-    if strategy.pick == "coreset":
-        return "core-set from nothing: a seeded random first example, then each farthest from those chosen"
-    if strategy.pick == "badge":
-        return "BADGE on the base model's label distribution (k-means++ seeding on gradient embeddings)"
+    if strategy.pick.first_query:
+        return strategy.pick.first_query
     spread = "" if cfg.diversity == "none" else \
         f", spread over k-means clusters of the best {cfg.diversity_beta:g} x query size"
-    if strategy.measure is None:
+    if not strategy.reads_model:
         return "random (the strategy is random)" + spread
-    if strategy.measure == "bald":
-        return "random in effect: BALD needs MC dropout on a trained adapter, so the base model's BALD is 0 for all"
-    return (f"the base model's {strategy.measure.upper()} (a fresh adapter is the base model){spread}; "
+    name = strategy.measure.name.upper()
+    if strategy.measure.needs_passes:
+        return f"random in effect: {name} needs MC dropout on a trained adapter, so the base model's {name} is 0 for all"
+    return (f"the base model's {name} (a fresh adapter is the base model){spread}; "
             f"add --random to choose at random, as starlora run's round 0 does")
 
 

@@ -24,6 +24,7 @@ from .config import LEGACY, variant
 from .errors import StarloraError, StarloraWarning
 from .files import read_json, read_rounds, write_atomic
 from .provenance import ORACLE_NOTE, UNRECORDED, revision_label
+from .strategies import BASELINE
 
 # what may differ inside a group (a row is a config.variant: strategy with its selection options); everything else in
 # config.json must agree (target: an oracle row, star-me+oracle-reference, compares with the random runs it pairs with)
@@ -125,9 +126,9 @@ def table(runs, target_deltas=TARGET_DELTAS) -> list[dict]:
     are the oracle (--target reference). Random rows first in each group."""
     rows = []
     for g in group_runs(runs):
-        baseline = [r for r in g["runs"] if r["strategy"] == "random"]
+        baseline = [r for r in g["runs"] if r["strategy"] == BASELINE]
         random_auc = np.mean([r["auc"] for r in baseline]) if baseline else None
-        for strategy in sorted({r["strategy"] for r in g["runs"]}, key=lambda s: (s != "random", s)):
+        for strategy in sorted({r["strategy"] for r in g["runs"]}, key=lambda s: (s != BASELINE, s)):
             rs = [r for r in g["runs"] if r["strategy"] == strategy]
             row = {"task": g["task"], "group": g["label"], "slug": g["slug"], "strategy": strategy, "seeds": len(rs),
                    "metric": metric_of(rs),
@@ -135,7 +136,7 @@ def table(runs, target_deltas=TARGET_DELTAS) -> list[dict]:
                    "auc": metrics.mean_std_ci([r["auc"] for r in rs]), "ripl": None, "delta_auc": None}
             if baseline:
                 row["ripl"] = metrics.mean_std_ci([metrics.ripl(r["auc"], random_auc) for r in rs])
-            if baseline and strategy != "random":
+            if baseline and strategy != BASELINE:
                 mine, theirs = _auc_by_seed(rs), _auc_by_seed(baseline)
                 seeds = sorted(mine.keys() & theirs.keys())
                 row["delta_auc"] = metrics.paired_delta([mine[s] for s in seeds], [theirs[s] for s in seeds])
@@ -222,7 +223,7 @@ def _fmt(stat) -> str:
 def _fmt_delta(row) -> tuple[str, str]:
     """(ΔAUC mean [95% CI], wins) cells of a row."""
     d = row["delta_auc"]
-    if row["strategy"] == "random":
+    if row["strategy"] == BASELINE:
         return "—", "—"
     if d is None:
         return NO_RANDOM, "—"

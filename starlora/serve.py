@@ -205,7 +205,7 @@ def state(folder) -> dict:
             "how": last.get("how", "?"), "lambda": last.get("lambda"), "file": last["file"],
             "trained": len(adapters) >= len(queries)},
         "next_lambda": P.query_lambda(project, len(queries)),
-        "mixes": project.strategy.combine == "mix",
+        "mixes": project.strategy.combine.mixes,
         "can_train": not waiting and bool(labels) and (not records or records[-1]["n_labels"] < len(labels)),
         "can_query": not waiting and not (labels and len(adapters) < len(queries)),
         "stopping": P.stopping_advice(project, records),
