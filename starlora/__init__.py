@@ -16,7 +16,7 @@ logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 _EXPORTS = {  # name -> module
     "load_model": "models", "get_task": "tasks", "load_data": "data", "Example": "data",
     "MethodConfig": "config", "RunConfig": "config", "resolve": "config", "PROTOCOLS": "config",
-    "run": "experiment", "run_seeds": "experiment", "method_settings": "experiment",
+    "run": "experiment", "run_seeds": "experiment", "method_settings": "rounds",
     "TrainSettings": "training", "attach_lora": "training", "train": "training",
     "ScoringSettings": "scoring", "score": "scoring",
     "get_strategy": "strategies", "select": "strategies", "STRATEGIES": "strategies",

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import __version__, metrics, parallel
+from . import metrics, parallel
 from .acquisition import Acquisition, BaseScoreCache, subsample
-from .config import (LEGACY, PROTOCOLS, RESUMABLE_CHANGES, MethodConfig, RunConfig, parse_class_ratio, resolve,
+from .config import (LEGACY, PROTOCOLS, RESUMABLE_CHANGES, RunConfig, parse_class_ratio, resolve,
                      uses_mc_dropout, variant)
 from .data import Example, imbalanced_pool, load_data
 from .card import push, write_card
@@ -25,33 +25,22 @@ from .embeddings import EmbeddingCache
 from .errors import StarloraError
 from .evaluation import evaluate
 from .files import RESUMED_ROUND, check_out_folder, read_json, read_rounds, write_json, write_jsonl
-from .hardware import bf16_frozen_linears, device, resolve_precision
 from .memory import preflight
 from .models import load_model
-from .provenance import ORACLE_NOTE, code_revision
+from .provenance import ORACLE_NOTE, code_revision, versions
 from .scoring import ScoringSettings, score
 from .masks import adapter_disabled
 from .tokens import join
-from .stopping import draw_stop_set, parse_stop_rule, stop_figures
+from .stopping import draw_stop_set, parse_stop_rule
 from .strategies import Strategy, get_strategy
 from .tasks import Task, get_task
 from .tracking import Tracking, run_name
-from .training import TrainSettings, attach_lora, train
+from .rounds import Round, fresh_adapter, method_settings
+from .training import TrainSettings, attach_lora
 
 
 logger = logging.getLogger(__name__)
 __all__ = ["PROTOCOLS", "RunConfig", "resolve", "run", "run_seeds", "method_settings", "uses_mc_dropout"]
-
-
-def versions() -> dict:
-    """What made a run or project: package versions, device, and the code revision (git commit and dirty flag, or
-    the version with a hash of the source; provenance.code_revision)."""
-    import peft
-    import transformers
-
-    return {"starlora": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "device": str(device()), "processes": parallel.world()[1],
-            "sharded": parallel.sharded(), "revision": code_revision()}  # the code that made it (provenance.py)
 
 
 RUN_FILES = ("config.json", "rounds.jsonl", "summary.json", "base_scores.jsonl", "base_scores.json", "embeddings.jsonl",
@@ -102,22 +91,6 @@ def open_folder(out: Path, cfg: RunConfig, resume: bool) -> list[dict]:
         write_json(out / "config.json", {"config": dataclasses.asdict(cfg), "versions": versions()})
     parallel.barrier()
     return read_rounds(out, RESUMED_ROUND) if resume else []
-
-
-def method_settings(cfg: MethodConfig, strategy) -> tuple[ScoringSettings, TrainSettings]:
-    """Scoring and training settings of a configuration (shared by `run` and the human-loop project)."""
-    precision = resolve_precision(cfg.precision, device())
-    decay = (strategy.b_decay or cfg.force_b_decay) and cfg.mode == "lora"
-    scoring = ScoringSettings(batch_size=cfg.score_batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
-                              max_answer_tokens=cfg.max_answer_tokens, max_new_tokens=cfg.max_new_tokens,
-                              precision=precision)
-    training = TrainSettings(
-        mode=cfg.mode, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lr=cfg.lr,
-        epochs=cfg.epochs, batch_size=cfg.batch_size, b_decay=cfg.b_decay if decay else 0.0, seed=cfg.seed,
-        max_prompt_tokens=cfg.max_prompt_tokens, max_answer_tokens=cfg.max_answer_tokens,
-        group_by_length=cfg.group_by_length, precision=precision,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, gradient_checkpointing=cfg.gradient_checkpointing)
-    return scoring, training
 
 
 def draw_probe_and_initial(pool_ids: list[str], cfg: RunConfig) -> tuple[list[str], list[str]]:
@@ -177,19 +150,18 @@ class Experiment:
         (hardware.bf16_frozen_linears: the same numbers, no cast per call). PEFT would round a new adapter's initial
         weights to that dtype, so later rounds restore the ones the first round drew on the fp32 base."""
         if self.base_state is None:
-            current = attach_lora(self.model, self.training)
-            if self.lora_init is None:
+            current = fresh_adapter(self.model, self.training, self.cfg.quantization, self.lora_init)
+            if self.lora_init is None:  # what the cast leaves alone: the adapter's weights, as attach_lora drew them
                 self.lora_init = {k: v.detach().clone() for k, v in current.state_dict().items() if "lora_" in k}
-            else:
-                current.load_state_dict(self.lora_init, strict=False)
-            if not parallel.distributed() and self.cfg.quantization == "none":
-                bf16_frozen_linears(current, self.training.precision)
             return current
         if parallel.sharded():
             parallel.load_full_state(self.model, self.base_state)
         else:
             self.model.load_state_dict(self.base_state)
         return self.model
+
+    def round(self, t: int) -> Round:
+        return Round(t, self.task, self.tokenizer, self.acquisition, self.training)
 
     def release(self, current) -> None:
         if self.base_state is None:
@@ -332,21 +304,21 @@ def run_round(x: Experiment, t: int, labeled: list[str], added: list[str], previ
     """Round t: train a fresh model on the labeled set, evaluate, record the probe and the stop set and (except in
     the last round, or when --stop-when holds after `previous` rounds and this one) score the candidates and select
     the next query. Returns the round's record."""
-    cfg, out, times = x.cfg, x.out, {}
+    cfg, out, times, step = x.cfg, x.out, {}, x.round(t)
     start = time.time()
     current = x.fresh_model()
-    stats = train(current, x.tokenizer, [x.pool[i] for i in labeled], x.training, desc=f"round {t} training")
+    stats = step.train(current, [x.pool[i] for i in labeled])
     times["train_s"] = time.time() - start
     for loss in stats["step_losses"] if x.tracking else ():
         x.tracking.training_step(loss)
     start = time.time()
-    result = evaluate(current, x.tokenizer, x.task, x.test, x.settings, desc=f"round {t} evaluating")
+    result = step.evaluate(current, x.test)
     times["eval_s"] = time.time() - start
     probe_ids = [ex.id for ex in x.probe]
     if x.probe:
         probe = score(current, x.tokenizer, x.task, x.probe, settings=x.settings, desc=f"round {t} probe")
         write_json(out / "probe" / f"round_{t}.json", dict(zip(probe_ids, probe.measures[x.measure].tolist())))
-    figures = stop_set_figures(x, current, t)
+    figures = stop_set_figures(x, step, current)
     rule = parse_stop_rule(cfg.stop_when)
     # the last planned round ends the run anyway: "stopped" means ended early
     stopped = bool(rule and t < cfg.rounds - 1 and rule.holds([*previous, {"round": t, **figures}]))
@@ -357,10 +329,8 @@ def run_round(x: Experiment, t: int, labeled: list[str], added: list[str], previ
         taken = set(labeled) | set(probe_ids) | {ex.id for ex in x.stop}
         candidates = subsample([ex for ex in x.pool.values() if ex.id not in taken], cfg.candidate_subsample,
                                cfg.seed, t)
-        selected, mu = x.acquisition.query(current, x.tokenizer, x.task, candidates, [x.pool[i] for i in labeled],
-                                           cfg.query_size, t)
+        selected, mu, lam = step.query(current, candidates, [x.pool[i] for i in labeled], cfg.query_size)
         ids = [ex.id for ex in candidates]
-        lam = x.strategy.combine.weight(t, cfg.rounds, cfg.schedule)
         write_scores(out / "scores" / f"round_{t}.jsonl", ids, mu)
         times["score_s"] = time.time() - start
     if (t == cfg.rounds - 1 or stopped) and cfg.mode == "lora":
@@ -381,17 +351,14 @@ def run_round(x: Experiment, t: int, labeled: list[str], added: list[str], previ
             **classes, **figures, **({"stopped": True} if stopped else {})}
 
 
-def stop_set_figures(x: Experiment, current, t: int) -> dict:
-    """Round t's stopping figures (stopping.py) from the current model's predictions on the stop set; each round's
-    predictions are kept in stop/round_T.json for the next round's kappa (and a resumed run's)."""
+def stop_set_figures(x: Experiment, step: Round, current) -> dict:
+    """The round's stopping figures (Round.stop_set); each round's predictions are kept in stop/round_T.json for the
+    next round's kappa (and a resumed run's)."""
     if not x.stop:
         return {}
-    scores = score(current, x.tokenizer, x.task, x.stop, settings=x.settings, desc=f"round {t} stop set")
-    previous = x.out / "stop" / f"round_{t - 1}.json"
-    figures = stop_figures(read_json(previous) if t and previous.exists() else None,
-                           scores.predictions, scores.measures[x.measure])
-    write_json(x.out / "stop" / f"round_{t}.json", {"ids": [ex.id for ex in x.stop], "predictions": scores.predictions,
-                                                    "mean": figures["stop_uncertainty"]})
+    t, previous = step.t, x.out / "stop" / f"round_{step.t - 1}.json"
+    figures, kept = step.stop_set(current, x.stop, read_json(previous) if t and previous.exists() else None)
+    write_json(x.out / "stop" / f"round_{t}.json", kept)
     return figures
 
 

@@ -27,7 +27,6 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from . import training
 from .acquisition import Acquisition, BaseScoreCache, RoundSeeds, random_scores
 from .card import push, write_card
 from .config import LEGACY, MethodConfig
@@ -35,18 +34,17 @@ from .data import Example, make_examples, read_rows, row_id
 from .diversity import kmeans_representatives
 from .embeddings import EmbeddingCache
 from .errors import StarloraError
-from .evaluation import evaluate
-from .experiment import method_settings, versions
 from .files import append_jsonl, read_json, read_jsonl, write_atomic, write_json, write_jsonl
 from .hardware import bf16_frozen_linears
 from .memory import preflight
 from .models import load_model
+from .provenance import versions
+from .rounds import Round, fresh_adapter, method_settings
 from .scoring import score
-from .stopping import draw_stop_set, parse_stop_rule, stop_figures
+from .stopping import draw_stop_set, parse_stop_rule
 from .strategies import get_strategy, select
 from .tasks import get_task
 from .tracking import Tracking
-from .training import attach_lora
 
 logger = logging.getLogger(__name__)
 FORMATS = {"jsonl": ".jsonl", "csv": ".csv", "labelstudio": ".json"}
@@ -213,7 +211,7 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
         n = len(candidates)
     t = len(queries)  # this query's round; round t-1's adapter is the current model
     ids = [ex.id for ex in candidates]
-    settings, _ = method_settings(cfg, strategy)
+    settings, train_settings = method_settings(cfg, strategy)
     acquisition = Acquisition(strategy, cfg, settings, None)
     policy = query_policy(strategy, cfg, acquisition, bool(labels), bool(adapters), random)
     if policy == "random":
@@ -234,28 +232,27 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
             selected = [ids[i] for i in kmeans_representatives(vectors, n, RoundSeeds(cfg.seed, t).round_seed)]
             how = "k-means cold start"
         else:
-            if policy == "base measure":  # no labels yet: the base model alone
-                key = strategy.measure_key(cfg.length_norm)
-                mu = {"mu": acquisition.base_cache.get(model, tokenizer, candidates)[key]}
-                how = f"base-model {key}"
-            elif policy == "base model":  # core-set from nothing, BADGE on the base model, random spread over clusters
-                mu = acquisition.scores(model, tokenizer, task, candidates, t)
-                how = "random" if not strategy.reads_model and not strategy.pick.needs_embeddings \
-                    else f"{strategy.name} on the base model"
-            else:
+            if policy == "adapter":  # round t-1's adapter, lambda(t-1): the round's query, as in starlora run
                 from peft import PeftModel
 
                 model = PeftModel.from_pretrained(model, str(adapters[-1])).eval()
                 if cfg.quantization == "none":
                     bf16_frozen_linears(model, settings.precision)
-                mu = acquisition.scores(model, tokenizer, task, candidates, scoring_round(cfg, t))
-                how = f"{strategy.name} with round {t - 1}'s adapter"
-                lam = query_lambda(project, t)
-                if lam is not None:
-                    how += f", lambda {lam:.3f}"
+                step = Round(scoring_round(cfg, t), task, tokenizer, acquisition, train_settings)
+                selected, mu, lam = step.query(model, candidates, labeled, n, pick_round=t)
+                how = f"{strategy.name} with round {t - 1}'s adapter" + ("" if lam is None else f", lambda {lam:.3f}")
+            else:
+                if policy == "base measure":  # no labels yet: the base model alone
+                    key = strategy.measure_key(cfg.length_norm)
+                    mu = {"mu": acquisition.base_cache.get(model, tokenizer, candidates)[key]}
+                    how = f"base-model {key}"
+                else:  # core-set from nothing, BADGE on the base model, random spread over clusters
+                    mu = acquisition.scores(model, tokenizer, task, candidates, t)
+                    how = "random" if not strategy.reads_model and not strategy.pick.needs_embeddings \
+                        else f"{strategy.name} on the base model"
+                selected = acquisition.pick(model, tokenizer, candidates, labeled, mu, n, t)
             if cfg.diversity != "none":
                 how += f", spread over k-means clusters (beta {cfg.diversity_beta:g})"
-            selected = acquisition.pick(model, tokenizer, candidates, labeled, mu, n, t)
         shown = guesses(model, tokenizer, task, settings, [c for c in candidates if c.id in set(selected)], ids, mu)
         shown["lambda"] = lam
     fields = {r["id"]: r for r in pool}
@@ -524,23 +521,21 @@ def train(folder, report_to=(), push_to_hub: str | None = None, command: str | N
     t = len(adapters)
     preflight(cfg, task)
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization)
-    model = attach_lora(model, train_settings)
-    if cfg.quantization == "none":
-        bf16_frozen_linears(model, train_settings.precision)  # the same numbers as autocast's casts, made once
-    stats = training.train(model, tokenizer, examples, train_settings, desc=f"round {t} training")
+    step = Round(t, task, tokenizer, Acquisition(strategy, cfg, settings, None), train_settings)
+    model = fresh_adapter(model, train_settings, cfg.quantization)
+    stats = step.train(model, examples)
     record = {"round": t, "n_labels": len(labels), "train_loss": stats["loss"], "train_s": stats["seconds"]}
     if left_out:  # honest about a round trained before its query was fully labeled
         record["partial"] = {"asked": len(queries[-1]["ids"]), "unlabeled": len(left_out)}
     test = project.test()
     if test:
-        result = evaluate(model, tokenizer, task, test, settings, desc=f"round {t} held-out")
+        result = step.evaluate(model, test)
         record |= {k: result[k] for k in ("accuracy", "ece", "brier") if k in result}
     stop_examples = [Example(i, prompts[i], "", None) for i in stop_set(project)]
     if stop_examples:  # the stopping criteria: this adapter's predictions on the stop set against the last one's
-        stop_scores = score(model, tokenizer, task, stop_examples, settings=settings, desc=f"round {t} stop set")
         last = adapters[-1] / "stop.json" if adapters else None
-        record |= stop_figures(read_json(last) if last and last.exists() else None,
-                               stop_scores.predictions, stop_scores.measures[strategy.one_pass_measure(cfg.length_norm)])
+        figures, kept = step.stop_set(model, stop_examples, read_json(last) if last and last.exists() else None)
+        record |= figures
     if report_to:
         tracking = Tracking(report_to, f"{project.folder.name}/round{t}", project.folder, dataclasses.asdict(cfg))
         for loss in stats["step_losses"]:
@@ -555,8 +550,7 @@ def train(folder, report_to=(), push_to_hub: str | None = None, command: str | N
     curve = [{"round": r["round"], "labeled": r["n_labels"], "accuracy": r.get("accuracy")} for r in earlier + [record]]
     write_card(tmp, cfg, curve, command, f"{project.folder.name}: round {t}")
     if stop_examples:
-        write_json(tmp / "stop.json", {"ids": [ex.id for ex in stop_examples], "predictions": stop_scores.predictions,
-                                       "mean": record["stop_uncertainty"]})
+        write_json(tmp / "stop.json", kept)
     write_json(tmp / "train.json", record)
     with locked(project):  # a label trained on and undone meanwhile would make this adapter a lie
         now = {r["id"]: r["answer"] for r in project.labels()}

@@ -70,3 +70,18 @@ def revision_label(revision: dict | None) -> str:
     if revision.get("version"):
         return f"{revision['version']}+src:{source}"
     return UNRECORDED
+
+
+def versions() -> dict:
+    """What made a run or project (config.json and project.json "versions"): package versions, device, processes,
+    and the code revision (git commit and dirty flag, or the version with a hash of the source; code_revision)."""
+    import peft
+    import torch
+    import transformers
+
+    from . import __version__, parallel
+    from .hardware import device
+
+    return {"starlora": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "device": str(device()), "processes": parallel.world()[1],
+            "sharded": parallel.sharded(), "revision": code_revision()}

@@ -86,7 +86,7 @@ def test_outside_a_checkout_the_version_and_a_hash_of_the_source(tmp_path):
 
 
 def test_this_checkout_and_versions_record_the_revision():
-    from starlora.experiment import versions
+    from starlora.provenance import versions
 
     revision = code_revision()
     assert set(revision) in ({"commit", "dirty", "source_sha256"}, {"version", "source_sha256"})
