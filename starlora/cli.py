@@ -211,7 +211,7 @@ def cmd_report(args) -> None:
 
 
 def cmd_init(args) -> None:
-    from .project import init, refuse_target
+    from .human_loop.project import init, refuse_target
 
     refuse_target(args.target)
     cfg = resolve("paper", MethodConfig, **config_values(args, MethodConfig, skip={"strategy"}),
@@ -220,32 +220,32 @@ def cmd_init(args) -> None:
 
 
 def cmd_query(args) -> None:
-    from .project import query
+    from .human_loop.project import query
 
     query(args.dir, args.n, args.format, random=args.random)
 
 
 def cmd_label(args) -> None:
-    from .project import label
+    from .human_loop.project import label
 
     label(args.dir, args.file)
 
 
 def cmd_train(args) -> None:
-    from .project import train
+    from .human_loop.project import train
 
     train(args.dir, report_to=parse_report_to(args.report_to), push_to_hub=args.push_to_hub,
           command=args.command_line, partial=args.partial)
 
 
 def cmd_status(args) -> None:
-    from .project import status
+    from .human_loop.project import status
 
     print(status(args.dir))
 
 
 def cmd_serve(args) -> None:
-    from .serve import serve
+    from .human_loop.serve import serve
 
     serve(args.dir, args.host, args.port)
 

@@ -26,3 +26,17 @@ def test_attach_lora_takes_peft_config_and_matches_train_settings():
 
 def test_dir_lists_the_lazily_exported_names():
     assert set(starlora.__all__) <= set(dir(starlora))
+
+
+def test_the_human_loop_is_a_package_that_imports_nothing_from_the_simulation():
+    import subprocess
+    import sys
+
+    code = ("import sys, starlora.human_loop.project, starlora.human_loop.serve, starlora.human_loop.labelstudio; "
+            "print(sorted(m for m in sys.modules if m == 'starlora.experiment'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    from starlora import project, serve
+    from starlora.human_loop import project as moved_project, serve as moved_serve
+
+    assert project is moved_project and serve is moved_serve  # the old import paths are the same modules

@@ -224,17 +224,19 @@ def test_labels_undone_while_training_keep_the_adapter_out(proj, monkeypatch):
     ids = P.open_project(proj).queries()[0]["ids"]
     for i in ids:
         P.label_one(proj, i, GOLD[i])
-    real = P.training.train
+    from starlora import rounds
+
+    real = rounds.train  # what Round.train calls, in both loops
 
     def undo_meanwhile(*args, **kwargs):  # another process undoes a label this round is training on
         P.unlabel(proj, ids[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(P.training, "train", undo_meanwhile)
+    monkeypatch.setattr(rounds, "train", undo_meanwhile)
     with pytest.raises(P.StarloraError, match="undone or changed while round 0 trained; nothing saved"):
         P.train(proj)
     assert not (proj / "adapters" / "round_0").exists() and P.open_project(proj).adapters() == []
-    monkeypatch.setattr(P.training, "train", real)
+    monkeypatch.setattr(rounds, "train", real)
     P.label_one(proj, ids[0], GOLD[ids[0]])
     assert P.train(proj).name == "round_0"
 

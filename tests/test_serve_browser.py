@@ -48,18 +48,18 @@ def browser():
 def held_training(monkeypatch):
     """An event: training (in this process) halts half-way until it is set, so the test can watch the progress bar
     and click train again however fast the machine is."""
-    import starlora.tokens
+    import starlora.progress
 
     release = threading.Event()
 
-    class Held(starlora.tokens.tqdm):
+    class Held(starlora.progress.tqdm):
         def update(self, n=1):
             done = super().update(n)
             if "training" in str(self.desc) and self.n >= (self.total or 0) // 2:
                 release.wait(120)
             return done
 
-    monkeypatch.setattr(starlora.tokens, "tqdm", Held)
+    monkeypatch.setattr(starlora.progress, "tqdm", Held)
     yield release
     release.set()
 
