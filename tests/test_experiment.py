@@ -207,13 +207,13 @@ def test_precision_is_stored_resolved(files, tmp_path):
 def test_bf16_frozen_weights_change_no_number(files, tmp_path, monkeypatch):
     """Under bf16 autocast the frozen linear weights are stored in bf16 once (hardware.bf16_frozen_linears) instead
     of cast on every call: a whole run gives the same numbers to the bit as with the casts."""
-    from starlora import experiment
+    from starlora import rounds  # rounds.fresh_adapter casts, for the simulation and the human loop alike
 
-    counts, real = [], experiment.bf16_frozen_linears
-    monkeypatch.setattr(experiment, "bf16_frozen_linears", lambda model, precision: counts.append(real(model, precision)))
+    counts, real = [], rounds.bf16_frozen_linears
+    monkeypatch.setattr(rounds, "bf16_frozen_linears", lambda model, precision: counts.append(real(model, precision)))
     cast = run(tiny_cfg(files, precision="bf16"), tmp_path / "cast")
     assert len(counts) == 3 and counts[0] > 0 and counts[1:] == [0, 0]  # cast once, in the first round; kept after
-    monkeypatch.setattr(experiment, "bf16_frozen_linears", lambda model, precision: 0)
+    monkeypatch.setattr(rounds, "bf16_frozen_linears", lambda model, precision: 0)
     plain = run(tiny_cfg(files, precision="bf16"), tmp_path / "plain")
     strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rs]  # noqa: E731
     assert strip(read_jsonl(tmp_path / "cast" / "rounds.jsonl")) == strip(read_jsonl(tmp_path / "plain" / "rounds.jsonl"))
