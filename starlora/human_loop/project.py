@@ -191,7 +191,7 @@ def init(folder, cfg: MethodConfig, pool_file, test_file=None) -> Project:
 def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
     """Choose the next n examples to label and write them to a file (returned). See the module docstring."""
     project = open_project(folder)
-    cfg, task, strategy = project.cfg, project.task, project.strategy
+    cfg, task = project.cfg, project.task
     if fmt not in FORMATS:
         raise StarloraError(f"unknown --format {fmt!r}: choose {', '.join(FORMATS)}")
     if n < 1:
@@ -208,52 +208,9 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
         logger.warning(f"only {len(candidates)} unasked example(s) left; querying all of them instead of {n}")
         n = len(candidates)
     t = len(queries)  # this query's round; round t-1's adapter is the current model
-    ids = [ex.id for ex in candidates]
-    settings, train_settings = method_settings(cfg, strategy)
-    acquisition = Acquisition(strategy, cfg, settings, None)
-    policy = query_policy(strategy, cfg, acquisition, bool(labels), bool(adapters), random)
-    if policy == "random":
-        mu = random_scores(len(ids), cfg.seed, t)  # BALD of the base model alone is 0 everywhere: say it is random
-        selected = select(ids, mu, n, asked, seed=RoundSeeds(cfg.seed, t).round_seed)
-        how, shown = "random", {}
-    else:
-        preflight(cfg, task)
-        model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization)
-        acquisition.base_cache = BaseScoreCache(project.folder / "base_scores.jsonl", cfg.model, task, settings)
-        if acquisition.needs_embeddings or policy == "k-means":
-            acquisition.embeddings = EmbeddingCache(project.folder / "embeddings.jsonl", cfg.model, task, settings)
-        prompts = {r["id"]: r["prompt"] for r in pool}
-        labeled = [Example(r["id"], prompts[r["id"]], "", None) for r in labels]
-        mu, lam = None, None
-        if policy == "k-means":  # a diverse first batch: needs no scores
-            vectors = acquisition.embeddings.get(model, tokenizer, candidates)
-            selected = [ids[i] for i in kmeans_representatives(vectors, n, RoundSeeds(cfg.seed, t).round_seed)]
-            how = "k-means cold start"
-        else:
-            if policy == "adapter":  # round t-1's adapter, lambda(t-1): the round's query, as in starlora run
-                from peft import PeftModel
-
-                model = PeftModel.from_pretrained(model, str(adapters[-1])).eval()
-                if cfg.quantization == "none":
-                    bf16_frozen_linears(model, settings.precision)
-                step = Round(scoring_round(cfg, t), task, tokenizer, acquisition, train_settings)
-                selected, mu, lam = step.query(model, candidates, labeled, n, pick_round=t)
-                how = f"{strategy.name} with round {t - 1}'s adapter" + ("" if lam is None else f", lambda {lam:.3f}")
-            else:
-                if policy == "base measure":  # no labels yet: the base model alone
-                    key = strategy.measure_key(cfg.length_norm)
-                    mu = {"mu": acquisition.base_cache.get(model, tokenizer, candidates)[key]}
-                    how = f"base-model {key}"
-                else:  # core-set from nothing, BADGE on the base model, random spread over clusters
-                    mu = acquisition.scores(model, tokenizer, task, candidates, t)
-                    how = "random" if not strategy.reads_model and not strategy.pick.needs_embeddings \
-                        else f"{strategy.name} on the base model"
-                selected = acquisition.pick(model, tokenizer, candidates, labeled, mu, n, t)
-            if cfg.diversity != "none":
-                how += f", spread over k-means clusters (beta {cfg.diversity_beta:g})"
-        shown = guesses(model, tokenizer, task, settings, [c for c in candidates if c.id in set(selected)], ids, mu)
-        shown["lambda"] = lam
     fields = {r["id"]: r for r in pool}
+    labeled = [Example(r["id"], fields[r["id"]]["prompt"], "", None) for r in labels]
+    selected, how, shown = choose(project, candidates, labeled, adapters, n, t, random)
     out = project.folder / "queries" / f"round_{t}{FORMATS[fmt]}"
     out.parent.mkdir(exist_ok=True)
     write_atomic(out, export(task, [fields[i] for i in selected], fmt, cfg.answer_field))
@@ -264,6 +221,59 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
     logger.info(f"round {t}: {len(selected)} example(s) chosen by {how}; label them in:")
     logger.info(str(out))
     return out
+
+
+def choose(project, candidates: list[Example], labeled: list[Example], adapters: list[Path], n: int, t: int,
+           random: bool = False) -> tuple[list[str], str, dict]:
+    """Query t: the n ids chosen from the candidates (all unasked), how they were chosen, and what the page shows
+    beside them (the scores, the model's guesses, lambda). The policy (query_policy) decides what scores them."""
+    cfg, task, strategy = project.cfg, project.task, project.strategy
+    ids = [ex.id for ex in candidates]
+    settings, train_settings = method_settings(cfg, strategy)
+    acquisition = Acquisition(strategy, cfg, settings, None)
+    policy = query_policy(strategy, cfg, acquisition, bool(labeled), bool(adapters), random)
+    if policy == "random":  # BALD of the base model alone is 0 everywhere: say it is random
+        return select(ids, random_scores(len(ids), cfg.seed, t), n, (), seed=RoundSeeds(cfg.seed, t).round_seed), \
+            "random", {}
+    preflight(cfg, task)
+    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization)
+    acquisition.base_cache = BaseScoreCache(project.folder / "base_scores.jsonl", cfg.model, task, settings)
+    if acquisition.needs_embeddings or policy == "k-means":
+        acquisition.embeddings = EmbeddingCache(project.folder / "embeddings.jsonl", cfg.model, task, settings)
+    mu, lam = None, None
+    if policy == "k-means":  # a diverse first batch: needs no scores
+        vectors = acquisition.embeddings.get(model, tokenizer, candidates)
+        selected = [ids[i] for i in kmeans_representatives(vectors, n, RoundSeeds(cfg.seed, t).round_seed)]
+        how = "k-means cold start"
+    elif policy == "adapter":  # round t-1's adapter, lambda(t-1): the round's query, as in starlora run
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapters[-1])).eval()
+        if cfg.quantization == "none":
+            bf16_frozen_linears(model, settings.precision)
+        step = Round(scoring_round(cfg, t), task, tokenizer, acquisition, train_settings)
+        selected, mu, lam = step.query(model, candidates, labeled, n, pick_round=t)
+        how = f"{strategy.name} with round {t - 1}'s adapter" + ("" if lam is None else f", lambda {lam:.3f}")
+    else:  # before any adapter: the base model
+        mu, how = base_model_scores(policy, acquisition, task, model, tokenizer, candidates, t)
+        selected = acquisition.pick(model, tokenizer, candidates, labeled, mu, n, t)
+    if policy != "k-means" and cfg.diversity != "none":
+        how += f", spread over k-means clusters (beta {cfg.diversity_beta:g})"
+    shown = guesses(model, tokenizer, task, settings, [c for c in candidates if c.id in set(selected)], ids, mu)
+    return selected, how, shown | {"lambda": lam}
+
+
+def base_model_scores(policy: str, acquisition, task, model, tokenizer, candidates, t: int) -> tuple[dict, str]:
+    """Before any adapter: the base model's cached uncertainty ("base measure"), or the strategy's own scores on the
+    base model ("base model": core-set from nothing, BADGE on the base model, random spread over clusters); and how
+    to say it."""
+    strategy, cfg = acquisition.strategy, acquisition.cfg
+    if policy == "base measure":
+        key = strategy.measure_key(cfg.length_norm)
+        return {"mu": acquisition.base_cache.get(model, tokenizer, candidates)[key]}, f"base-model {key}"
+    mu = acquisition.scores(model, tokenizer, task, candidates, t)
+    return mu, "random" if not strategy.reads_model and not strategy.pick.needs_embeddings \
+        else f"{strategy.name} on the base model"
 
 
 def query_policy(strategy, cfg, acquisition, labeled: bool, trained: bool, random: bool = False) -> str:
