@@ -22,7 +22,7 @@ _EXPORTS = {  # name -> module
     "get_strategy": "strategies", "select": "strategies", "STRATEGIES": "strategies",
     "Strategy": "strategies", "register_strategy": "strategies",
     "Acquisition": "acquisition", "BaseScoreCache": "acquisition", "acquisition_scores": "acquisition",
-    "evaluate": "evaluation", "report": "report", "StarloraError": "errors",
+    "evaluate": "evaluation", "report": "reporting", "StarloraError": "errors",
 }
 __all__ = ["__version__", *_EXPORTS]
 

@@ -202,7 +202,7 @@ def cmd_sweep(args) -> None:
 
 
 def cmd_report(args) -> None:
-    from .report import report
+    from .reporting import report
 
     check_out_folder(args.out)
     rows = report(args.runs, args.out, target_deltas=getattr(args, "target_delta", None))  # sweep, demo: defaults

@@ -12,6 +12,23 @@ def test_every_exported_name_resolves():
         assert getattr(starlora, name) is not None, name
 
 
+def test_exported_names_are_the_objects_not_submodules_of_the_same_name():
+    """Importing a submodule binds it on the package: an export sharing a module's name (report in report.py) would
+    then import as the module. Checked after every module is loaded."""
+    import importlib
+    import pkgutil
+    import types
+
+    for module in pkgutil.iter_modules(starlora.__path__):
+        if not module.name.startswith("_"):  # __main__ would run the command line
+            importlib.import_module(f"starlora.{module.name}")
+    from starlora import report
+
+    assert callable(report) and not isinstance(report, types.ModuleType)
+    for name in starlora.__all__:
+        assert not isinstance(getattr(starlora, name), types.ModuleType), name
+
+
 def test_attach_lora_takes_peft_config_and_matches_train_settings():
     base, _ = starlora.load_model("tiny-random")
     ours = starlora.attach_lora(base, starlora.TrainSettings(lora_r=4, lora_alpha=8, lora_dropout=0.1, seed=3))

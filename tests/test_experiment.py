@@ -12,7 +12,7 @@ from starlora import metrics
 from starlora.errors import StarloraError
 from starlora.experiment import resolve, run
 from starlora.files import read_jsonl
-from starlora.report import report
+from starlora.reporting import report
 from starlora.strategies import STRATEGIES
 
 

@@ -11,7 +11,7 @@ from starlora.data import Example, imbalanced_pool, load_data
 from starlora.errors import StarloraError
 from starlora.experiment import folder_resumes, resolve, run
 from starlora.files import read_jsonl
-from starlora.report import load_runs, table, write_tables
+from starlora.reporting import load_runs, table, write_tables
 from starlora.tasks import get_task
 
 

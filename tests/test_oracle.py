@@ -15,7 +15,7 @@ from starlora.errors import StarloraError
 from starlora.experiment import folder_resumes, run
 from starlora.project import init
 from starlora.provenance import ORACLE_NOTE, code_revision
-from starlora.report import report
+from starlora.reporting import report
 from test_report import fake_run, row
 
 pytestmark = pytest.mark.filterwarnings("ignore::starlora.errors.StarloraWarning")  # the oracle warns on purpose

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from starlora import metrics
-from starlora.report import heatmap, report
+from starlora.reporting import heatmap, report
 
 
 def fake_run(folder, strategy, seed, curve, config=True, probe=None, **settings):
@@ -166,7 +166,7 @@ def test_heatmap_hatches_undefined_cells_without_numbers():
 
 
 def test_runs_from_before_an_option_group_with_runs_that_store_its_old_value():
-    from starlora.report import group_key
+    from starlora.reporting import group_key
 
     old = {"config": {"task": "sst2", "strategy": "me", "seed": 0, "lr": 1e-3}}
     new = {"config": {"task": "sst2", "strategy": "random", "seed": 0, "lr": 1e-3, "dtype": "fp32",

@@ -12,7 +12,7 @@ import pytest
 from starlora import metrics
 from starlora.cli import main
 from starlora.errors import StarloraWarning
-from starlora.report import report
+from starlora.reporting import report
 from test_report import fake_run, row
 
 

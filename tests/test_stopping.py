@@ -100,7 +100,7 @@ def test_a_run_records_the_criteria_stops_early_and_stays_stopped(tmp_path):
 
 
 def test_report_says_where_each_rule_would_have_stopped(tmp_path):
-    from starlora.report import report
+    from starlora.reporting import report
 
     paths = separated_inputs(tmp_path, 48, 8)
     for strategy in ("random", "me"):
