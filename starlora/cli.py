@@ -185,8 +185,10 @@ def cmd_run(args) -> None:
 
 
 def cmd_sweep(args) -> None:
+    from .ray_backend import check_options
     from .sweep import plan, read_grid, sweep
 
+    check_options(args.backend, args.address, args.cpus_per_run, args.workers, args.devices)  # before loading data
     blocks = read_grid(args.grid) if args.grid else [{}]
     listed = {"tasks": parse_candidates(args.tasks) or ([args.task] if args.task else None), "strategies": parse_candidates(args.strategies),
               "seeds": args.seeds, "protocol": args.protocol}
@@ -195,7 +197,8 @@ def cmd_sweep(args) -> None:
     flags.pop("task", None)  # --task is one of the grid's tasks
     jobs = plan(blocks, args.out, flags, grid=args.grid)
     print(f"sweep: {len(jobs)} run(s) into {args.out}")
-    sweep(jobs, args.workers, parse_candidates(args.devices), report_to=parse_report_to(args.report_to))
+    sweep(jobs, args.workers, parse_candidates(args.devices), report_to=parse_report_to(args.report_to),
+          backend=args.backend, address=args.address, cpus_per_run=args.cpus_per_run)
     if not args.no_report:
         args.runs, args.out = [str(j.folder) for j in jobs], str(Path(args.out) / "report")
         cmd_report(args)
@@ -363,6 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1,
                    help="runs side by side in worker processes (default 1; CPU threads are shared among them)")
     p.add_argument("--devices", help="one worker per device, e.g. cuda:0,cuda:1 (overrides --workers)")
+    p.add_argument("--backend", default="local", choices=["local", "ray"],
+                   help="local: this machine's processes (default); ray: each run a Ray task, on any node of a "
+                        "cluster (pip install 'starlora[ray]'; the sweep folder on storage all nodes share)")
+    p.add_argument("--address", help="--backend ray: the cluster's address, e.g. 10.0.0.1:6379 (default: the "
+                                      "cluster `ray start` began on this machine, else a new local instance)")
+    p.add_argument("--cpus-per-run", type=int,
+                   help="--backend ray: CPU cores each run requests and uses (default 1; runs take a GPU each where "
+                        "the cluster has GPUs)")
     p.add_argument("--no-report", action="store_true", help="skip the report at the end")
     add_report_option(p)
     add_data_options(p, task_required=False)

@@ -28,6 +28,7 @@ from .errors import StarloraError
 from .experiment import run, run_pool
 from .files import read_json, read_jsonl
 from .provenance import code_revision, revision_label
+from .ray_backend import check_options, sweep_on_ray
 from .strategies import get_strategy
 from .tasks import get_task
 from .progress import progress
@@ -197,9 +198,12 @@ def warn_changed_code(jobs: list[Job]) -> None:
                            f"{revision_label(stored)} (the report will flag the mix)")
 
 
-def sweep(jobs: list[Job], workers: int = 1, devices: list[str] | None = None, report_to=()) -> list[dict]:
+def sweep(jobs: list[Job], workers: int = 1, devices: list[str] | None = None, report_to=(), backend: str = "local",
+          address: str | None = None, cpus_per_run: int | None = None) -> list[dict]:
     """Run every job (finished ones are skipped, interrupted ones resume); one overall progress bar over all rounds,
-    with its ETA. workers > 1 or several devices: that many runs side by side, one per worker process."""
+    with its ETA. workers > 1 or several devices: that many runs side by side, one per worker process. backend "ray":
+    each run a Ray task on the cluster at `address` (ray_backend.py)."""
+    check_options(backend, address, cpus_per_run, workers, devices)
     for device in devices or []:
         if device != "cpu" and not (device.startswith("cuda:") and device[5:].isdigit()):
             raise StarloraError(f"--devices: {device!r} is not cpu or cuda:N")
@@ -217,6 +221,8 @@ def sweep(jobs: list[Job], workers: int = 1, devices: list[str] | None = None, r
     done = sum(min(finished_rounds(job), job.cfg.rounds) for job in jobs)
     bar = progress(total=sum(job.cfg.rounds for job in jobs), initial=done, desc="sweep", unit="round")
     try:
+        if backend == "ray":
+            return sweep_on_ray(jobs, bar, report_to, address, cpus_per_run)
         if slots == 1:
             return [run(job.cfg, job.folder, on_round=lambda: bar.update(1), report_to=report_to) for job in jobs]
         return _side_by_side(jobs, slots, devices or ["cpu"] * slots, bar, report_to)
