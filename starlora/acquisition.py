@@ -160,7 +160,19 @@ def acquisition_scores(strategy: Strategy, model, tokenizer, task, candidates, *
                        base_cache: BaseScoreCache | None, passes: int = 3, length_norm=False, schedule="linear",
                        normalisation="minmax", reference=False, seed=0,
                        settings: ScoringSettings = ScoringSettings()) -> dict[str, np.ndarray]:
-    """{'mu_b', 'mu_f', 'mu'} over the candidates (mu_b is NaN when the strategy does not use the base model)."""
+    """The acquisition scores of round `t` over the candidates (spec: mu_b, mu_f and their mix by lambda(t)).
+
+    Args:
+        strategy: what to measure and how to combine base and current model.
+        t, rounds: the round and the run's number of rounds (STAR's schedule lambda(t)).
+        base_cache: the frozen base model's scores, computed once per pool; None when the strategy needs none.
+        passes: MC dropout passes (with the deterministic pass that fixes each example's own answer).
+        reference: score the gold answer (the official code's oracle); label-free runs leave it False.
+
+    Returns:
+        {'mu_b', 'mu_f', 'mu'}, arrays over the candidates (mu_b is NaN when the strategy does not use the base
+        model); the highest mu is labeled first.
+    """
     n = len(candidates)
     if not strategy.reads_model:
         return {"mu_b": np.full(n, np.nan), "mu_f": np.full(n, np.nan), "mu": random_scores(n, seed, t)}

@@ -154,8 +154,21 @@ def variant(cfg) -> str:
 
 
 def resolve(protocol: str = "paper", config=RunConfig, **overrides):
-    """Paper defaults < protocol < overrides, validated whole (nothing is written before this passes), with
-    precision and dtype 'auto' resolved for this machine so a resume elsewhere cannot silently switch them."""
+    """A run's configuration: paper defaults < protocol < overrides, validated whole (nothing is written before
+    this passes), with precision and dtype 'auto' resolved for this machine so a resume elsewhere cannot silently
+    switch them.
+
+    Args:
+        protocol: a name in PROTOCOLS ("paper", "sst2", ...).
+        config: the configuration class (RunConfig for `run`; the human loop's own for projects).
+        **overrides: any field by its name, e.g. strategy="star-me", seed=3, lr=1e-4.
+
+    Returns:
+        The frozen configuration.
+
+    Raises:
+        StarloraError: an unknown protocol or field, or a value or combination that is refused (naming the option).
+    """
     if not isinstance(protocol, str) or protocol not in PROTOCOLS:
         raise StarloraError(f"unknown --protocol {protocol!r}: choose {', '.join(PROTOCOLS)}")
     names = {f.name for f in dataclasses.fields(config)}

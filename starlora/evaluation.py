@@ -9,9 +9,13 @@ from .scoring import ScoringSettings, score
 
 
 def evaluate(model, tokenizer, task, examples, settings: ScoringSettings = ScoringSettings(), desc="evaluating"):
-    """Returns {'accuracy', 'n'} plus 'macro_f1', 'balanced_accuracy' (%, over the candidates), 'ece', 'brier',
-    'wrong_confidence' on closed-set tasks, and 'truncated' on
-    open ones: the % of test generations that hit max_new_tokens, whose answer is read from a cut-off text."""
+    """Test-set metrics of `model` on `examples`, from the same deterministic pass that scoring uses.
+
+    Returns:
+        {'accuracy', 'n'} plus 'macro_f1', 'balanced_accuracy' (%, over the candidates), 'ece', 'brier',
+        'wrong_confidence' on closed-set tasks, and 'truncated' on open ones: the % of test generations that hit
+        max_new_tokens, whose answer is read from a cut-off text.
+    """
     scores = score(model, tokenizer, task, examples, passes=1, settings=settings, desc=desc)
     correct = [task.correct(p, ex.gold) for p, ex in zip(scores.predictions, examples)]
     result = {"accuracy": metrics.accuracy(correct), "n": len(examples)}

@@ -170,10 +170,20 @@ class Experiment:
 
 def run(cfg: RunConfig, out: str | Path, *, dry_run: bool = False, on_round=None, report_to=(),
         push_to_hub: str | None = None, command: str | None = None) -> dict | None:
-    """Run (or resume) one AL experiment into `out`; returns the summary. dry_run: check everything (data, model,
-    folder) and return None having written nothing. on_round() is called after each finished round. report_to:
-    tracker names (tracking.parse_report_to); a resumed run's tracker run starts at the round it resumes. The final
-    adapter gets a model card (card.py; `command` is what made it) and goes to the Hub repo `push_to_hub`."""
+    """Run (or resume) one AL experiment into `out`, as `starlora run` does.
+
+    Args:
+        cfg: the whole configuration, from `resolve` (validated, precision and dtype resolved).
+        out: the run folder; a folder holding an unfinished run of the same configuration is resumed.
+        dry_run: check everything (data, model, folder) and return None having written nothing.
+        on_round: called with no arguments after each finished round.
+        report_to: tracker names (tracking.parse_report_to); a resumed run's tracker run starts where it resumes.
+        push_to_hub: a Hub repo for the final adapter (with its model card, card.py).
+        command: what made the run, recorded in the model card.
+
+    Returns:
+        The summary (also `out/summary.json`): per-round accuracies, AUC, RIPL and the code revision.
+    """
     out = Path(out)
     prepared = setup(cfg, out, dry_run)
     if not isinstance(prepared, Experiment):  # a dry run, or a run finished before

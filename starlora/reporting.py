@@ -612,8 +612,20 @@ def _save(fig, path: Path) -> Path:
 
 
 def report(paths, out, target_deltas=None) -> list[dict]:
-    """Tables and plots of the runs under `paths` into `out`; target_deltas: the ΔAUC values to give the seeds
-    needed for (default TARGET_DELTAS). A group that mixes code revisions is warned about (StarloraWarning)."""
+    """Tables and plots of the runs under `paths` into `out`, as `starlora report` does.
+
+    Every strategy is paired with random of the same seed: ΔAUC with a paired t interval, Holm-adjusted p-values and
+    a sign test, the smallest effect its seed count detects at 80% power, and per-round paired differences. A group
+    that mixes code revisions is warned about (StarloraWarning).
+
+    Args:
+        paths: run or sweep folders (searched for summary.json).
+        out: the folder for report.md, the CSV/JSON tables and the plots.
+        target_deltas: the ΔAUC values to give the seeds needed for (default TARGET_DELTAS).
+
+    Returns:
+        One dict per row of the main table (strategy, group, AUC, ΔAUC and its statistics).
+    """
     target_deltas = tuple(float(x) for x in target_deltas or TARGET_DELTAS)
     if not all(np.isfinite(x) and x > 0 for x in target_deltas):
         raise StarloraError(f"--target-delta must be positive AUC points (got {' '.join(map(str, target_deltas))})")

@@ -313,6 +313,18 @@ def load_plugins() -> None:
 
 
 def get_strategy(name: str, closed_task: bool = True) -> Strategy:
+    """The registered strategy called `name` (built-in, or added by register_strategy or $STARLORA_PLUGINS).
+
+    Args:
+        name: e.g. "random", "me", "star-me", "badge".
+        closed_task: False for open tasks (GSM8K), where strategies that need a label distribution are refused.
+
+    Returns:
+        The Strategy: what it measures, how it combines base and current model, how it picks.
+
+    Raises:
+        StarloraError: an unknown name (the message lists the known ones) or one the task cannot use.
+    """
     if name not in STRATEGIES:
         load_plugins()
     if name not in STRATEGIES:
