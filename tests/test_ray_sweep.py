@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 import torch
-from test_sweep import results
+from test_sweep import results as run_results
 
 from starlora import sweep as S
 from starlora.cli import main
@@ -44,6 +44,13 @@ def grid(tmp_path_factory):
     (folder / "grid.yaml").write_text(json.dumps(
         {"tasks": ["boolq"], "strategies": ["random", "star-me"], "seeds": [0], "config": config}))
     return folder
+
+
+def results(folder):
+    """Every run's rounds and summary, timings and the code revision aside (other work may change the source tree
+    between two sweeps of a test; the revision is not a result)."""
+    return {name: (rounds, {k: v for k, v in summary.items() if k != "revision"})
+            for name, (rounds, summary) in run_results(folder).items()}
 
 
 def jobs(grid, out):
@@ -88,6 +95,7 @@ def test_ray_runs_give_the_local_results_and_a_failed_run_is_retried_by_the_next
     assert {j.folder: (j.folder / "rounds.jsonl").stat().st_mtime_ns for j in good} == finished  # not run again
 
 
+@pytest.mark.slow  # ~20-60 s on 2 cores: the module takes ~130 s in all
 def test_a_killed_worker_is_re_run_and_its_run_resumes(ray_address, grid, expected):
     todo = jobs(grid, "killed-worker")
     sweep = threading.Thread(target=S.sweep, args=(todo,), kwargs=dict(backend="ray", cpus_per_run=1))
@@ -104,6 +112,7 @@ def test_a_killed_worker_is_re_run_and_its_run_resumes(ray_address, grid, expect
     assert results(grid / "killed-worker") == expected
 
 
+@pytest.mark.slow  # ~20-60 s on 2 cores: the module takes ~130 s in all
 def test_a_killed_sweep_resumes_with_the_uninterrupted_results(ray_address, grid, expected):
     out = grid / "killed-sweep"
     command = [sys.executable, "-m", "starlora", "sweep", "--grid", str(grid / "grid.yaml"), "--out", str(out),
