@@ -25,22 +25,31 @@ def hub_dataset(task: str, train_file: str | None) -> str | None:
     return HUB[task][0] if task in HUB else None
 
 
-def write_card(folder, cfg, curve: list[dict], command: str | None, title: str) -> Path:
+def write_card(folder, cfg, curve: list[dict], command: str | None, title: str, merged: bool = False) -> Path:
     """folder/README.md: YAML front matter (base_model, library_name peft, tags, datasets) and the active-learning
-    provenance: strategy, seed, labeled examples and accuracy per round, the configuration, the command."""
+    provenance: strategy, seed, labeled examples and accuracy per round, the configuration, the command. merged: the
+    folder holds the base model with the adapter merged in (export --merged), loaded by transformers alone."""
     from huggingface_hub import ModelCard, ModelCardData
 
     base = HUB_BASE_MODELS.get(cfg.model, cfg.model if "/" in cfg.model and not Path(cfg.model).exists() else None)
     dataset = hub_dataset(cfg.task, getattr(cfg, "train_file", None))
-    data = ModelCardData(base_model=base, library_name="peft",
+    data = ModelCardData(base_model=base, library_name="transformers" if merged else "peft",
                          tags=["starlora", "lora", "active-learning", cfg.strategy, cfg.task],
                          datasets=[dataset] if dataset else None)
+    what = (f"`{cfg.model}` with a LoRA adapter merged in (PEFT's merge_and_unload)" if merged
+            else f"A LoRA adapter for `{cfg.model}`")
+    usage = ('from transformers import AutoModelForCausalLM, AutoTokenizer\n'
+             'model = AutoModelForCausalLM.from_pretrained("<this folder or repo>")\n'
+             'tokenizer = AutoTokenizer.from_pretrained("<this folder or repo>")' if merged else
+             'from peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n'
+             f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base or cfg.model}"), '
+             '"<this folder or repo>")')
     rows = "\n".join(f"| {r['round']} | {r['labeled']} | "
                      f"{'–' if r.get('accuracy') is None else format(r['accuracy'], '.1f')} |" for r in curve)
     body = f"""
 # {title}
 
-A LoRA adapter for `{cfg.model}`, trained by starlora's active-learning loop on `{cfg.task}`:
+{what}, trained by starlora's active-learning loop on `{cfg.task}`:
 strategy `{cfg.strategy}`, seed {cfg.seed}, {curve[-1]['labeled'] if curve else 0} labeled examples.
 
 ## Learning curve
@@ -60,9 +69,7 @@ LoRA r {cfg.lora_r}, alpha {cfg.lora_alpha}, dropout {cfg.lora_dropout}; {cfg.ep
 {cfg.dtype}{'' if getattr(cfg, 'quantization', 'none') == 'none' else ', ' + cfg.quantization}.
 
 ```python
-from peft import PeftModel
-from transformers import AutoModelForCausalLM
-model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base or cfg.model}"), "<this folder or repo>")
+{usage}
 ```
 """
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n{body}")

@@ -219,7 +219,7 @@ def cmd_init(args) -> None:
     refuse_target(args.target)
     cfg = resolve("paper", MethodConfig, **config_values(args, MethodConfig, skip={"strategy"}),
                   strategy=args.strategy, seed=args.seed)
-    init(args.dir, cfg, args.pool, args.test)
+    init(args.dir, cfg, args.pool, args.test, labeled_file=args.labeled, adapter=args.adapter)
 
 
 def cmd_query(args) -> None:
@@ -253,6 +253,60 @@ def cmd_serve(args) -> None:
     serve(args.dir, args.host, args.port)
 
 
+def cmd_predict(args) -> None:
+    from .predict import predict
+
+    if bool(args.input) == bool(args.hub_dataset):
+        raise StarloraError("give the rows to predict: --input FILE or --dataset NAME[:CONFIG] (one of them)")
+    rows = args.input or f"{HUB_PREFIX}{args.hub_dataset}@{args.split}"
+    predict(args.source, rows, args.out, task=args.task, candidates=parse_candidates(args.candidates),
+            template=args.template, id_field=args.id_field, batch_size=args.batch_size, chunk_size=args.chunk_size)
+
+
+def cmd_export(args) -> None:
+    from .export import export_merged
+
+    export_merged(args.source, args.merged, command=args.command_line)
+
+
+def add_model_commands(sub) -> None:
+    """predict and export: what a trained project or run gives."""
+    source = ("a project folder (its latest adapter), a run folder (its final adapter), an adapter folder (plain "
+              "PEFT; its project's or run's settings when inside one) or a model folder (e.g. from export --merged)")
+    p = sub.add_parser("predict", help="the trained model's predictions, confidence and uncertainty for any rows",
+                       description="Predict every row of a file with a trained model: per row its id, the "
+                                   "prediction, its confidence and uncertainty (the project's measure), each "
+                                   "candidate's probability (closed-set tasks) or the generated text and its "
+                                   "log-probability (open tasks). Rows are streamed and results appended, so memory "
+                                   "stays flat; re-running the same command after an interruption resumes it.")
+    p.add_argument("source", help=source)
+    p.add_argument("--input", help="the rows: JSON lines (.jsonl), CSV (.csv), Parquet (.parquet), a JSON list "
+                                   "(.json) or a folder from datasets' save_to_disk")
+    p.add_argument("--dataset", dest="hub_dataset", metavar="NAME[:CONFIG]",
+                   help="instead of --input: a hub dataset through datasets (split --split)")
+    p.add_argument("--split", default="train", help="--dataset's split (default train)")
+    p.add_argument("--out", required=True, help="the predictions: .jsonl, .csv or .parquet (chosen by the suffix)")
+    p.add_argument("--task", help="for a bare adapter or model folder: " + task_help())
+    p.add_argument("--candidates", help="with --task closed: comma-separated answers")
+    p.add_argument("--template", help="prompt template over the input's fields (default: the source's)")
+    p.add_argument("--id-field", help="field holding each row's id (default: the source's, else id; absent: a hash "
+                                      "of the prompt, as init gives)")
+    p.add_argument("--batch-size", type=int, help="scoring batch size (default: the source's --score-batch-size)")
+    p.add_argument("--chunk-size", type=int, default=1024,
+                   help="rows read, scored (length-sorted) and appended together (default 1024): memory holds one "
+                        "chunk, and an interruption loses at most one")
+    add_delimiter_option(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="a standalone model with the LoRA weights merged in",
+                       description="Merge the adapter into its base model (PEFT's merge_and_unload) and save the "
+                                   "model, its tokenizer and a model card: AutoModelForCausalLM.from_pretrained(DIR) "
+                                   "loads it without starlora or PEFT.")
+    p.add_argument("source", help=source)
+    p.add_argument("--merged", required=True, metavar="DIR", help="the new model folder")
+    p.set_defaults(func=cmd_export)
+
+
 def add_project_commands(sub) -> None:
     p = sub.add_parser("init", help="human loop: create a project folder from your unlabeled pool",
                        description="Create a project folder holding your unlabeled pool, the labels to come, each "
@@ -263,6 +317,11 @@ def add_project_commands(sub) -> None:
                                                  "(.parquet), a JSON list (.json), a save_to_disk folder, or "
                                                  "hf:NAME[:CONFIG]@SPLIT")
     p.add_argument("--test", help="optional labeled held-out file: status shows each round's accuracy on it")
+    p.add_argument("--labeled", metavar="FILE",
+                   help="pool rows you have labeled already (id and answer, any format --pool takes): round 0's "
+                        "labels; train first, and the first query uses that adapter (checked as label checks)")
+    p.add_argument("--adapter", metavar="DIR", help="an existing PEFT LoRA adapter for the project's model: kept as "
+                                                    "round 0's, it chooses the first query")
     p.add_argument("--model", help="smollm2 (default), tiny-random, a local folder or an HF model id")
     p.add_argument("--strategy", default="star-me", help="acquisition strategy (default star-me)")
     p.add_argument("--seed", type=int, default=0, help="seed of adapters, dropout masks and tie-breaks (default 0)")
@@ -404,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     add_project_commands(sub)
+    add_model_commands(sub)
 
     p = sub.add_parser("bench", help="scoring and training throughput vs the official code's way and the roofline",
                        description="Measures, in one run: STAR acquisition scoring (batched) and the official "

@@ -143,12 +143,14 @@ def read_rows(path: str | Path, id_fields: tuple[str, ...] = ()):
 def _read_parquet(path: Path):
     import pyarrow.parquet as pq
 
-    try:
-        table = pq.read_table(path)
+    number = 0
+    try:  # a batch of rows at a time: a large file never sits in memory whole (predict streams it)
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+            for row in batch.to_pylist():
+                number += 1
+                yield f"{path}: row {number}", row
     except Exception as e:  # noqa: BLE001 - pyarrow raises several kinds for a corrupt file
         raise StarloraError(f"{path}: not a readable Parquet file ({str(e).splitlines()[0][:200]})") from None
-    for number, row in enumerate(table.to_pylist(), 1):
-        yield f"{path}: row {number}", row
 
 
 def _read_json_list(path: Path):

@@ -63,30 +63,35 @@ def read_jsonl(path, schema: dict | None = None, appended: bool = False) -> list
     is a torn last line (no newline at its end) that a kill mid-append leaves: it is skipped with a warning, and the
     next append removes it. A file only ever replaced whole cannot be torn, so there it is an error too. Blank lines
     are skipped."""
+    return list(iter_jsonl(path, schema, appended))
+
+
+def iter_jsonl(path, schema: dict | None = None, appended: bool = False):
+    """read_jsonl's records one at a time, the file read line by line: memory stays flat however long it is."""
     path = Path(path)
     if not path.exists():
-        return []
+        return
     try:
-        raw = path.read_bytes()
+        f = open(path, "rb")
     except OSError as e:
         raise StarloraError(f"{path}: cannot read ({e.strerror or e})") from None
-    lines = raw.split(b"\n")
-    records = []
-    for number, line in enumerate(lines, 1):
-        last = number == len(lines)  # text after the final newline: only a torn write leaves any
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line.decode("utf-8").removeprefix("\ufeff") if number == 1 else line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            if last and appended:
-                logger.warning(f"{path}:{number}: skipping a torn last line (left by an interrupted write); the next "
-                               "write to this file removes it")
-                break
-            why = "not valid UTF-8" if isinstance(e, UnicodeDecodeError) else f"malformed JSON ({e.msg})"
-            raise StarloraError(f"{path}:{number}: {why}; nothing was changed: repair or remove that line") from None
-        records.append(check_record(record, schema, f"{path}:{number}"))
-    return records
+    with f:
+        for number, line in enumerate(f, 1):
+            last = not line.endswith(b"\n")  # text after the final newline: only a torn write leaves any
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line.decode("utf-8").removeprefix("\ufeff") if number == 1
+                                    else line.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                if last and appended:
+                    logger.warning(f"{path}:{number}: skipping a torn last line (left by an interrupted write); the "
+                                   "next write to this file removes it")
+                    break
+                why = "not valid UTF-8" if isinstance(e, UnicodeDecodeError) else f"malformed JSON ({e.msg})"
+                raise StarloraError(f"{path}:{number}: {why}; nothing was changed: repair or remove that line") \
+                    from None
+            yield check_record(record, schema, f"{path}:{number}")
 
 
 def check_record(record, schema: dict | None, where: str) -> dict:

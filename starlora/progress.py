@@ -14,6 +14,8 @@ _watchers = threading.local()
 
 def progress(iterable=None, disable: bool = False, **kwargs):
     """A tqdm bar (quiet under STARLORA_NO_PROGRESS), handed to this thread's watcher if one is set."""
+    if getattr(_watchers, "hidden", False):  # inside hidden_progress: an outer bar speaks for this loop
+        return tqdm(iterable, disable=True, **kwargs)
     disable = disable or bool(os.environ.get("STARLORA_NO_PROGRESS"))
     watch = getattr(_watchers, "watch", None)
     if watch is None:
@@ -41,3 +43,15 @@ def watch_progress(callback):
         yield
     finally:
         _watchers.watch = None
+
+
+@contextmanager
+def hidden_progress():
+    """Bars this thread opens inside are silent and unwatched: a loop with one overall bar (predict's rows, with
+    its ETA) calls functions that open bars of their own per piece of work."""
+    before = getattr(_watchers, "hidden", False)
+    _watchers.hidden = True
+    try:
+        yield
+    finally:
+        _watchers.hidden = before

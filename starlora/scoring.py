@@ -46,6 +46,7 @@ class Scores:
     probs: np.ndarray | None = None  # closed-set: label distribution of the deterministic pass [N, C]
     pass_probs: np.ndarray | None = None  # closed-set: label distribution of each pass measured [N, K, C]
     truncated: np.ndarray | None = None  # open tasks: [N] bool, the generation hit max_new_tokens (greedy_answers)
+    texts: list[str] | None = None  # open tasks: the answer text scored (the generation, or the reference)
 
 
 @torch.no_grad()
@@ -210,7 +211,7 @@ def score(model, tokenizer, task: Task, examples, *, passes: int = 1, mc_dropout
     stochastic = mc_dropout and passes > 1
     k = passes if stochastic else 1
     run = dict(batch_size=settings.batch_size, precision=settings.precision)
-    truncated = None  # set where answers are generated
+    truncated = texts = None  # set where answers are generated
     if task.closed:
         logp, ent, length = _candidate_passes(model, tokenizer, task, examples, prompts, k, seed, settings, desc)
         n = logp.shape[0]
@@ -244,12 +245,14 @@ def score(model, tokenizer, task: Task, examples, *, passes: int = 1, mc_dropout
                                       mask_seed=seed if stochastic else None, **run)
         y_logp, y_ent, y_len = lp.reshape(-1, k), en.reshape(-1, k), ln.reshape(-1, k)
         measures, probs, pass_probs = {}, None, None
-        predictions = [task.predict_text(tokenizer.decode(a, skip_special_tokens=True)) for a in answers]
+        texts = [tokenizer.decode(a, skip_special_tokens=True) for a in answers]
+        predictions = [task.predict_text(text) for text in texts]
     measures |= {
         "pe": U.predictive_entropy(y_logp).mean(1), "pe_norm": U.predictive_entropy(y_logp, y_len).mean(1),
         "me": U.mean_entropy(y_ent).mean(1), "me_norm": U.mean_entropy(y_ent, y_len).mean(1),
     }
-    return Scores([ex.id for ex in examples], predictions, measures, probs, pass_probs=pass_probs, truncated=truncated)
+    return Scores([ex.id for ex in examples], predictions, measures, probs, pass_probs=pass_probs, truncated=truncated,
+                  texts=texts)
 
 
 def _candidate_passes(model, tokenizer, task, examples, prompts, k, seed, settings, desc):

@@ -89,7 +89,15 @@ def test_csv_and_label_studio_round_trip(files):
     P.train(proj)
     out = P.query(proj, 2, "labelstudio")
     tasks = json.loads(out.read_text())
-    assert [set(t) for t in tasks] == [{"data"}] * 2 and "prompt" in tasks[0]["data"]
+    assert [set(t) for t in tasks] == [{"data", "predictions"}] * 2 and "prompt" in tasks[0]["data"]
+    # pre-annotations: the model's guess scored by its confidence; the score that chose the task a field of its own
+    record = P.open_project(proj).queries()[-1]
+    for t in tasks:
+        i, (guess,) = t["data"]["starlora_id"], t["predictions"]
+        assert t["data"]["starlora_uncertainty"] == record["scores"][i]
+        assert guess["result"] == [{"from_name": "answer", "to_name": "prompt", "type": "choices",
+                                    "value": {"choices": [record["guesses"][i]]}}]
+        assert 0.5 <= guess["score"] <= 1 and guess["model_version"] == record["how"]
     config = (out.parent / "labelstudio_config.xml").read_text()
     assert '<Choice value="true"/>' in config and 'value="$prompt"' in config
     export = [{"id": 100 + n, "data": t["data"], "annotations": [

@@ -15,8 +15,11 @@ from ..errors import StarloraError
 FORMATS = {"jsonl": ".jsonl", "csv": ".csv", "labelstudio": ".json"}
 
 
-def export(task, rows: list[dict], fmt: str, answer_field: str) -> str:
-    """The file a person fills in: id, the row's own fields, the prompt, and an empty answer."""
+def export(task, rows: list[dict], fmt: str, answer_field: str, shown: dict | None = None,
+           model_version: str = "starlora") -> str:
+    """The file a person fills in: id, the row's own fields, the prompt, and an empty answer. For Label Studio,
+    `shown` (project.guesses: the score that chose each row, the model's guess and its confidence) adds the score as
+    the task field starlora_uncertainty and the guess as a pre-annotation whose score is its confidence."""
     records = [{"id": r["id"], **r["fields"], "prompt": r["prompt"], answer_field: ""} for r in rows]
     if fmt == "jsonl":
         return "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
@@ -30,8 +33,28 @@ def export(task, rows: list[dict], fmt: str, answer_field: str) -> str:
         return buf.getvalue()
     # Label Studio: a list of tasks, each with a "data" object; the labeling config names $prompt. Our id goes in as
     # LS_ID: Label Studio's JSON-MIN export puts its own task id in "id".
-    return json.dumps([{"data": {LS_ID if k == "id" else k: v for k, v in rec.items() if k != answer_field}}
-                       for rec in records], indent=2, ensure_ascii=False) + "\n"
+    return json.dumps([labelstudio_task(task, rec, answer_field, shown or {}, model_version) for rec in records],
+                      indent=2, ensure_ascii=False) + "\n"
+
+
+LS_UNCERTAINTY = "starlora_uncertainty"
+
+
+def labelstudio_task(task, record: dict, answer_field: str, shown: dict, model_version: str) -> dict:
+    """One Label Studio task: the row as its data (our id as starlora_id, the score that chose it as
+    starlora_uncertainty: a field of its own, not the prediction's score) and the model's guess as a prediction,
+    scored by its confidence, which Label Studio shows as a pre-annotation."""
+    id_ = record["id"]
+    data = {LS_ID if k == "id" else k: v for k, v in record.items() if k != answer_field}
+    if id_ in shown.get("scores", {}):
+        data[LS_UNCERTAINTY] = shown["scores"][id_]
+    item = {"data": data}
+    guess = shown.get("guesses", {}).get(id_)
+    if guess is not None and task.closed:
+        item["predictions"] = [{"model_version": model_version, "score": shown.get("confidence", {}).get(id_),
+                                "result": [{"from_name": answer_field, "to_name": "prompt", "type": "choices",
+                                            "value": {"choices": [guess]}}]}]
+    return item
 
 
 LS_ID = "starlora_id"

@@ -147,8 +147,13 @@ def refuse_target(target) -> None:
                             "project's pool has none; the human loop always scores the model's own answers")
 
 
-def init(folder, cfg: MethodConfig, pool_file, test_file=None) -> Project:
-    """Create a project from an unlabeled pool file (and optionally a labeled held-out file)."""
+def init(folder, cfg: MethodConfig, pool_file, test_file=None, labeled_file=None, adapter=None) -> Project:
+    """Create a project from an unlabeled pool file (and optionally a labeled held-out file). labeled_file: pool
+    rows labeled already, checked as `label` checks (ids in the pool, answers among the candidates, all or nothing):
+    they are round 0's labels, so `train` trains round 0 on them and the first query uses that adapter, lambda(0),
+    as `starlora run` does after its initial set. adapter: a PEFT LoRA adapter (checked by loading it onto the
+    project's model) kept as round 0's, which then chooses the first query (trained on labeled_file's rows, if
+    given)."""
     refuse_target(getattr(cfg, "target", None))  # a RunConfig through the API carries one
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
@@ -157,9 +162,13 @@ def init(folder, cfg: MethodConfig, pool_file, test_file=None) -> Project:
     get_strategy(cfg.strategy, task.closed)
     rows = list(read_rows(pool_file))
     examples = make_examples(rows, task, str(pool_file), cfg.id_field, cfg.answer_field, labeled=False)
-    if cfg.stop_set_size >= len(examples):
+    labels = initial_labels(task, cfg, labeled_file, {ex.id for ex in examples}) if labeled_file else []
+    if cfg.stop_set_size >= len(examples) - len(labels):
         raise StarloraError(f"--stop-set-size {cfg.stop_set_size} leaves nothing to label: {pool_file} has "
-                            f"{len(examples)} example(s), and the stop set is never queried")
+                            f"{len(examples)} example(s)" + (f", {len(labels)} labeled already" if labels else "")
+                            + ", and the stop set is never queried")
+    if adapter is not None:
+        check_adapter(adapter, cfg, task)
     fields = {}
     for _, row in rows:  # the row behind each example, for the files handed out to label
         fields.setdefault(row_id(row, cfg.id_field, task.prompt(row), ""),
@@ -174,15 +183,82 @@ def init(folder, cfg: MethodConfig, pool_file, test_file=None) -> Project:
     write_jsonl(tmp / "pool.jsonl", [{"id": ex.id, "prompt": ex.prompt, "fields": fields.get(ex.id, {})}
                                      for ex in examples])
     write_jsonl(tmp / "test.jsonl", [dataclasses.asdict(ex) for ex in test])
-    write_jsonl(tmp / "labels.jsonl", [])
-    write_jsonl(tmp / "queries.jsonl", [])
+    write_jsonl(tmp / "labels.jsonl", labels)
+    given = labeled_file is not None or adapter is not None  # round 0 happened before the project: its record
+    how = " and ".join(([f"labeled before the project (init --labeled {labeled_file})"] if labeled_file else []) +
+                       ([f"an existing adapter (init --adapter {adapter})"] if adapter else []))
+    write_jsonl(tmp / "queries.jsonl", [{"round": 0, "ids": [r["id"] for r in labels], "file": "labels.jsonl",
+                                         "how": how, "initial": True}] if given else [])
+    if adapter is not None:
+        shutil.copytree(adapter, tmp / "adapters" / "round_0", ignore=shutil.ignore_patterns("train.json", "stop.json"))
+        write_json(tmp / "adapters" / "round_0" / "train.json",
+                   {"round": 0, "n_labels": len(labels), "imported": str(adapter)})
     (tmp / LOCK).touch()  # the lock file is part of the project: taking the lock never leaves a new file behind
     if folder.exists():
         folder.rmdir()
     tmp.rename(folder)  # the project exists whole or not at all
     logger.info(f"{folder}: project created: {len(examples)} unlabeled examples, {len(test)} held-out, task {task.name}, "
-        f"strategy {cfg.strategy}, model {cfg.model}")
+        f"strategy {cfg.strategy}, model {cfg.model}" + (f"; {len(labels)} labeled already" if labels else "")
+        + ("; round 0's adapter imported" if adapter else ""))
     return Project(folder, cfg)
+
+
+def initial_labels(task, cfg, path, pool_ids: set[str]) -> list[dict]:
+    """init --labeled: round 0's label records from a file of labeled pool rows (its id field, else the content
+    hash init gives the pool's rows), every row checked first as `label` checks: any bad row, none is taken."""
+    from ..data import read_rows
+
+    problems, records, seen = [], [], set()
+    for where, row in read_rows(path, (cfg.id_field,)):
+        answer = cleaned(row.get(cfg.answer_field))
+        try:  # the prompt only where there is no id: a labeled file may hold just id and answer
+            id_ = row_id(row, cfg.id_field, "" if row.get(cfg.id_field) not in (None, "") else task.prompt(row), "")
+        except StarloraError as e:
+            problems.append(f"{where}: {e}")
+            continue
+        if id_ not in pool_ids:
+            problems.append(f"{where}: unknown id {id_!r} (not in the pool)")
+        elif id_ in seen:
+            problems.append(f"{where}: duplicate id {id_!r} (appears earlier in this file)")
+        elif not answer:
+            problems.append(f"{where}: empty answer for id {id_!r}")
+        else:
+            seen.add(id_)
+            try:
+                task.label(answer)
+            except ValueError as e:
+                problems.append(f"{where}: {e}")
+                continue
+            records.append({"id": id_, "answer": answer, "round": 0})
+    if not problems and not records:
+        raise StarloraError(f"--labeled {path}: no rows")
+    if len(problems) == 1:
+        raise StarloraError(f"--labeled {problems[0]}; no project created")
+    if problems:
+        shown = "\n  ".join(problems[:50]) + (f"\n  … and {len(problems) - 50} more" if len(problems) > 50 else "")
+        raise StarloraError(f"--labeled {path}: {len(problems)} bad row(s), no project created:\n  {shown}")
+    return records
+
+
+def check_adapter(adapter, cfg, task) -> None:
+    """init --adapter: a PEFT LoRA adapter folder that loads onto the project's model (shapes and module names)."""
+    adapter = Path(adapter)
+    config = adapter / "adapter_config.json"
+    if not config.exists():
+        raise StarloraError(f"--adapter {adapter}: not a PEFT adapter folder (no adapter_config.json)")
+    kind = read_json(config).get("peft_type")
+    if kind != "LORA":
+        raise StarloraError(f"--adapter {adapter}: a {kind} adapter; starlora's MC dropout and B decay act on LoRA "
+                            "layers, so it takes a LoRA adapter")
+    from peft import PeftModel
+
+    preflight(cfg, task)
+    model, _ = load_model(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization)
+    try:
+        PeftModel.from_pretrained(model, str(adapter))
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise StarloraError(f"--adapter {adapter}: does not load onto {cfg.model} "
+                            f"({str(e).splitlines()[0][:200]})") from None
 
 
 # ---------------------------------------------------------------- query
@@ -213,7 +289,7 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
     selected, how, shown = choose(project, candidates, labeled, adapters, n, t, random)
     out = project.folder / "queries" / f"round_{t}{FORMATS[fmt]}"
     out.parent.mkdir(exist_ok=True)
-    write_atomic(out, export(task, [fields[i] for i in selected], fmt, cfg.answer_field))
+    write_atomic(out, export(task, [fields[i] for i in selected], fmt, cfg.answer_field, shown, how))
     if fmt == "labelstudio":
         write_atomic(out.with_name("labelstudio_config.xml"), labelstudio_config(task, cfg.answer_field))
     record = {"round": t, "ids": selected, "file": str(out.relative_to(project.folder)), "how": how, **shown}
@@ -324,6 +400,7 @@ def guesses(model, tokenizer, task, settings, chosen: list[Example], ids: list[s
     if task.closed:
         found = score(model, tokenizer, task, chosen, settings=settings, desc="the model's guesses")
         shown["guesses"] = dict(zip(found.ids, found.predictions))
+        shown["confidence"] = dict(zip(found.ids, found.probs.max(1).tolist()))  # the guess's probability
     return shown
 
 
@@ -551,8 +628,11 @@ def stopping_advice(project, records: list[dict]) -> list[str]:
 
 
 def stop_set(project) -> list[str]:
-    """The project's stop set (--stop-set-size at init): seeded from the pool, never queried."""
-    return draw_stop_set([r["id"] for r in project.pool()], set(), project.cfg.stop_set_size, project.cfg.seed)
+    """The project's stop set (--stop-set-size at init): seeded from the pool outside the labels given at init
+    (init --labeled), never queried."""
+    queries = project.queries() if project.cfg.stop_set_size else []
+    given = set(queries[0]["ids"]) if queries and queries[0].get("initial") else set()
+    return draw_stop_set([r["id"] for r in project.pool()], given, project.cfg.stop_set_size, project.cfg.seed)
 
 
 def first_query_rule(strategy, cfg) -> str:
