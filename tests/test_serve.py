@@ -302,3 +302,31 @@ def test_an_open_task_takes_free_text_and_keeps_no_guess(tmp_path):
     assert client.post("/api/label", json={"id": ids[0], "answer": "  "}).status_code == 400
     assert client.post("/api/label", json={"id": ids[0], "answer": "the answer is 12"}).json()["new"]
     assert P.open_project(tmp_path / "proj").labels()[0]["answer"] == "the answer is 12"
+
+
+def test_predict_the_unlabeled_pool_from_the_page(client, proj):
+    r = client.post("/api/predict")
+    assert r.status_code == 400 and "no adapter trained yet" in r.json()["detail"]
+    ids = queried(client)
+    for i in ids:
+        assert client.post("/api/label", json={"id": i, "answer": GOLD[i]}).status_code == 200
+    assert client.post("/api/train", json={}).status_code == 202
+    busy = client.post("/api/predict")  # one job at a time, as training and querying
+    assert busy.status_code == 409 and "training is already running" in busy.json()["detail"]
+    assert wait_for_job(client)["job"]["error"] is None
+    assert client.get("/api/predictions.csv").json()["detail"] == "no predictions yet: run Predict first"
+    assert client.post("/api/predict", headers={"sec-fetch-site": "cross-site"}).status_code == 403
+    assert client.post("/api/predict").status_code == 202
+    state = wait_for_job(client)
+    assert state["job"]["error"] is None and state["job"]["kind"] == "predict"
+    assert state["predictions"] == {"round": 0, "adapter": "adapters/round_0", "rows": 26}
+    unlabeled = [i for i in GOLD if i not in ids]  # pool order, the labeled four left out
+    jsonl = client.get("/api/predictions.jsonl")
+    assert jsonl.status_code == 200 and "round0-predictions.jsonl" in jsonl.headers["content-disposition"]
+    records = [json.loads(line) for line in jsonl.text.splitlines()]
+    assert [r["id"] for r in records] == unlabeled
+    lines = client.get("/api/predictions.csv").text.splitlines()
+    assert lines[0] == "id,prediction,confidence,uncertainty,measure,p_true,p_false" and len(lines) == 27
+    assert [line.split(",")[0] for line in lines[1:]] == unlabeled
+    assert all(r["prediction"] in ("true", "false") and 0.5 <= r["confidence"] <= 1 for r in records)
+    assert client.get("/api/predictions.txt").status_code == 400

@@ -1,6 +1,7 @@
 """`starlora serve` in a real browser: headless Chromium (Debian's chromium and chromium-driver) through a whole round
 on the tiny model: query, label with the keyboard (skip, undo, the model's guess), train while watching the progress
-bar, a second click on train, the learning curve, the next query; then the files on disk and the commands.
+bar, a second click on train, the learning curve, predict the rest, the next query; then the files on disk and the
+commands.
 
 Skipped when Chromium is not installed, unless STARLORA_REQUIRE_BROWSER=1 (as .ci/run sets): then it fails.
 STARLORA_SCREENSHOTS=DIR keeps the screenshots of the three screens there (the README's come from this test)."""
@@ -55,7 +56,8 @@ def held_training(monkeypatch):
     class Held(starlora.progress.tqdm):
         def update(self, n=1):
             done = super().update(n)
-            if "training" in str(self.desc) and self.n >= (self.total or 0) // 2:
+            # (a quiet bar, predict's inner ones, has no desc)
+            if "training" in str(getattr(self, "desc", "")) and self.n >= (self.total or 0) // 2:
                 release.wait(120)
             return done
 
@@ -152,8 +154,15 @@ def test_a_whole_round_in_the_browser(browser, server, held_training, tmp_path):
     assert rows[0].text.split() == ["0", "4", "4", "4", f"{accuracy:.1f}%"]
     browser.save_screenshot(str(shots / "curve.png"))
 
-    # the next batch, mixed with lambda(0) = 0.667
+    # predict the rest: a background job like training, then the two downloads
     browser.find_element(By.ID, "tab-round").click()
+    assert not visible("download-csv")
+    browser.find_element(By.ID, "predict").click()
+    wait.until(lambda _: visible("download-csv") and "for 26 unlabeled examples" in text("predict-note"))
+    assert browser.find_element(By.ID, "download-jsonl").get_attribute("href") == url + "api/predictions.jsonl"
+    assert len((proj / "predictions" / "unlabeled.csv").read_text().splitlines()) == 27
+
+    # the next batch, mixed with lambda(0) = 0.667
     assert "0.667" in text("lambda")
     browser.find_element(By.ID, "query").click()  # n is still 4
     browser.find_element(By.ID, "tab-label").click()

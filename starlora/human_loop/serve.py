@@ -2,9 +2,9 @@
 module holds what the page shows, the background jobs, the request guards and the socket; server.py the routes.
 
 The page is presentation only. Every label goes through project.label_one (the checks and the atomic write of
-`starlora label`, under the same lock); training and querying run project.train and project.query in one
-background thread; every request reads the folder afresh. So the page and the commands mix freely, and killing the
-server at any moment leaves the folder as killing the command would.
+`starlora label`, under the same lock); training, querying and predicting (predict.predict_unlabeled) run one at
+a time in a background thread; every request reads the folder afresh. So the page and the commands mix freely, and
+killing the server at any moment leaves the folder as killing the command would.
 
 Bound to localhost by default, where only requests addressed to localhost are answered (a page elsewhere cannot
 reach it through DNS rebinding). Any other address needs a token, generated and printed at start, on every request.
@@ -92,7 +92,7 @@ class Jobs:
     def refuse_if_busy(self) -> None:
         running = self.running  # read once: the job may finish in between
         if running:
-            what = "training" if running.kind == "train" else "a query"
+            what = {"train": "training", "query": "a query", "predict": "a prediction"}[running.kind]
             raise Busy(f"{what} is already running; wait for it to finish")
 
     @contextlib.contextmanager
@@ -210,7 +210,22 @@ def state(folder) -> dict:
         "can_query": not waiting and not (labels and len(adapters) < len(queries)),
         "stopping": P.stopping_advice(project, records),
         "next": P.next_step(project, labels, queries, adapters),
+        "can_predict": bool(adapters),
+        "predictions": predictions(folder),
     }
+
+
+def predictions(folder) -> dict | None:
+    """The last finished predictions of the unlabeled pool (round, adapter, rows), or None."""
+    from ..files import read_json
+
+    record = Path(folder) / "predictions" / "unlabeled.json"
+    return read_json(record, {"round": int, "rows": int}) if record.exists() else None
+
+
+def check_can_predict(folder) -> None:
+    if not P.open_project(folder).adapters():
+        raise StarloraError("no adapter trained yet: train a round first, then predict")
 
 
 def query_items(folder) -> dict:

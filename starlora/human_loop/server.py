@@ -9,11 +9,12 @@ from importlib.resources import files
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 
 from ..errors import StarloraError
 from . import project as P
+from . import serve as S
 from .serve import MAX_BODY, TOKEN_COOKIE, BodyLimit, Busy, Jobs, cross_site, is_local, query_items, state
 
 routes = APIRouter()
@@ -93,6 +94,29 @@ def post_query(item: QueryIn, request: Request):
                                                                    project.queries()),
                                lambda: P.query(folder, item.n, random=item.random))
     return job.view()
+
+
+@routes.post("/api/predict", status_code=202)
+def post_predict(request: Request):
+    """The latest adapter's predictions for every unlabeled pool example (predict.predict_unlabeled)."""
+    from ..predict import predict_unlabeled
+
+    folder = _folder(request)
+    job = _jobs(request).start("predict", lambda: S.check_can_predict(folder), lambda: predict_unlabeled(folder))
+    return job.view()
+
+
+@routes.get("/api/predictions.{suffix}")
+def get_predictions(suffix: str, request: Request):
+    """The last finished predictions as a download: predictions.csv or predictions.jsonl."""
+    if suffix not in ("csv", "jsonl"):
+        raise StarloraError(f"predictions come as .csv or .jsonl, not .{suffix}")
+    folder, made = _folder(request), S.predictions(_folder(request))
+    if made is None:
+        raise StarloraError("no predictions yet: run Predict first")
+    name = f"{folder.name}-round{made['round']}-predictions.{suffix}"
+    return FileResponse(folder / "predictions" / f"unlabeled.{suffix}", filename=name,
+                        media_type="text/csv" if suffix == "csv" else "application/jsonl")
 
 
 async def one_line(request: Request, e: StarloraError):
