@@ -57,7 +57,7 @@ def load_model(name: str = EMBEDDED, cache: str | os.PathLike | None = None, dty
             model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], quantization_config=quantized,
                                                          **placed)
     if name == TINY:
-        model.config.name_or_path = model.name_or_path = TINY
+        model.config.name_or_path = TINY
     return _prepare(model, tokenizer)
 
 
@@ -194,7 +194,7 @@ def tiny_random(seed: int = 0, dtype: str = "fp32"):
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = LlamaForCausalLM(tiny_config()).to(DTYPES[dtype])
-    model.config.name_or_path = model.name_or_path = TINY  # PEFT's adapter_config names its base from the latter
+    model.config.name_or_path = TINY
     return _prepare(model, tokenizer)
 
 

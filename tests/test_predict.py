@@ -107,6 +107,10 @@ def test_closed_set_predictions_match_scoring_in_every_format(tmp_path):
 def test_an_open_task_gives_the_text_and_its_log_probability(tmp_path):
     model, tok = lora_model(dropout=0.0)
     model.save_pretrained(tmp_path / "adapter")  # a bare adapter folder: the task comes from --task
+    with pytest.raises(StarloraError, match="names no base model"):  # (the tiny model has no name PEFT reads)
+        PR.predict(tmp_path / "adapter", "x.jsonl", tmp_path / "x.jsonl")
+    model.peft_config["default"].base_model_name_or_path = "tiny-random"
+    model.save_pretrained(tmp_path / "adapter")
     data = rows(5)
     src = write_jsonl(tmp_path / "in.jsonl", data)
     with pytest.raises(StarloraError, match="give --task"):
