@@ -12,7 +12,7 @@ import pytest
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check"
 
 
-@pytest.mark.slow
+@pytest.mark.ci  # ~130 s on 2 cores: seven fresh starlora processes, two of them 2-process launches
 def test_the_dry_run_runs_every_step_and_writes_its_figures(tmp_path):
     out = tmp_path / "check.json"
     done = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out), "--work", str(tmp_path / "w")],

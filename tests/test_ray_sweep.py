@@ -112,7 +112,7 @@ def test_a_killed_worker_is_re_run_and_its_run_resumes(ray_address, grid, expect
     assert results(grid / "killed-worker") == expected
 
 
-@pytest.mark.slow  # ~20-60 s on 2 cores: the module takes ~130 s in all
+@pytest.mark.ci  # ~60 s on 2 cores: two whole sweeps in fresh processes
 def test_a_killed_sweep_resumes_with_the_uninterrupted_results(ray_address, grid, expected):
     out = grid / "killed-sweep"
     command = [sys.executable, "-m", "starlora", "sweep", "--grid", str(grid / "grid.yaml"), "--out", str(out),
