@@ -17,7 +17,7 @@ def test_help_lists_commands():
     assert out.returncode == 0
     listed = set(re.findall(r"^    (\w+)\s{2,}\S", out.stdout, re.M))  # the sub-command table, one per line
     assert listed == {"run", "sweep", "report", "eval", "demo", "bench", "init", "query", "label", "train", "status",
-                      "serve"}
+                      "serve", "predict", "export"}
     sub = run("eval", "--help")
     assert "--train-file" in sub.stdout and "--template" in sub.stdout and "--model" in sub.stdout
 
