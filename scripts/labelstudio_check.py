@@ -2,8 +2,9 @@
 
 Installs Label Studio in its own environment (.labelstudio-venv, once), starts it on localhost with a throw-away data
 folder, and for a closed-set task (BoolQ: choices) and an open one (GSM8K: a text box): `starlora init`, `starlora
-query --format labelstudio`, a Label Studio project with the labeling config starlora wrote, the query file imported
-through its API, one annotation per task submitted through its API as an annotator would, the project exported as
+query --format labelstudio` (the model's guesses as pre-annotations, the uncertainty that chose each task as its
+starlora_uncertainty field, both checked as Label Studio holds them), a Label Studio project with the labeling config
+starlora wrote, the query file imported through its API, one annotation per task submitted through its API as an annotator would, the project exported as
 JSON, JSON-MIN and CSV, and each export fed to `starlora label` in a fresh copy of the project, whose labels must be
 exactly the answers given. Exits non-zero on the first difference.
 
@@ -89,7 +90,7 @@ def round_trip(ls: LabelStudio, work: Path, task: str, pool_rows: list[dict], an
     pool.write_text("".join(json.dumps(r) + "\n" for r in pool_rows))
     project = work / f"{task}-project"
     starlora("init", str(project), "--task", task, "--pool", str(pool), "--model", "tiny-random")
-    starlora("query", str(project), "-n", "4", "--format", "labelstudio", "--random")
+    starlora("query", str(project), "-n", "4", "--format", "labelstudio")  # the base model's pick: pre-annotations
     tasks_file = project / "queries" / "round_0.json"
     config = (project / "queries" / "labelstudio_config.xml").read_text()
     created = ls.call("POST", "/api/projects/", {"title": f"starlora {task}", "label_config": config})
@@ -97,8 +98,24 @@ def round_trip(ls: LabelStudio, work: Path, task: str, pool_rows: list[dict], an
     listed = ls.call("GET", f"/api/tasks/?project={created['id']}&page_size=100")
     tasks = listed["tasks"] if isinstance(listed, dict) and "tasks" in listed else listed
     given = {}
+    chosen = json.loads((project / "queries.jsonl").read_text().splitlines()[-1])
     for item in tasks:
         ours = item["data"]["starlora_id"]
+        # the uncertainty that chose the task is a field of its own; the model's guess a prediction scored by its
+        # confidence (closed-set tasks: an open task keeps no guess)
+        if item["data"].get("starlora_uncertainty") != chosen["scores"][ours]:
+            raise SystemExit(f"{task}: Label Studio holds starlora_uncertainty "
+                             f"{item['data'].get('starlora_uncertainty')} for {ours}, starlora wrote "
+                             f"{chosen['scores'][ours]}")
+        predictions = ls.call("GET", f"/api/predictions/?task={item['id']}")
+        if "<Choices" in config:
+            (guess,) = predictions
+            if guess["result"][0]["value"]["choices"] != [chosen["guesses"][ours]] or \
+                    abs(guess["score"] - chosen["confidence"][ours]) > 1e-6:
+                raise SystemExit(f"{task}: Label Studio's prediction for {ours} is {guess}, starlora's guess "
+                                 f"{chosen['guesses'][ours]} with confidence {chosen['confidence'][ours]}")
+        elif predictions:
+            raise SystemExit(f"{task}: an open task's query carries no guess, Label Studio holds {predictions}")
         answer = answer_of(ours)
         kind, value = ("choices", {"choices": [answer]}) if "<Choices" in config else ("textarea", {"text": [answer]})
         ls.call("POST", f"/api/tasks/{item['id']}/annotations/",
@@ -132,7 +149,8 @@ def main() -> None:
             round_trip(ls, work, "gsm8k", gsm8k, lambda i: f"{i[1:]} + {i[1:]} = {2 * int(i[1:])}\n#### {2 * int(i[1:])}")
         finally:
             ls.stop()
-    print("Label Studio round trip: every export format imports as given")
+    print("Label Studio round trip: every export format imports as given; the pre-annotations and the uncertainty "
+          "field arrive as written")
 
 
 if __name__ == "__main__":
