@@ -164,14 +164,15 @@ def acquisition_scores(strategy: Strategy, model, tokenizer, task, candidates, *
 
     Args:
         strategy: what to measure and how to combine base and current model.
-        t, rounds: the round and the run's number of rounds (STAR's schedule lambda(t)).
+        t: the round, 0 for the initial set (STAR's schedule lambda(t) reads it).
+        rounds: the run's number of rounds (the schedule's horizon).
         base_cache: the frozen base model's scores, computed once per pool; None when the strategy needs none.
         passes: MC dropout passes (with the deterministic pass that fixes each example's own answer).
         reference: score the gold answer (the official code's oracle); label-free runs leave it False.
 
     Returns:
         {'mu_b', 'mu_f', 'mu'}, arrays over the candidates (mu_b is NaN when the strategy does not use the base
-        model); the highest mu is labeled first.
+            model); the highest mu is labeled first.
     """
     n = len(candidates)
     if not strategy.reads_model:

@@ -13,8 +13,8 @@ def evaluate(model, tokenizer, task, examples, settings: ScoringSettings = Scori
 
     Returns:
         {'accuracy', 'n'} plus 'macro_f1', 'balanced_accuracy' (%, over the candidates), 'ece', 'brier',
-        'wrong_confidence' on closed-set tasks, and 'truncated' on open ones: the % of test generations that hit
-        max_new_tokens, whose answer is read from a cut-off text.
+            'wrong_confidence' on closed-set tasks, and 'truncated' on open ones: the % of test generations that
+            hit max_new_tokens, whose answer is read from a cut-off text.
     """
     scores = score(model, tokenizer, task, examples, passes=1, settings=settings, desc=desc)
     correct = [task.correct(p, ex.gold) for p, ex in zip(scores.predictions, examples)]

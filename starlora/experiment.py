@@ -182,7 +182,7 @@ def run(cfg: RunConfig, out: str | Path, *, dry_run: bool = False, on_round=None
         command: what made the run, recorded in the model card.
 
     Returns:
-        The summary (also `out/summary.json`): per-round accuracies, AUC, RIPL and the code revision.
+        The summary, also written to `out/summary.json` (per-round accuracies, AUC, RIPL, the code revision).
     """
     out = Path(out)
     prepared = setup(cfg, out, dry_run)

@@ -320,7 +320,7 @@ def get_strategy(name: str, closed_task: bool = True) -> Strategy:
         closed_task: False for open tasks (GSM8K), where strategies that need a label distribution are refused.
 
     Returns:
-        The Strategy: what it measures, how it combines base and current model, how it picks.
+        The Strategy (what it measures, how it combines base and current model, how it picks).
 
     Raises:
         StarloraError: an unknown name (the message lists the known ones) or one the task cannot use.
