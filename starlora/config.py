@@ -137,6 +137,13 @@ PROTOCOLS = {
 }
 
 
+def stored_config(record: dict) -> MethodConfig:
+    """A project's or run's stored configuration as a MethodConfig: an option added since has its LEGACY meaning, and
+    keys that are not the method's (a run's data and simulation options, older projects' extras) are left out."""
+    known = {f.name for f in dataclasses.fields(MethodConfig)}
+    return MethodConfig(**{k: v for k, v in {**LEGACY, **record}.items() if k in known})
+
+
 def variant(cfg) -> str:
     """A run's strategy with the selection options that change what it labels: star-me, star-me+kmeans,
     star-me+kmeans(beta 5), random+cold-kmeans; star-me+oracle-reference with --target reference. Sweep folders and

@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import LEGACY, MethodConfig
+from .config import MethodConfig, stored_config
 from .errors import StarloraError
 from .files import read_json
 
@@ -62,12 +62,6 @@ class Source:
                 raise StarloraError(f"{self.adapter}: cannot load this adapter onto {self.model} "
                                     f"({str(e).splitlines()[0][:200]})") from None
         return model, tokenizer
-
-
-def stored_config(record: dict) -> MethodConfig:
-    """A project's or run's stored configuration as a MethodConfig (older folders: the keys they lacked added)."""
-    known = {f.name for f in dataclasses.fields(MethodConfig)}
-    return MethodConfig(**{k: v for k, v in {**LEGACY, **record}.items() if k in known})
 
 
 def open_source(path) -> Source:

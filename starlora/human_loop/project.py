@@ -27,7 +27,7 @@ from filelock import FileLock
 
 from ..acquisition import Acquisition, BaseScoreCache, RoundSeeds, random_scores
 from ..card import push, write_card
-from ..config import LEGACY, MethodConfig
+from ..config import MethodConfig, stored_config
 from ..data import Example, make_examples, read_rows, row_id
 from .labelstudio import FORMATS, cleaned, export, labelstudio_config, read_answers
 from ..diversity import kmeans_representatives
@@ -131,8 +131,7 @@ def open_project(folder) -> Project:
     if not (folder / "project.json").exists():
         raise StarloraError(f"{folder} is not a starlora project (no project.json); create one with starlora init")
     stored = read_json(folder / "project.json", {"config": dict})["config"]
-    known = {f.name for f in dataclasses.fields(MethodConfig)}  # projects made before the split stored more keys
-    return Project(folder, MethodConfig(**{k: v for k, v in {**LEGACY, **stored}.items() if k in known}))
+    return Project(folder, stored_config(stored))  # projects made before the split stored more keys
 
 
 # ---------------------------------------------------------------- init
