@@ -95,7 +95,7 @@ def _follow(jobs, refs, bar) -> list:
     """Wait for every task, moving the bar as rounds land and reporting each failure as it comes."""
     import ray
 
-    from .sweep import finished_rounds
+    from .sweep import raise_failures, report_failure, rounds_done
 
     results, failed, pending = {}, {}, list(refs)
     index = {ref: i for i, ref in enumerate(refs)}
@@ -115,12 +115,9 @@ def _follow(jobs, refs, bar) -> list:
             except StarloraError as e:
                 failed[job.folder] = e
             if job.folder in failed:
-                logger.error(f"{job.folder}: failed: {failed[job.folder]} (the other runs go on; re-running the "
-                             "sweep retries it)")
-        bar.update(sum(min(finished_rounds(job), job.cfg.rounds) for job in jobs) - bar.n)
-    if failed and all(isinstance(e, StarloraError) for e in failed.values()):
-        raise StarloraError(f"{len(failed)} of {len(jobs)} run(s) failed: "
-                            + "; ".join(f"{folder}: {e}" for folder, e in failed.items()))
+                report_failure(job.folder, failed[job.folder])
+        bar.update(rounds_done(jobs) - bar.n)
+    raise_failures(failed, len(jobs))
     for e in failed.values():
         if not isinstance(e, StarloraError):
             raise e  # an unexpected error, with its traceback

@@ -181,6 +181,24 @@ def finished_rounds(job: Job) -> int:
     return len(read_jsonl(job.folder / "rounds.jsonl")) if (job.folder / "config.json").exists() else 0
 
 
+def rounds_done(jobs: list[Job]) -> int:
+    """The grid's finished rounds, read from the runs' rounds.jsonl files: what the sweep's bar shows, whichever
+    processes or nodes run them."""
+    return sum(min(finished_rounds(job), job.cfg.rounds) for job in jobs)
+
+
+def report_failure(folder, error) -> None:
+    logger.error(f"{folder}: failed: {error} (the other runs go on; re-running the sweep retries it)")
+
+
+def raise_failures(failed: dict, total: int) -> None:
+    """End the sweep naming every failed run, when each failed on bad input or configuration (StarloraError); an
+    unexpected error is left to its caller to re-raise with its traceback."""
+    if failed and all(isinstance(e, StarloraError) for e in failed.values()):
+        raise StarloraError(f"{len(failed)} of {total} run(s) failed: "
+                            + "; ".join(f"{folder}: {e}" for folder, e in failed.items()))
+
+
 def warn_changed_code(jobs: list[Job]) -> None:
     """A run that resumes on other code than the code that started it says so, naming both revisions (it is not
     refused: the report then warns that its group mixes revisions). Finished runs do not run again, and a folder
@@ -218,8 +236,7 @@ def sweep(jobs: list[Job], workers: int = 1, devices: list[str] | None = None, r
     if slots < 1:
         raise StarloraError(f"--workers must be at least 1 (got {workers})")
     warn_changed_code(jobs)
-    done = sum(min(finished_rounds(job), job.cfg.rounds) for job in jobs)
-    bar = progress(total=sum(job.cfg.rounds for job in jobs), initial=done, desc="sweep", unit="round")
+    bar = progress(total=sum(job.cfg.rounds for job in jobs), initial=rounds_done(jobs), desc="sweep", unit="round")
     try:
         if backend == "ray":
             return sweep_on_ray(jobs, bar, report_to, address, cpus_per_run)
@@ -243,18 +260,15 @@ def _side_by_side(jobs, slots, devices, bar, report_to=()) -> list[dict]:
         failed = {}
         while True:
             finished = all(f.done() for f in pending)
-            bar.update(sum(min(finished_rounds(job), job.cfg.rounds) for job in jobs) - bar.n)
+            bar.update(rounds_done(jobs) - bar.n)
             for job, f in zip(jobs, pending):
                 if f.done() and f.exception() is not None and job.folder not in failed:
                     failed[job.folder] = f.exception()
-                    logger.error(f"{job.folder}: failed: {f.exception()} (the other runs go on; re-running the "
-                                 "sweep retries it)")
+                    report_failure(job.folder, f.exception())
             if finished:
                 break
             time.sleep(1)
-        if failed and all(isinstance(e, StarloraError) for e in failed.values()):
-            raise StarloraError(f"{len(failed)} of {len(jobs)} run(s) failed: "
-                                + "; ".join(f"{folder}: {e}" for folder, e in failed.items()))
+        raise_failures(failed, len(jobs))
         return [f.result() for f in pending]  # re-raises an unexpected error with its traceback
 
 
