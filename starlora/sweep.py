@@ -33,7 +33,7 @@ from .strategies import get_strategy
 from .tasks import get_task
 from .progress import progress
 
-GRID_KEYS = {"tasks", "strategies", "seeds", "protocol", "config"}
+GRID_KEYS = {"tasks", "strategies", "seeds", "protocol", "config", "configs"}
 logger = logging.getLogger(__name__)
 
 
@@ -44,8 +44,10 @@ class Job:
 
 
 def read_grid(path) -> list[dict]:
-    """A YAML grid: one block {tasks, strategies, seeds, protocol, config} or a list of them (e.g. the main
-    comparison with 5 seeds and the ablations with 3)."""
+    """A YAML grid: one block {tasks, strategies, seeds, protocol, config, configs} or a list of them (e.g. the
+    main comparison with 5 seeds and the ablations with 3). `configs` is an axis of configuration variants, each
+    merged over the block's `config`: `configs: [{}, {diversity: kmeans}]` runs every cell once plain and once
+    with k-means diversity."""
     try:
         blocks = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as e:
@@ -62,28 +64,35 @@ def read_grid(path) -> list[dict]:
                                 f"(allowed: {', '.join(sorted(GRID_KEYS))})")
         if not isinstance(block.get("config", {}), dict):
             raise StarloraError(f"{path}: block {i}: 'config' must be a mapping of configuration keys")
+        variants = block.get("configs", [{}])
+        if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) for v in variants):
+            raise StarloraError(f"{path}: block {i}: 'configs' must be a non-empty list of mappings of "
+                                f"configuration keys, e.g. [{{}}, {{diversity: kmeans}}]")
     return blocks
 
 
 def plan(blocks: list[dict], out, overrides: dict | None = None, grid=None) -> list[Job]:
     """Every run of the grid, resolved and validated before any starts (configuration, data files and sizes; not
-    the model): OUT/TASK/STRATEGY/seedN, seed by seed, where STRATEGY is config.variant with the configuration
-    values that differ between runs of that task and variant, e.g. random[lr=0.001] (folder_names). `overrides`
-    (command-line flags) win over a block's config, as flags win over a config file in `run`. Errors name the grid
-    file and the block: 'grid.yaml: block 2: ...'."""
+    the model): OUT/TASK/STRATEGY/seedN, where STRATEGY is config.variant with the configuration values that differ
+    between runs of that task and variant, e.g. random[lr=0.001] (folder_names). The whole grid runs seed by seed,
+    across its blocks, so a half-finished sweep already holds whole comparisons. `overrides` (command-line flags)
+    win over a block's config and configs, as flags win over a config file in `run`. Errors name the grid file and
+    the block: 'grid.yaml: block 2: ...'."""
     resolved = []  # (block number, cfg)
     for number, block in enumerate(blocks, 1):
         with in_block(grid, number, len(blocks)):
-            config = {**block.get("config", {}), **(overrides or {})}
             for name in ("tasks", "strategies", "seeds"):
                 if not isinstance(block.get(name), list) or not block[name]:
                     raise StarloraError(f"the grid needs a non-empty list of {name} (--{name} or the grid file)")
             for task in block["tasks"]:
-                for seed in block["seeds"]:  # seed by seed: a half-finished sweep already holds whole comparisons
-                    for strategy in block["strategies"]:
-                        cfg = resolve(block.get("protocol") or "paper",
-                                      **{**config, "task": task, "strategy": strategy, "seed": seed})
-                        resolved.append((number, cfg))
+                for seed in block["seeds"]:
+                    for variant_config in block.get("configs", [{}]):
+                        config = {**block.get("config", {}), **variant_config, **(overrides or {})}
+                        for strategy in block["strategies"]:
+                            cfg = resolve(block.get("protocol") or "paper",
+                                          **{**config, "task": task, "strategy": strategy, "seed": seed})
+                            resolved.append((number, cfg))
+    resolved.sort(key=lambda item: item[1].seed)  # stable: within a seed, the grid's own order
     names = folder_names([cfg for _, cfg in resolved])
     jobs, seen = [], {}
     for (number, cfg), name in zip(resolved, names):

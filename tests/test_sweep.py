@@ -193,3 +193,24 @@ def test_blocks_differing_in_metric_or_pool_class_ratio_get_folders_of_their_own
     assert names == ["random[metric=accuracy,pool_class_ratio=None]", "random[metric=macro_f1,pool_class_ratio=None]",
                      "random[metric=macro_f1,pool_class_ratio=false_0.25]"]
     assert [j.cfg.metric for j in S.plan(blocks, grid / "o")] == ["accuracy", "macro_f1", "macro_f1"]
+
+
+def test_configs_is_an_axis_of_variants_and_the_grid_runs_seed_by_seed(grid):
+    """`configs` merges each variant over the block's config (flags win over both); the plan orders the whole grid by
+    seed, blocks kept in their order within a seed."""
+    config = S.read_grid(grid / "grid.yaml")[0]["config"]
+    (grid / "v.yaml").write_text(json.dumps([
+        {"tasks": ["boolq"], "strategies": ["random"], "seeds": [0, 1], "config": config},
+        {"tasks": ["boolq"], "strategies": ["star-me"], "seeds": [0, 1], "config": config,
+         "configs": [{}, {"diversity": "kmeans"}, {"diversity": "kmeans", "diversity_beta": 10}]}]))
+    jobs = S.plan(S.read_grid(grid / "v.yaml"), grid / "v", overrides={"epochs": 2})
+    assert [str(j.folder.relative_to(grid / "v")) for j in jobs] == [
+        "boolq/random/seed0", "boolq/star-me/seed0", "boolq/star-me+kmeans/seed0", "boolq/star-me+kmeans(beta 10)/seed0",
+        "boolq/random/seed1", "boolq/star-me/seed1", "boolq/star-me+kmeans/seed1", "boolq/star-me+kmeans(beta 10)/seed1"]
+    assert [(j.cfg.diversity, j.cfg.diversity_beta, j.cfg.epochs) for j in jobs[1:4]] == [
+        ("none", 3.0, 2), ("kmeans", 3.0, 2), ("kmeans", 10.0, 2)]
+    for bad in ([], {"diversity": "kmeans"}, ["kmeans"]):
+        (grid / "bad.yaml").write_text(json.dumps({"tasks": ["boolq"], "strategies": ["random"], "seeds": [0],
+                                                   "configs": bad}))
+        with pytest.raises(StarloraError, match=r"bad.yaml: block 1: 'configs' must be a non-empty list of mappings"):
+            S.read_grid(grid / "bad.yaml")
