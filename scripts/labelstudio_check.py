@@ -49,9 +49,25 @@ class LabelStudio:
         env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data), "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true"}
         self.log = open(data / "label-studio.log", "w")
         self.process = subprocess.Popen(
-            [str(binary), "start", "--no-browser", "--host", "127.0.0.1", "--port", str(self.port),
-             "--username", "annotator@example.com", "--password", "starlora-check", "--user-token", TOKEN],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                str(binary),
+                "start",
+                "--no-browser",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--username",
+                "annotator@example.com",
+                "--password",
+                "starlora-check",
+                "--user-token",
+                TOKEN,
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.time() + 300
         while time.time() < deadline:
             try:
@@ -64,10 +80,12 @@ class LabelStudio:
         raise SystemExit("Label Studio did not answer within 5 minutes")
 
     def call(self, method: str, path: str, body=None, raw: bool = False):
-        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method,
-                                         data=None if body is None else json.dumps(body).encode(),
-                                         headers={"Authorization": f"Token {TOKEN}",
-                                                  "Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}",
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Token {TOKEN}", "Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=120) as response:
             content = response.read()
         return content if raw else json.loads(content or b"null")
@@ -104,22 +122,31 @@ def round_trip(ls: LabelStudio, work: Path, task: str, pool_rows: list[dict], an
         # the uncertainty that chose the task is a field of its own; the model's guess a prediction scored by its
         # confidence (closed-set tasks: an open task keeps no guess)
         if item["data"].get("starlora_uncertainty") != chosen["scores"][ours]:
-            raise SystemExit(f"{task}: Label Studio holds starlora_uncertainty "
-                             f"{item['data'].get('starlora_uncertainty')} for {ours}, starlora wrote "
-                             f"{chosen['scores'][ours]}")
+            raise SystemExit(
+                f"{task}: Label Studio holds starlora_uncertainty "
+                f"{item['data'].get('starlora_uncertainty')} for {ours}, starlora wrote "
+                f"{chosen['scores'][ours]}"
+            )
         predictions = ls.call("GET", f"/api/predictions/?task={item['id']}")
         if "<Choices" in config:
             (guess,) = predictions
-            if guess["result"][0]["value"]["choices"] != [chosen["guesses"][ours]] or \
-                    abs(guess["score"] - chosen["confidence"][ours]) > 1e-6:
-                raise SystemExit(f"{task}: Label Studio's prediction for {ours} is {guess}, starlora's guess "
-                                 f"{chosen['guesses'][ours]} with confidence {chosen['confidence'][ours]}")
+            if (
+                guess["result"][0]["value"]["choices"] != [chosen["guesses"][ours]]
+                or abs(guess["score"] - chosen["confidence"][ours]) > 1e-6
+            ):
+                raise SystemExit(
+                    f"{task}: Label Studio's prediction for {ours} is {guess}, starlora's guess "
+                    f"{chosen['guesses'][ours]} with confidence {chosen['confidence'][ours]}"
+                )
         elif predictions:
             raise SystemExit(f"{task}: an open task's query carries no guess, Label Studio holds {predictions}")
         answer = answer_of(ours)
         kind, value = ("choices", {"choices": [answer]}) if "<Choices" in config else ("textarea", {"text": [answer]})
-        ls.call("POST", f"/api/tasks/{item['id']}/annotations/",
-                {"result": [{"from_name": "answer", "to_name": "prompt", "type": kind, "value": value}]})
+        ls.call(
+            "POST",
+            f"/api/tasks/{item['id']}/annotations/",
+            {"result": [{"from_name": "answer", "to_name": "prompt", "type": kind, "value": value}]},
+        )
         given[ours] = answer
     assert len(given) == 4, f"{task}: Label Studio holds {len(given)} tasks, not 4"
     for fmt, suffix in EXPORTS.items():
@@ -128,8 +155,10 @@ def round_trip(ls: LabelStudio, work: Path, task: str, pool_rows: list[dict], an
         copy = work / f"{task}-project-{fmt}"
         shutil.copytree(project, copy)
         starlora("label", str(copy), str(export))
-        labels = {json.loads(line)["id"]: json.loads(line)["answer"]
-                  for line in (copy / "labels.jsonl").read_text().splitlines()}
+        labels = {
+            json.loads(line)["id"]: json.loads(line)["answer"]
+            for line in (copy / "labels.jsonl").read_text().splitlines()
+        }
         if labels != given:
             raise SystemExit(f"{task} {fmt}: starlora label imported {labels}, Label Studio was given {given}")
         print(f"{task}: Label Studio {fmt} export -> starlora label: {len(labels)} labels, as given", flush=True)
@@ -142,15 +171,18 @@ def main() -> None:
         (work / "ls-data").mkdir()
         ls = LabelStudio(binary, work / "ls-data")
         try:
-            boolq = [{"id": f"b{i}", "question": f"is item {i} red", "passage": f"Item {i} is red."}
-                     for i in range(10)]
+            boolq = [{"id": f"b{i}", "question": f"is item {i} red", "passage": f"Item {i} is red."} for i in range(10)]
             round_trip(ls, work, "boolq", boolq, lambda i: ["yes", "no"][int(i[1:]) % 2])
             gsm8k = [{"id": f"g{i}", "question": f"What is {i} + {i}?"} for i in range(10)]
-            round_trip(ls, work, "gsm8k", gsm8k, lambda i: f"{i[1:]} + {i[1:]} = {2 * int(i[1:])}\n#### {2 * int(i[1:])}")
+            round_trip(
+                ls, work, "gsm8k", gsm8k, lambda i: f"{i[1:]} + {i[1:]} = {2 * int(i[1:])}\n#### {2 * int(i[1:])}"
+            )
         finally:
             ls.stop()
-    print("Label Studio round trip: every export format imports as given; the pre-annotations and the uncertainty "
-          "field arrive as written")
+    print(
+        "Label Studio round trip: every export format imports as given; the pre-annotations and the uncertainty "
+        "field arrive as written"
+    )
 
 
 if __name__ == "__main__":

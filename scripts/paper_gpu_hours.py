@@ -37,8 +37,9 @@ def token_stats(tok, task_name):
     data = load_data(task)
     examples = data.pool + data.test
     prompt = np.mean([len(encode_prompt(tok, ex.prompt, 128)) for ex in examples])
-    answer = np.mean([len(encode_answer(tok, ex.target, 256, eos=True, prefix=answer_prefix(ex.prompt)))
-                      for ex in examples])
+    answer = np.mean(
+        [len(encode_answer(tok, ex.target, 256, eos=True, prefix=answer_prefix(ex.prompt))) for ex in examples]
+    )
     return prompt, answer
 
 
@@ -56,9 +57,12 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--params", type=float, default=6.74e9, help="model parameters (default LLaMA-2-7B, 6.74e9)")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--tflops", type=float, default=400.0,
-                   help="assumed sustained bf16 TFLOP/s of compute-bound work (default 400: ~40%% of an H100's "
-                        "dense bf16 peak)")
+    p.add_argument(
+        "--tflops",
+        type=float,
+        default=400.0,
+        help="assumed sustained bf16 TFLOP/s of compute-bound work (default 400: ~40%% of an H100's dense bf16 peak)",
+    )
     p.add_argument("--bandwidth", type=float, default=3.35, help="GPU memory bandwidth, TB/s (default H100 SXM)")
     p.add_argument("--gen-batch", type=int, default=64, help="sequences per generation batch (default 64)")
     args = p.parse_args()
@@ -99,9 +103,11 @@ def main():
         per_task = args.seeds * sum(hours[STRATEGIES[s]] for s in STRATEGIES)
         total += per_task
         print(f"{task_name:<6} {prompt:>6.0f} {answer:>6.0f} {hours[0]:>9.2f} {hours[1]:>19.2f}")
-    print(f"Table 1 ({len(STRATEGIES)} strategies x 3 tasks x {args.seeds} seeds, {args.params:.3g} parameters): "
-          f"about {total:.0f} GPU-hours at {args.tflops:g} TFLOP/s sustained and {args.bandwidth:g} TB/s "
-          f"(an estimate from measured FLOP and token counts, not a measured run)")
+    print(
+        f"Table 1 ({len(STRATEGIES)} strategies x 3 tasks x {args.seeds} seeds, {args.params:.3g} parameters): "
+        f"about {total:.0f} GPU-hours at {args.tflops:g} TFLOP/s sustained and {args.bandwidth:g} TB/s "
+        f"(an estimate from measured FLOP and token counts, not a measured run)"
+    )
 
 
 if __name__ == "__main__":

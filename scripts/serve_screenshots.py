@@ -45,9 +45,33 @@ def main_(out: Path) -> None:
     write_jsonl(work / "reviews.jsonl", [{k: v for k, v in r.items() if k != "answer"} for r in pool])
     write_jsonl(work / "heldout.jsonl", test)
     proj = work / "reviews"
-    assert main(["init", str(proj), "--task", "sst2", "--pool", str(work / "reviews.jsonl"),
-                 "--test", str(work / "heldout.jsonl"), "--template", "Review: {sentence}\nSentiment:",
-                 "--strategy", "star-me", "--rounds", "6", "--epochs", "3", "--lr", "1e-3", "--lora-r", "16"]) == 0
+    assert (
+        main(
+            [
+                "init",
+                str(proj),
+                "--task",
+                "sst2",
+                "--pool",
+                str(work / "reviews.jsonl"),
+                "--test",
+                str(work / "heldout.jsonl"),
+                "--template",
+                "Review: {sentence}\nSentiment:",
+                "--strategy",
+                "star-me",
+                "--rounds",
+                "6",
+                "--epochs",
+                "3",
+                "--lr",
+                "1e-3",
+                "--lora-r",
+                "16",
+            ]
+        )
+        == 0
+    )
     for _ in range(2):
         P.query(proj, 8)
         answer_all(proj, gold)
@@ -80,8 +104,12 @@ def main_(out: Path) -> None:
         wait.until(lambda _: "Every example" in text("label-empty"))
         browser.find_element(By.ID, "tab-round").click()
         browser.find_element(By.ID, "train").click()
-        wait.until(lambda _: "round 2 training" in text("job-text") and
-                   int(browser.find_element(By.ID, "job-bar").get_attribute("value") or 0) >= 3)
+        wait.until(
+            lambda _: (
+                "round 2 training" in text("job-text")
+                and int(browser.find_element(By.ID, "job-bar").get_attribute("value") or 0) >= 3
+            )
+        )
         browser.save_screenshot(str(out / "train.png"))
         wait.until(lambda _: "adapter trained" in text("round-message"))
         browser.find_element(By.ID, "tab-curve").click()

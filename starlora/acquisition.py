@@ -15,8 +15,10 @@ from .cache import ExampleCache, digest
 from .scoring import ScoringSettings, score
 from .strategies import Pick, Strategy
 
-REFERENCE_WARNING = ("--target reference scores the GOLD answers of the unlabeled pool, as the "
-                     "official STAR code does; it reads labels a real pool does not have (simulation only)")
+REFERENCE_WARNING = (
+    "--target reference scores the GOLD answers of the unlabeled pool, as the "
+    "official STAR code does; it reads labels a real pool does not have (simulation only)"
+)
 
 
 class BaseScoreCache(ExampleCache):
@@ -25,23 +27,41 @@ class BaseScoreCache(ExampleCache):
     target, the token limits and the precision, and the example's id and prompt (the gold answer too with
     reference=True)."""
 
-    def __init__(self, path: str | os.PathLike | None, model_name: str, task, settings: ScoringSettings,
-                 reference: bool = False):
+    def __init__(
+        self, path: str | os.PathLike | None, model_name: str, task, settings: ScoringSettings, reference: bool = False
+    ):
         self.reference = reference
         super().__init__(path, model_name, task, settings)
 
     def identity(self, model_name: str) -> list:
         task, settings = self.task, self.settings
-        return [model_name, task.name, task.candidates, task.numeric, self.reference, settings.max_prompt_tokens,
-                settings.max_answer_tokens, settings.max_new_tokens, settings.precision]
+        return [
+            model_name,
+            task.name,
+            task.candidates,
+            task.numeric,
+            self.reference,
+            settings.max_prompt_tokens,
+            settings.max_answer_tokens,
+            settings.max_new_tokens,
+            settings.precision,
+        ]
 
     def key(self, ex) -> str:
         return f"{self.prefix}{ex.id}|{digest(ex.prompt + (chr(0) + ex.target if self.reference else ''))}"
 
     def compute(self, model, tokenizer, examples, part_of: str) -> list[dict]:
         """The base model's measures (the adapter is switched off)."""
-        scores = score(model, tokenizer, self.task, examples, passes=1, settings=self.settings,
-                       reference=self.reference, desc="base model" + part_of)
+        scores = score(
+            model,
+            tokenizer,
+            self.task,
+            examples,
+            passes=1,
+            settings=self.settings,
+            reference=self.reference,
+            desc="base model" + part_of,
+        )
         return [{name: float(v[i]) for name, v in scores.measures.items()} for i in range(len(examples))]
 
     def combine(self, rows: list[dict]) -> dict[str, np.ndarray]:
@@ -109,16 +129,30 @@ class Acquisition:
         return self.cfg.k if uses_mc_dropout(self.cfg, self.strategy) else 1
 
     def scores(self, model, tokenizer, task, candidates, t: int) -> dict[str, np.ndarray]:
-        return acquisition_scores(self.strategy, model, tokenizer, task, candidates, t=t, rounds=self.cfg.rounds,
-                                  base_cache=self.base_cache, passes=self.passes, length_norm=self.cfg.length_norm,
-                                  schedule=self.cfg.schedule, normalisation=self.cfg.normalisation,
-                                  reference=self.reference, seed=self.cfg.seed, settings=self.settings)
+        return acquisition_scores(
+            self.strategy,
+            model,
+            tokenizer,
+            task,
+            candidates,
+            t=t,
+            rounds=self.cfg.rounds,
+            base_cache=self.base_cache,
+            passes=self.passes,
+            length_norm=self.cfg.length_norm,
+            schedule=self.cfg.schedule,
+            normalisation=self.cfg.normalisation,
+            reference=self.reference,
+            seed=self.cfg.seed,
+            settings=self.settings,
+        )
 
     @property
     def picker(self) -> Pick:
         """How the batch is picked: the strategy's own pick, or the top spread over k-means clusters (--diversity)."""
-        return self.strategy.pick.spread(self.cfg.diversity_beta) if self.cfg.diversity != "none" \
-            else self.strategy.pick
+        return (
+            self.strategy.pick.spread(self.cfg.diversity_beta) if self.cfg.diversity != "none" else self.strategy.pick
+        )
 
     @property
     def needs_embeddings(self) -> bool:
@@ -135,8 +169,9 @@ class Acquisition:
         set mu["mu"] to what it read (core-set: the distance to the labeled set; BADGE: the gradient embedding's
         norm)."""
         picker = self.picker
-        embedded = _Embedded(self.embeddings, model, tokenizer, candidates, labeled) if picker.needs_embeddings \
-            else None
+        embedded = (
+            _Embedded(self.embeddings, model, tokenizer, candidates, labeled) if picker.needs_embeddings else None
+        )
         ids = [ex.id for ex in candidates]
         return [ids[i] for i in picker.choose(mu, n, RoundSeeds(self.cfg.seed, t).round_seed, embedded)]
 
@@ -156,10 +191,24 @@ class _Embedded:
         return self.cache.get(self.model, self.tokenizer, self.examples)
 
 
-def acquisition_scores(strategy: Strategy, model, tokenizer, task, candidates, *, t: int, rounds: int,
-                       base_cache: BaseScoreCache | None, passes: int = 3, length_norm=False, schedule="linear",
-                       normalisation="minmax", reference=False, seed=0,
-                       settings: ScoringSettings = ScoringSettings()) -> dict[str, np.ndarray]:
+def acquisition_scores(
+    strategy: Strategy,
+    model,
+    tokenizer,
+    task,
+    candidates,
+    *,
+    t: int,
+    rounds: int,
+    base_cache: BaseScoreCache | None,
+    passes: int = 3,
+    length_norm=False,
+    schedule="linear",
+    normalisation="minmax",
+    reference=False,
+    seed=0,
+    settings: ScoringSettings = ScoringSettings(),
+) -> dict[str, np.ndarray]:
     """The acquisition scores of round `t` over the candidates (spec: mu_b, mu_f and their mix by lambda(t)).
 
     Args:
@@ -182,19 +231,27 @@ def acquisition_scores(strategy: Strategy, model, tokenizer, task, candidates, *
     key = strategy.measure_key(length_norm)
     mu_f, probs = [], []
     for start in range(0, n, ExampleCache.CHUNK):  # a pool-independent working set (token lists) per chunk
-        part = candidates[start:start + ExampleCache.CHUNK]
+        part = candidates[start : start + ExampleCache.CHUNK]
         part_of = f" ({start + len(part)} of {n})" if n > ExampleCache.CHUNK else ""
         # masks reproducible per seed, round and chunk, whatever the process split; the first chunk (every pool up
         # to CHUNK) keeps the round's own seed
         masks = RoundSeeds(seed, t).round_seed + 10**9 * (start // ExampleCache.CHUNK)
-        lora = score(model, tokenizer, task, part, passes=passes if strategy.mc_dropout else 1,
-                     mc_dropout=strategy.mc_dropout, reference=reference, settings=settings,
-                     desc=f"scoring round {t}{part_of}", seed=masks)
+        lora = score(
+            model,
+            tokenizer,
+            task,
+            part,
+            passes=passes if strategy.mc_dropout else 1,
+            mc_dropout=strategy.mc_dropout,
+            reference=reference,
+            settings=settings,
+            desc=f"scoring round {t}{part_of}",
+            seed=masks,
+        )
         mu_f.append(lora.measures[key])
         probs.append(lora.probs)
     mu_f = np.concatenate(mu_f) if mu_f else np.zeros(0)
-    mu_b = base_cache.get(model, tokenizer, candidates)[key] if strategy.needs_base \
-        else np.full(n, np.nan)
+    mu_b = base_cache.get(model, tokenizer, candidates)[key] if strategy.needs_base else np.full(n, np.nan)
     out = {"mu_b": mu_b, "mu_f": mu_f, "mu": strategy.scores(mu_b, mu_f, t, rounds, schedule, normalisation)}
     if strategy.pick.needs_probs:
         out["probs"] = np.concatenate(probs)  # the deterministic pass's label distribution [N, C]

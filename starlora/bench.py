@@ -68,8 +68,11 @@ class FlopCount:
 
     def __enter__(self):
         head = self.model.get_output_embeddings()
-        self.hooks = [m.register_forward_hook(self._count_linear(m is head))
-                      for m in self.model.modules() if isinstance(m, torch.nn.Linear)]
+        self.hooks = [
+            m.register_forward_hook(self._count_linear(m is head))
+            for m in self.model.modules()
+            if isinstance(m, torch.nn.Linear)
+        ]
         self.hooks.append(self.model.get_decoder().register_forward_pre_hook(self._count_tokens, with_kwargs=True))
         return self
 
@@ -84,13 +87,14 @@ class FlopCount:
                 self.head += flops
             else:
                 self.linear += flops
+
         return hook
 
     def _count_tokens(self, module, args, kwargs):
         ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
         if ids is not None:
             self.padded += ids.numel()
-            self.tokens += int(mask[:, -ids.shape[1]:].sum()) if mask is not None else ids.numel()
+            self.tokens += int(mask[:, -ids.shape[1] :].sum()) if mask is not None else ids.numel()
 
     @property
     def useful(self) -> float:
@@ -118,9 +122,13 @@ def naive_answer_stats(model, pairs):
 @torch.no_grad()
 def naive_generate(model, tokenizer, prompt, max_new_tokens):
     dev = next(model.parameters()).device
-    tokens = model.generate(input_ids=torch.tensor([prompt], device=dev), max_new_tokens=max_new_tokens,
-                            do_sample=False, pad_token_id=tokenizer.pad_token_id,
-                            eos_token_id=tokenizer.eos_token_id)[0, len(prompt):].tolist()
+    tokens = model.generate(
+        input_ids=torch.tensor([prompt], device=dev),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )[0, len(prompt) :].tolist()
     eos = tokenizer.eos_token_id
     return tokens[: tokens.index(eos) + 1] if eos in tokens else tokens
 
@@ -134,8 +142,10 @@ def naive_scoring(model, tokenizer, task, examples, k, settings):
 
         def answers():
             if task.closed:
-                return [encode_answer(tokenizer, c, settings.max_answer_tokens, prefix=answer_prefix(ex.prompt))
-                        for c in task.candidates]
+                return [
+                    encode_answer(tokenizer, c, settings.max_answer_tokens, prefix=answer_prefix(ex.prompt))
+                    for c in task.candidates
+                ]
             return [naive_generate(model, tokenizer, prompt, settings.max_new_tokens)]
 
         with lora_sampling(model, False):
@@ -160,14 +170,14 @@ def naive_train(model, tokenizer, examples, settings: TrainSettings):
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(settings.seed)).tolist()
     model.train()
     for start in range(0, len(order), settings.batch_size):
-        batch = [pairs[i] for i in order[start:start + settings.batch_size]]
+        batch = [pairs[i] for i in order[start : start + settings.batch_size]]
         ids = torch.full((len(batch), NAIVE_PAD), tokenizer.pad_token_id, dtype=torch.long)
         labels = torch.full_like(ids, -100)
         mask = torch.zeros_like(ids)
         for r, (p, a) in enumerate(batch):
             seq = (p + a)[:NAIVE_PAD]
-            ids[r, :len(seq)], mask[r, :len(seq)] = torch.tensor(seq), 1
-            labels[r, len(p):len(seq)] = torch.tensor(seq[len(p):])
+            ids[r, : len(seq)], mask[r, : len(seq)] = torch.tensor(seq), 1
+            labels[r, len(p) : len(seq)] = torch.tensor(seq[len(p) :])
         with autocast(dev, settings.precision):
             loss = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), labels=labels.to(dev)).loss
         loss.backward()
@@ -227,18 +237,39 @@ def _set_up(model_name, task_name, train_file, batch_size: int, precision: str, 
     return task, examples, dev, precision, dtype, model, tokenizer, settings, get_strategy(strategy, task.closed)
 
 
-def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, naive_n=32, batch_size=32,
-          train_batch_size=8, precision="auto", strategy="star-me", dtype="auto",
-          gradient_checkpointing=False) -> dict:
+def bench(
+    model_name="smollm2",
+    task_name="boolq",
+    train_file=None,
+    n=256,
+    k=3,
+    naive_n=32,
+    batch_size=32,
+    train_batch_size=8,
+    precision="auto",
+    strategy="star-me",
+    dtype="auto",
+    gradient_checkpointing=False,
+) -> dict:
     """Measure everything in one process; returns the JSON-able result."""
-    task, examples, dev, precision, dtype, model, tokenizer, settings, star = \
-        _set_up(model_name, task_name, train_file, batch_size, precision, dtype, strategy)
+    task, examples, dev, precision, dtype, model, tokenizer, settings, star = _set_up(
+        model_name, task_name, train_file, batch_size, precision, dtype, strategy
+    )
     examples = examples[:n]
-    result = {"model": model_name, "task": task.name, "strategy": star.name, "n": len(examples), "k": k,
-              "naive_n": min(naive_n, len(examples)), "device": str(dev), "precision": precision,
-              "dtype": dtype, "gradient_checkpointing": gradient_checkpointing,
-              "weights_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
-              "threads": torch.get_num_threads()}
+    result = {
+        "model": model_name,
+        "task": task.name,
+        "strategy": star.name,
+        "n": len(examples),
+        "k": k,
+        "naive_n": min(naive_n, len(examples)),
+        "device": str(dev),
+        "precision": precision,
+        "dtype": dtype,
+        "gradient_checkpointing": gradient_checkpointing,
+        "weights_mb": sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20,
+        "threads": torch.get_num_threads(),
+    }
 
     logger.info(f"matmul roofline ({precision}) ...")
     result["matmul_gflops"] = matmul_gflops(precision, dev)
@@ -247,8 +278,9 @@ def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, 
     cache_b = BaseScoreCache(None, model_name, task, settings)
     with FlopCount(model) as flops:
         start = time.perf_counter()
-        acquisition_scores(star, model, tokenizer, task, examples, t=0, rounds=10, base_cache=cache_b,
-                                  passes=k, settings=settings)
+        acquisition_scores(
+            star, model, tokenizer, task, examples, t=0, rounds=10, base_cache=cache_b, passes=k, settings=settings
+        )
         _sync(dev)
         seconds = time.perf_counter() - start
     result["scoring_examples_per_s"] = len(examples) / seconds
@@ -269,8 +301,9 @@ def bench(model_name="smollm2", task_name="boolq", train_file=None, n=256, k=3, 
     result["naive_vs_fast_max_abs_diff"] = float(np.max(np.abs(fast_me - naive_me))) if len(sub) else 0.0
 
     logger.info(f"training one epoch on {len(examples)} examples (length-grouped, dynamic padding) ...")
-    train_settings = TrainSettings(epochs=1, batch_size=train_batch_size, precision=precision,
-                                   gradient_checkpointing=gradient_checkpointing)
+    train_settings = TrainSettings(
+        epochs=1, batch_size=train_batch_size, precision=precision, gradient_checkpointing=gradient_checkpointing
+    )
     reset_peak_memory(dev)
     start = time.perf_counter()
     train(model, tokenizer, examples, train_settings, desc="bench training")
@@ -296,8 +329,10 @@ POOL_QUERY = 500  # the query size of the measured round (the paper's)
 
 def synthetic_pool(examples, n: int) -> list:
     """n examples: the given ones in turn, each pass over them under new ids, so no example is a base-cache hit."""
-    return [dataclasses.replace(ex, id=f"{ex.id}#{i // len(examples)}")
-            for i, ex in zip(range(n), itertools.cycle(examples))]
+    return [
+        dataclasses.replace(ex, id=f"{ex.id}#{i // len(examples)}")
+        for i, ex in zip(range(n), itertools.cycle(examples))
+    ]
 
 
 class PeakMemory:
@@ -313,47 +348,93 @@ class PeakMemory:
         self.reset = reset_peak_memory(dev)
 
     def result(self) -> dict:
-        out = {"rss_before_mb": self.rss_before,
-               "peak_rss_growth_mb": peak_host_mb() - self.rss_before,
-               "rss_peak": "reset before the round" if self.reset else "process lifetime (upper bound)"}
+        out = {
+            "rss_before_mb": self.rss_before,
+            "peak_rss_growth_mb": peak_host_mb() - self.rss_before,
+            "rss_peak": "reset before the round" if self.reset else "process lifetime (upper bound)",
+        }
         if self.dev.type == "cuda":
             out["peak_gpu_growth_mb"] = (torch.cuda.max_memory_allocated(self.dev) - self.gpu_before) / 2**20
         return out
 
 
-def pool_round(model_name, task_name, train_file, n: int, k: int, batch_size: int, precision: str,
-               strategy: str, dtype: str = "auto") -> dict:
+def pool_round(
+    model_name,
+    task_name,
+    train_file,
+    n: int,
+    k: int,
+    batch_size: int,
+    precision: str,
+    strategy: str,
+    dtype: str = "auto",
+) -> dict:
     """One round's acquisition on a synthetic pool of n, as experiment.run_round does it: mu_b through an on-disk
     BaseScoreCache (empty, so every example is scored and appended), the current LoRA model's scores for the strategy,
     the selection of the query and the round's score file. Meant for a fresh process (pool_bench)."""
-    task, base, dev, precision, dtype, model, tokenizer, settings, star = \
-        _set_up(model_name, task_name, train_file, batch_size, precision, dtype, strategy)
+    task, base, dev, precision, dtype, model, tokenizer, settings, star = _set_up(
+        model_name, task_name, train_file, batch_size, precision, dtype, strategy
+    )
     pool = synthetic_pool(base, n)
     warm_up = [dataclasses.replace(ex, id=f"warm-up {ex.id}") for ex in base[:batch_size]]
-    acquisition_scores(star, model, tokenizer, task, warm_up, t=0, rounds=10, passes=k, settings=settings,
-                       base_cache=BaseScoreCache(None, model_name, task, settings))  # one-off allocations and kernel set-up
+    acquisition_scores(
+        star,
+        model,
+        tokenizer,
+        task,
+        warm_up,
+        t=0,
+        rounds=10,
+        passes=k,
+        settings=settings,
+        base_cache=BaseScoreCache(None, model_name, task, settings),
+    )  # one-off allocations and kernel set-up
     with tempfile.TemporaryDirectory() as tmp:
         cache = BaseScoreCache(Path(tmp) / "base_scores.jsonl", model_name, task, settings)
         memory = PeakMemory(dev)
         start = time.perf_counter()
-        mu = acquisition_scores(star, model, tokenizer, task, pool, t=0, rounds=10, base_cache=cache, passes=k,
-                                settings=settings)
+        mu = acquisition_scores(
+            star, model, tokenizer, task, pool, t=0, rounds=10, base_cache=cache, passes=k, settings=settings
+        )
         _sync(dev)
         scored = time.perf_counter()
         ids = [ex.id for ex in pool]
         select(ids, mu["mu"], min(POOL_QUERY, n), (), seed=0)
         write_scores(Path(tmp) / "round_0.jsonl", ids, mu)
         end = time.perf_counter()
-        row = {"n": n, "seconds": end - start, "ms_per_example": 1000 * (end - start) / n,
-               "select_write_ms": 1000 * (end - scored), **memory.result()}
-    about = {"model": model_name, "task": task.name, "examples_repeated": len(base), "strategy": star.name, "k": k,
-             "query_size": POOL_QUERY, "device": str(dev), "precision": precision,
-             "dtype": dtype, "threads": torch.get_num_threads()}
+        row = {
+            "n": n,
+            "seconds": end - start,
+            "ms_per_example": 1000 * (end - start) / n,
+            "select_write_ms": 1000 * (end - scored),
+            **memory.result(),
+        }
+    about = {
+        "model": model_name,
+        "task": task.name,
+        "examples_repeated": len(base),
+        "strategy": star.name,
+        "k": k,
+        "query_size": POOL_QUERY,
+        "device": str(dev),
+        "precision": precision,
+        "dtype": dtype,
+        "threads": torch.get_num_threads(),
+    }
     return {"about": about, "row": {key: round(v, 4) if isinstance(v, float) else v for key, v in row.items()}}
 
 
-def pool_bench(model_name="smollm2", task_name="boolq", train_file=None, sizes=(1000, 10000, 100000), k=3,
-               batch_size=32, precision="auto", strategy="star-me", dtype="auto") -> dict:
+def pool_bench(
+    model_name="smollm2",
+    task_name="boolq",
+    train_file=None,
+    sizes=(1000, 10000, 100000),
+    k=3,
+    batch_size=32,
+    precision="auto",
+    strategy="star-me",
+    dtype="auto",
+) -> dict:
     """One round's acquisition cost per pool size, each size in a fresh process: a process's peak memory and its
     allocator's free lists would otherwise carry over from one size to the next."""
     # bad names fail here, before a worker starts (the worker resolves 'auto' for its own device)
@@ -364,8 +445,9 @@ def pool_bench(model_name="smollm2", task_name="boolq", train_file=None, sizes=(
     for n in sizes:
         logger.info(f"pool of {n}: one round's acquisition in a fresh process ...")
         with futures.ProcessPoolExecutor(1, mp_context=context) as worker:
-            out = worker.submit(pool_round, model_name, task_name, train_file, n, k, batch_size, precision,
-                                strategy, dtype).result()  # re-raises the worker's error here
+            out = worker.submit(
+                pool_round, model_name, task_name, train_file, n, k, batch_size, precision, strategy, dtype
+            ).result()  # re-raises the worker's error here
         about = out["about"]
         rows.append(out["row"])
     return {**about, "pool_sizes": rows}
@@ -374,18 +456,30 @@ def pool_bench(model_name="smollm2", task_name="boolq", train_file=None, sizes=(
 def pool_table(result: dict) -> str:
     """The pool-size result as a text table, with what was measured above it."""
     r = result
-    lines = [f"one round's acquisition: {r['strategy']} (K={r['k']}), query {r['query_size']}, {r['model']} on "
-             f"{r['task']} ({r['examples_repeated']} examples repeated under new ids), {r['device']} {r['precision']} "
-             f"(weights {r['dtype']}), "
-             f"{r['threads']} thread(s)",
-             f"each pool size in a fresh process after a warm-up; peak RSS growth: the resident set's peak during "
-             f"the round above its size before it (peak {r['pool_sizes'][0]['rss_peak']})"]
+    lines = [
+        f"one round's acquisition: {r['strategy']} (K={r['k']}), query {r['query_size']}, {r['model']} on "
+        f"{r['task']} ({r['examples_repeated']} examples repeated under new ids), {r['device']} {r['precision']} "
+        f"(weights {r['dtype']}), "
+        f"{r['threads']} thread(s)",
+        f"each pool size in a fresh process after a warm-up; peak RSS growth: the resident set's peak during "
+        f"the round above its size before it (peak {r['pool_sizes'][0]['rss_peak']})",
+    ]
     gpu = "peak_gpu_growth_mb" in r["pool_sizes"][0]
-    head = ["pool size", "seconds", "ms/example", "select+write ms", "RSS before MB", "peak RSS growth MB"] + \
-        (["peak GPU growth MB"] if gpu else [])
-    table = [[f"{row['n']}", f"{row['seconds']:.1f}", f"{row['ms_per_example']:.2f}", f"{row['select_write_ms']:.0f}",
-              f"{row['rss_before_mb']:.0f}", f"{row['peak_rss_growth_mb']:.0f}"]
-             + ([f"{row['peak_gpu_growth_mb']:.0f}"] if gpu else []) for row in r["pool_sizes"]]
+    head = ["pool size", "seconds", "ms/example", "select+write ms", "RSS before MB", "peak RSS growth MB"] + (
+        ["peak GPU growth MB"] if gpu else []
+    )
+    table = [
+        [
+            f"{row['n']}",
+            f"{row['seconds']:.1f}",
+            f"{row['ms_per_example']:.2f}",
+            f"{row['select_write_ms']:.0f}",
+            f"{row['rss_before_mb']:.0f}",
+            f"{row['peak_rss_growth_mb']:.0f}",
+        ]
+        + ([f"{row['peak_gpu_growth_mb']:.0f}"] if gpu else [])
+        for row in r["pool_sizes"]
+    ]
     return "\n".join(lines + right_aligned(head, table))
 
 
@@ -394,8 +488,15 @@ def pool_table(result: dict) -> str:
 ROUND_PHASES = ("train", "evaluate", "base", "score")
 
 
-def round_bench(protocol: str = "sst2", strategies=("random", "me", "star-me"), model_name: str | None = None,
-                precision: str = "auto", seed: int = 0, cast_weights: bool = True, **overrides) -> dict:
+def round_bench(
+    protocol: str = "sst2",
+    strategies=("random", "me", "star-me"),
+    model_name: str | None = None,
+    precision: str = "auto",
+    seed: int = 0,
+    cast_weights: bool = True,
+    **overrides,
+) -> dict:
     """What a user of `protocol` waits for in its most expensive round, phase by phase, per strategy: training on the
     last round's labeled set, evaluating the test set, the base model's scores (once per run, cached), and scoring
     the round's candidates. Each phase's matmul FLOPs (nn.Linear calls, padding left out; training counts forward
@@ -405,11 +506,12 @@ def round_bench(protocol: str = "sst2", strategies=("random", "me", "star-me"), 
     from .config import resolve
     from .experiment import method_settings
 
-    base_cfg = resolve(protocol, **{"model": model_name, "precision": precision, "seed": seed, **overrides,
-                                    "strategy": strategies[0]})
+    base_cfg = resolve(
+        protocol, **{"model": model_name, "precision": precision, "seed": seed, **overrides, "strategy": strategies[0]}
+    )
     task = get_task(base_cfg.task, base_cfg.candidates, base_cfg.template)
     data = load_data(task, base_cfg.data, base_cfg.train_file, base_cfg.test_file)
-    test = data.test[:base_cfg.test_size] if base_cfg.test_size else data.test
+    test = data.test[: base_cfg.test_size] if base_cfg.test_size else data.test
     n_labeled = base_cfg.init_size + base_cfg.query_size * (base_cfg.rounds - 1)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(data.pool))
@@ -417,10 +519,21 @@ def round_bench(protocol: str = "sst2", strategies=("random", "me", "star-me"), 
     candidates = subsample([data.pool[i] for i in order[n_labeled:]], base_cfg.candidate_subsample, seed, 0)
     dev = device()
     model, tokenizer = load_model(base_cfg.model, dtype=base_cfg.dtype)
-    result = {"protocol": protocol, "model": base_cfg.model, "task": task.name, "device": str(dev),
-              "precision": base_cfg.precision, "dtype": base_cfg.dtype, "threads": torch.get_num_threads(),
-              "labeled": len(labeled), "test": len(test), "candidates": len(candidates), "round": base_cfg.rounds - 2,
-              "matmul_gflops": matmul_gflops(base_cfg.precision, dev), "strategies": {}}
+    result = {
+        "protocol": protocol,
+        "model": base_cfg.model,
+        "task": task.name,
+        "device": str(dev),
+        "precision": base_cfg.precision,
+        "dtype": base_cfg.dtype,
+        "threads": torch.get_num_threads(),
+        "labeled": len(labeled),
+        "test": len(test),
+        "candidates": len(candidates),
+        "round": base_cfg.rounds - 2,
+        "matmul_gflops": matmul_gflops(base_cfg.precision, dev),
+        "strategies": {},
+    }
     for name in strategies:
         cfg = dataclasses.replace(base_cfg, strategy=name)
         strategy = get_strategy(name, task.closed)
@@ -430,22 +543,34 @@ def round_bench(protocol: str = "sst2", strategies=("random", "me", "star-me"), 
         if cfg.mode == "lora" and cast_weights:
             bf16_frozen_linears(current, cfg.precision)
         backward = 2 if cfg.mode == "lora" else 3
-        phases["train"] = _timed(dev, current, len(labeled), backward,
-                                 lambda: train(current, tokenizer, labeled, training, desc=f"{name}: training"))
-        phases["evaluate"] = _timed(dev, current, len(test), 1, lambda: evaluate(current, tokenizer, task, test,
-                                                                               settings, desc=f"{name}: evaluating"))
+        phases["train"] = _timed(
+            dev,
+            current,
+            len(labeled),
+            backward,
+            lambda: train(current, tokenizer, labeled, training, desc=f"{name}: training"),
+        )
+        phases["evaluate"] = _timed(
+            dev,
+            current,
+            len(test),
+            1,
+            lambda: evaluate(current, tokenizer, task, test, settings, desc=f"{name}: evaluating"),
+        )
         cache = BaseScoreCache(None, cfg.model, task, settings)
         acquisition = Acquisition(strategy, cfg, settings, cache)
         if strategy.needs_base:
-            phases["base"] = _timed(dev, current, len(candidates), 1,
-                                    lambda: cache.get(current, tokenizer, candidates))
-        phases["score"] = _timed(dev, current, len(candidates), 1,
-                                 lambda: acquisition.query(current, tokenizer, task, candidates, labeled,
-                                                           cfg.query_size, result["round"]))
+            phases["base"] = _timed(dev, current, len(candidates), 1, lambda: cache.get(current, tokenizer, candidates))
+        phases["score"] = _timed(
+            dev,
+            current,
+            len(candidates),
+            1,
+            lambda: acquisition.query(current, tokenizer, task, candidates, labeled, cfg.query_size, result["round"]),
+        )
         for phase in phases.values():
             phase["matmul_fraction"] = phase["gflops"] / result["matmul_gflops"]
-        result["strategies"][name] = {"round_s": sum(p["seconds"] for k, p in phases.items() if k != "base"),
-                                      **phases}
+        result["strategies"][name] = {"round_s": sum(p["seconds"] for k, p in phases.items() if k != "base"), **phases}
         if cfg.mode == "lora":
             model = current.unload()
     result["peak_rss_mb"] = peak_rss_mb()
@@ -458,8 +583,12 @@ def _timed(dev, model, n: int, flop_factor: int, work) -> dict:
         work()
         _sync(dev)
         seconds = time.perf_counter() - start
-    return {"seconds": seconds, "examples": n, "examples_per_s": n / seconds,
-            "gflops": flop_factor * flops.useful / seconds / 1e9}
+    return {
+        "seconds": seconds,
+        "examples": n,
+        "examples_per_s": n / seconds,
+        "gflops": flop_factor * flops.useful / seconds / 1e9,
+    }
 
 
 def _rounded(value):
@@ -471,19 +600,29 @@ def _rounded(value):
 def round_table(result: dict) -> str:
     """round_bench's result as a text table."""
     r = result
-    lines = [f"one round of the {r['protocol']} protocol: {r['model']} on {r['task']}, {r['device']} {r['precision']} "
-             f"(weights {r['dtype']}), {r['threads']} thread(s); training on {r['labeled']} labels, evaluating "
-             f"{r['test']}, scoring {r['candidates']} candidates (round {r['round']}); matmul rate "
-             f"{r['matmul_gflops']:.0f} GFLOP/s",
-             "'base' is the frozen base model's scores, computed once per run and cached; 'round' leaves it out"]
+    lines = [
+        f"one round of the {r['protocol']} protocol: {r['model']} on {r['task']}, {r['device']} {r['precision']} "
+        f"(weights {r['dtype']}), {r['threads']} thread(s); training on {r['labeled']} labels, evaluating "
+        f"{r['test']}, scoring {r['candidates']} candidates (round {r['round']}); matmul rate "
+        f"{r['matmul_gflops']:.0f} GFLOP/s",
+        "'base' is the frozen base model's scores, computed once per run and cached; 'round' leaves it out",
+    ]
     head = ["strategy", "phase", "seconds", "examples/s", "GFLOP/s", "of matmul rate"]
     table = []
     for name, phases in r["strategies"].items():
         for phase in ROUND_PHASES:
             if phase in phases:
                 p = phases[phase]
-                table.append([name, phase, f"{p['seconds']:.1f}", f"{p['examples_per_s']:.1f}", f"{p['gflops']:.0f}",
-                              f"{100 * p['matmul_fraction']:.0f}%"])
+                table.append(
+                    [
+                        name,
+                        phase,
+                        f"{p['seconds']:.1f}",
+                        f"{p['examples_per_s']:.1f}",
+                        f"{p['gflops']:.0f}",
+                        f"{100 * p['matmul_fraction']:.0f}%",
+                    ]
+                )
         table.append([name, "round", f"{phases['round_s']:.1f}", "", "", ""])
     return "\n".join(lines + right_aligned(head, table) + [f"peak RSS {r['peak_rss_mb']:.0f} MB"])
 

@@ -52,7 +52,7 @@ class ExampleCache:
         keys = [self.key(ex) for ex in examples]
         missing = [(k, ex) for k, ex in zip(keys, examples) if k not in self.values]
         for start in range(0, len(missing), self.CHUNK):
-            part = missing[start:start + self.CHUNK]
+            part = missing[start : start + self.CHUNK]
             part_of = f" ({start + len(part)} of {len(missing)})" if len(missing) > self.CHUNK else ""
             with adapter_disabled(model):
                 new = list(zip([k for k, _ in part], self.compute(model, tokenizer, [ex for _, ex in part], part_of)))
@@ -73,4 +73,3 @@ class ExampleCache:
 
 def digest(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
-

@@ -11,8 +11,11 @@ from pathlib import Path
 from .errors import StarloraWarning
 
 logger = logging.getLogger(__name__)
-HUB_BASE_MODELS = {"smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct", "smollm2-135m-instruct":
-                   "HuggingFaceTB/SmolLM2-135M-Instruct", "embedded": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+HUB_BASE_MODELS = {
+    "smollm2": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct",
+    "embedded": "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
 
 
 def hub_dataset(task: str, train_file: str | None) -> str | None:
@@ -20,8 +23,11 @@ def hub_dataset(task: str, train_file: str | None) -> str | None:
     from .data import HUB, HUB_PREFIX
 
     if train_file:
-        return train_file[len(HUB_PREFIX):].rpartition("@")[0].partition(":")[0] \
-            if str(train_file).startswith(HUB_PREFIX) else None
+        return (
+            train_file[len(HUB_PREFIX) :].rpartition("@")[0].partition(":")[0]
+            if str(train_file).startswith(HUB_PREFIX)
+            else None
+        )
     return HUB[task][0] if task in HUB else None
 
 
@@ -33,24 +39,35 @@ def write_card(folder, cfg, curve: list[dict], command: str | None, title: str, 
 
     base = HUB_BASE_MODELS.get(cfg.model, cfg.model if "/" in cfg.model and not Path(cfg.model).exists() else None)
     dataset = hub_dataset(cfg.task, getattr(cfg, "train_file", None))
-    data = ModelCardData(base_model=base, library_name="transformers" if merged else "peft",
-                         tags=["starlora", "lora", "active-learning", cfg.strategy, cfg.task],
-                         datasets=[dataset] if dataset else None)
-    what = (f"`{cfg.model}` with a LoRA adapter merged in (PEFT's merge_and_unload)" if merged
-            else f"A LoRA adapter for `{cfg.model}`")
-    usage = ('from transformers import AutoModelForCausalLM, AutoTokenizer\n'
-             'model = AutoModelForCausalLM.from_pretrained("<this folder or repo>")\n'
-             'tokenizer = AutoTokenizer.from_pretrained("<this folder or repo>")' if merged else
-             'from peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n'
-             f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base or cfg.model}"), '
-             '"<this folder or repo>")')
-    rows = "\n".join(f"| {r['round']} | {r['labeled']} | "
-                     f"{'–' if r.get('accuracy') is None else format(r['accuracy'], '.1f')} |" for r in curve)
+    data = ModelCardData(
+        base_model=base,
+        library_name="transformers" if merged else "peft",
+        tags=["starlora", "lora", "active-learning", cfg.strategy, cfg.task],
+        datasets=[dataset] if dataset else None,
+    )
+    what = (
+        f"`{cfg.model}` with a LoRA adapter merged in (PEFT's merge_and_unload)"
+        if merged
+        else f"A LoRA adapter for `{cfg.model}`"
+    )
+    usage = (
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        'model = AutoModelForCausalLM.from_pretrained("<this folder or repo>")\n'
+        'tokenizer = AutoTokenizer.from_pretrained("<this folder or repo>")'
+        if merged
+        else "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM\n"
+        f'model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained("{base or cfg.model}"), '
+        '"<this folder or repo>")'
+    )
+    rows = "\n".join(
+        f"| {r['round']} | {r['labeled']} | {'–' if r.get('accuracy') is None else format(r['accuracy'], '.1f')} |"
+        for r in curve
+    )
     body = f"""
 # {title}
 
 {what}, trained by starlora's active-learning loop on `{cfg.task}`:
-strategy `{cfg.strategy}`, seed {cfg.seed}, {curve[-1]['labeled'] if curve else 0} labeled examples.
+strategy `{cfg.strategy}`, seed {cfg.seed}, {curve[-1]["labeled"] if curve else 0} labeled examples.
 
 ## Learning curve
 
@@ -66,7 +83,7 @@ strategy `{cfg.strategy}`, seed {cfg.seed}, {curve[-1]['labeled'] if curve else 
 
 LoRA r {cfg.lora_r}, alpha {cfg.lora_alpha}, dropout {cfg.lora_dropout}; {cfg.epochs} epochs per round, learning rate
 {cfg.lr}, batch {cfg.batch_size}; STAR's B decay {cfg.b_decay} where the strategy uses it; base weights
-{cfg.dtype}{'' if getattr(cfg, 'quantization', 'none') == 'none' else ', ' + cfg.quantization}.
+{cfg.dtype}{"" if getattr(cfg, "quantization", "none") == "none" else ", " + cfg.quantization}.
 
 ```python
 {usage}
@@ -87,11 +104,19 @@ def push(folder, repo_id: str, api=None) -> bool:
         api = HfApi()
     try:
         api.create_repo(repo_id, repo_type="model", exist_ok=True)
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
-                          commit_message="starlora: adapter and model card")
+        api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            commit_message="starlora: adapter and model card",
+        )
     except Exception as e:  # noqa: BLE001 - whatever the Hub client raises, the local work is kept
-        warnings.warn(f"--push-to-hub {repo_id}: upload failed ({str(e).splitlines()[0][:160]}); the adapter and its "
-                      f"card stay in {folder}", StarloraWarning, stacklevel=2)
+        warnings.warn(
+            f"--push-to-hub {repo_id}: upload failed ({str(e).splitlines()[0][:160]}); the adapter and its "
+            f"card stay in {folder}",
+            StarloraWarning,
+            stacklevel=2,
+        )
         return False
     logger.info(f"pushed {folder} to https://huggingface.co/{repo_id}")
     return True

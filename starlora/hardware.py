@@ -72,8 +72,12 @@ def bf16_frozen_linears(model, precision: str) -> int:
     cast = 0
     for module in model.modules():
         weight = getattr(module, "weight", None)
-        if isinstance(module, torch.nn.Linear) and weight is not None and not weight.requires_grad \
-                and weight.dtype == torch.float32:
+        if (
+            isinstance(module, torch.nn.Linear)
+            and weight is not None
+            and not weight.requires_grad
+            and weight.dtype == torch.float32
+        ):
             if module is head:  # may be the embedding matrix itself: the input embeddings must stay fp32
                 module.weight = torch.nn.Parameter(weight.detach().to(torch.bfloat16), requires_grad=False)
             else:

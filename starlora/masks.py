@@ -30,7 +30,7 @@ def keep_mask(shape, p: float, device, generator: torch.Generator | None = None)
         return torch.ones(shape, dtype=torch.bool, device=device)
     n = math.prod(shape)
     words = torch.empty((n + 1) // 2, dtype=torch.int64, device=device)
-    words.random_(-2**63, 2**63 - 1, generator=generator)  # the whole 64-bit range: two uniform int32 per word
+    words.random_(-(2**63), 2**63 - 1, generator=generator)  # the whole 64-bit range: two uniform int32 per word
     threshold = min(round((1 - p) * 2**32) - 2**31, 2**31 - 1)  # P(int32 < threshold) = 1 - p
     return words.view(torch.int32)[:n].view(shape) < threshold
 
@@ -71,7 +71,7 @@ class BatchDropout(torch.nn.Module):
             return x
         if self.keep is None:  # drawn at the first forward of the step, in model order, as one batch would
             self.keep = keep_mask((self.total, self.width, *x.shape[2:]), self.p, x.device, self.generator)
-        return drop(x, self.keep[self.rows, :x.shape[1]], self.p)
+        return drop(x, self.keep[self.rows, : x.shape[1]], self.p)
 
 
 def group_seed(seed: int, example: int, mc_pass: int) -> int:

@@ -43,9 +43,11 @@ class Estimate:
         return self.weights + self.training_state + self.activations + RUNTIME
 
     def describe(self) -> str:
-        return (f"{self.total / GIB:.1f} GiB (weights {self.weights / GIB:.1f}, adapter and optimiser "
-                f"{self.training_state / GIB:.1f}, activations {self.activations / GIB:.1f}, runtime "
-                f"{RUNTIME / GIB:.1f})")
+        return (
+            f"{self.total / GIB:.1f} GiB (weights {self.weights / GIB:.1f}, adapter and optimiser "
+            f"{self.training_state / GIB:.1f}, activations {self.activations / GIB:.1f}, runtime "
+            f"{RUNTIME / GIB:.1f})"
+        )
 
 
 def count_parameters(config, targets=tuple(LORA_TARGETS), r: int = 0) -> tuple[int, int]:
@@ -57,8 +59,11 @@ def count_parameters(config, targets=tuple(LORA_TARGETS), r: int = 0) -> tuple[i
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
     total = sum(p.numel() for p in model.parameters())
-    lora = sum(r * (m.in_features + m.out_features) for name, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in targets)
+    lora = sum(
+        r * (m.in_features + m.out_features)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in targets
+    )
     return total, lora
 
 
@@ -69,8 +74,11 @@ def projection_parameters(config, targets=tuple(LORA_TARGETS)) -> int:
 
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
-    return sum(m.weight.numel() for name, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in targets)
+    return sum(
+        m.weight.numel()
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in targets
+    )
 
 
 # Bytes per quantized weight: NF4 packs two per byte plus one fp32 absmax per block of 64; int8 one byte plus one
@@ -103,8 +111,9 @@ def estimate(cfg, config, generates: bool = True) -> Estimate:
     kv_width = getattr(config, "num_key_value_heads", heads) * getattr(config, "head_dim", hidden // heads)
     scoring_sequence = cfg.max_prompt_tokens + max(cfg.max_answer_tokens, cfg.max_new_tokens)
     cache = 2 * layers * kv_width if generates else 0
-    scoring = cfg.score_batch_size * (scoring_sequence * (cache + 8 * hidden) * act_bytes
-                                      + config.vocab_size * 4 * 2)  # KV cache, one layer's work, answer logits
+    scoring = cfg.score_batch_size * (
+        scoring_sequence * (cache + 8 * hidden) * act_bytes + config.vocab_size * 4 * 2
+    )  # KV cache, one layer's work, answer logits
     if parallel.sharded():  # FSDP: each process keeps 1/N of every weight, gradient and optimiser state
         weights, training_state = weights // parallel.world()[1], training_state // parallel.world()[1]
     return Estimate(weights, training_state, max(training, scoring))
@@ -143,11 +152,17 @@ def preflight(cfg, task, cache=None) -> Estimate:
         hints.append("--gradient-checkpointing")
     if cfg.batch_size > 1:
         smaller = cfg.batch_size // 2 if cfg.batch_size % 2 == 0 else 1
-        hints.append(f"--batch-size {smaller} --gradient-accumulation-steps "
-                     f"{cfg.gradient_accumulation_steps * cfg.batch_size // smaller} (the same effective batch)")
+        hints.append(
+            f"--batch-size {smaller} --gradient-accumulation-steps "
+            f"{cfg.gradient_accumulation_steps * cfg.batch_size // smaller} (the same effective batch)"
+        )
     if cfg.score_batch_size > 1:
         hints.append(f"--score-batch-size {max(1, cfg.score_batch_size // 2)}")
     if dev.type == "cuda" and torch.cuda.device_count() > 1 and not parallel.sharded():
-        hints.append("sharding the weights over the GPUs (accelerate launch --config_file configs/accelerate/fsdp.yaml)")
-    raise StarloraError(f"{cfg.model} will not fit: estimated {need.describe()} but {free / GIB:.1f} GiB are free on "
-                        f"{dev}; try {', '.join(hints) or 'a smaller model or a larger device'}")
+        hints.append(
+            "sharding the weights over the GPUs (accelerate launch --config_file configs/accelerate/fsdp.yaml)"
+        )
+    raise StarloraError(
+        f"{cfg.model} will not fit: estimated {need.describe()} but {free / GIB:.1f} GiB are free on "
+        f"{dev}; try {', '.join(hints) or 'a smaller model or a larger device'}"
+    )

@@ -32,8 +32,7 @@ def balanced_accuracy(gold, predicted, labels) -> float:
     present = [c for c in labels if c in set(gold)]
     if not present:
         return 0.0
-    return float(100.0 * recall_score(list(gold), list(predicted), labels=present, average="macro",
-                                      zero_division=0))
+    return float(100.0 * recall_score(list(gold), list(predicted), labels=present, average="macro", zero_division=0))
 
 
 def class_counts(golds, labels) -> dict[str, int]:
@@ -93,8 +92,12 @@ def mean_std_ci(values) -> dict:
     if x.size < 2:
         return {"mean": float(x.mean()) if x.size else float("nan"), "std": 0.0, "ci95": float("nan"), "n": int(x.size)}
     std = float(x.std(ddof=1))
-    return {"mean": float(x.mean()), "std": std, "ci95": float(t.ppf(0.975, x.size - 1) * std / np.sqrt(x.size)),
-            "n": int(x.size)}
+    return {
+        "mean": float(x.mean()),
+        "std": std,
+        "ci95": float(t.ppf(0.975, x.size - 1) * std / np.sqrt(x.size)),
+        "n": int(x.size),
+    }
 
 
 def paired_delta(a, b) -> dict:
@@ -109,8 +112,14 @@ def paired_delta(a, b) -> dict:
     d = a - b
     mean = float(d.mean()) if d.size else float("nan")
     half = float(t.ppf(0.975, d.size - 1) * d.std(ddof=1) / np.sqrt(d.size)) if d.size > 1 else float("nan")
-    return {"mean": mean, "low": mean - half, "high": mean + half, "n": int(d.size), "wins": int((d > 0).sum()),
-            "deltas": d.tolist()}
+    return {
+        "mean": mean,
+        "low": mean - half,
+        "high": mean + half,
+        "n": int(d.size),
+        "wins": int((d > 0).sum()),
+        "deltas": d.tolist(),
+    }
 
 
 def correlations(rows) -> dict[str, np.ndarray]:

@@ -34,8 +34,9 @@ def cache_dir(override: str | os.PathLike | None = None) -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "starlora"
 
 
-def load_model(name: str = EMBEDDED, cache: str | os.PathLike | None = None, dtype: str = "fp32",
-               quantization: str = "none"):
+def load_model(
+    name: str = EMBEDDED, cache: str | os.PathLike | None = None, dtype: str = "fp32", quantization: str = "none"
+):
     """(model, tokenizer) in eval mode on this process's device, weights in `dtype` (auto, fp32, bf16 or fp16; see
     hardware.resolve_dtype), the decoder's linear layers in 4 or 8 bits with `quantization` (bitsandbytes): a
     built-in name, a local folder or a hub id."""
@@ -54,8 +55,9 @@ def load_model(name: str = EMBEDDED, cache: str | os.PathLike | None = None, dty
             tokenizer = AutoTokenizer.from_pretrained(path)
             quantized = quantization_config(quantization, dtype)
             placed = {"device_map": {"": str(device())}} if quantized else {}  # bitsandbytes quantizes as it places
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], quantization_config=quantized,
-                                                         **placed)
+            model = AutoModelForCausalLM.from_pretrained(
+                path, dtype=DTYPES[dtype], quantization_config=quantized, **placed
+            )
     if name == TINY:
         model.config.name_or_path = TINY
     return _prepare(model, tokenizer)
@@ -110,8 +112,10 @@ def _unknown_model(name: str):
     try:
         yield
     except (OSError, ValueError) as e:
-        raise StarloraError(f"unknown model {name!r}: not a built-in ({EMBEDDED}, {TINY}), a local model folder, "
-                            f"or a reachable hub id ({str(e).splitlines()[0][:200]})") from None
+        raise StarloraError(
+            f"unknown model {name!r}: not a built-in ({EMBEDDED}, {TINY}), a local model folder, "
+            f"or a reachable hub id ({str(e).splitlines()[0][:200]})"
+        ) from None
 
 
 def _prepare(model, tokenizer):
@@ -202,7 +206,16 @@ def tiny_config():
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=len(tiny_tokenizer()), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, attention_dropout=0.1,
-        pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+        vocab_size=len(tiny_tokenizer()),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        attention_dropout=0.1,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
     )

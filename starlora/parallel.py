@@ -73,8 +73,7 @@ def sum_across(*arrays: np.ndarray) -> list[np.ndarray]:
         return list(arrays)
     from accelerate.utils import reduce
 
-    return [reduce(torch.from_numpy(np.ascontiguousarray(a)).to(_state().device), "sum").cpu().numpy()
-            for a in arrays]
+    return [reduce(torch.from_numpy(np.ascontiguousarray(a)).to(_state().device), "sum").cpu().numpy() for a in arrays]
 
 
 def gather(items: list) -> list:

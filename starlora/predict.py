@@ -70,24 +70,53 @@ def row_examples(path, task, id_field: str = "id") -> Callable[[], Iterator[tupl
     return read
 
 
-def predict(source, input_file, out, *, task: str | None = None, candidates: list[str] | None = None,
-            template: str | None = None, id_field: str | None = None, batch_size: int | None = None,
-            chunk_size: int = CHUNK) -> Path:
+def predict(
+    source,
+    input_file,
+    out,
+    *,
+    task: str | None = None,
+    candidates: list[str] | None = None,
+    template: str | None = None,
+    id_field: str | None = None,
+    batch_size: int | None = None,
+    chunk_size: int = CHUNK,
+) -> Path:
     """Predict every row of `input_file` (any file read_rows reads, or hf:NAME[:CONFIG]@SPLIT) with the model `source`
     names (a project, run, adapter or model folder) into `out` (.jsonl, .csv or .parquet). Re-running the same
     command after an interruption resumes it. Returns `out`."""
     found = source if isinstance(source, Source) else open_source(source)
     the_task = found.task(task, candidates, template)
     field = id_field or (found.cfg.id_field if found.cfg else "id")
-    identity = {"source": str(found.adapter or found.model), "input": str(input_file), "task": the_task.name,
-                "template": the_task.template, "id_field": field}
-    return predict_examples(found, the_task, row_examples(input_file, the_task, field), Path(out), identity,
-                            batch_size=batch_size, chunk_size=chunk_size)
+    identity = {
+        "source": str(found.adapter or found.model),
+        "input": str(input_file),
+        "task": the_task.name,
+        "template": the_task.template,
+        "id_field": field,
+    }
+    return predict_examples(
+        found,
+        the_task,
+        row_examples(input_file, the_task, field),
+        Path(out),
+        identity,
+        batch_size=batch_size,
+        chunk_size=chunk_size,
+    )
 
 
-def predict_examples(source: Source, task, examples: Callable[[], Iterator[tuple[str, Example]]], out: Path,
-                     identity: dict, *, batch_size: int | None = None, chunk_size: int = CHUNK,
-                     replace: bool = False) -> Path:
+def predict_examples(
+    source: Source,
+    task,
+    examples: Callable[[], Iterator[tuple[str, Example]]],
+    out: Path,
+    identity: dict,
+    *,
+    batch_size: int | None = None,
+    chunk_size: int = CHUNK,
+    replace: bool = False,
+) -> Path:
     """predict's work over a re-readable stream of (where, example). replace: an existing `out` (and a journal
     started otherwise) is predicted afresh instead of refused (the web page's predictions of the pool)."""
     if chunk_size < 1 or batch_size is not None and batch_size < 1:
@@ -104,8 +133,10 @@ def predict_examples(source: Source, task, examples: Callable[[], Iterator[tuple
     started = read_json(meta) if meta.exists() and journal.exists() else None
     if started is not None and started != identity:
         if not replace:
-            raise StarloraError(f"{journal}: an unfinished predict with other settings ({describe(started, identity)})"
-                                f"; remove {journal} and {meta} to start again")
+            raise StarloraError(
+                f"{journal}: an unfinished predict with other settings ({describe(started, identity)})"
+                f"; remove {journal} and {meta} to start again"
+            )
         started = None
     if started is None:
         journal.unlink(missing_ok=True)
@@ -138,8 +169,9 @@ def check_rows(examples) -> tuple[set[str], int]:
         digest = hashlib.blake2b(ex.prompt.encode(), digest_size=8).digest()
         if ex.id in prompts:
             if prompts[ex.id] != digest:
-                raise StarloraError(f"{where}: id {ex.id!r} is used by an earlier row with a different prompt; "
-                                    "nothing was predicted")
+                raise StarloraError(
+                    f"{where}: id {ex.id!r} is used by an earlier row with a different prompt; nothing was predicted"
+                )
             skipped += 1
             continue
         prompts[ex.id] = digest
@@ -148,8 +180,9 @@ def check_rows(examples) -> tuple[set[str], int]:
     return set(prompts), skipped
 
 
-def predict_rows(source: Source, task, examples, journal: Path, done: set[str], left: int, batch_size,
-                 chunk_size) -> None:
+def predict_rows(
+    source: Source, task, examples, journal: Path, done: set[str], left: int, batch_size, chunk_size
+) -> None:
     """The second pass: chunks of rows not yet in the journal, scored and appended."""
     from .rounds import method_settings
     from .scoring import ScoringSettings
@@ -199,16 +232,23 @@ def records(task, found, measure: str) -> list[dict]:
     """The output rows of one scored chunk (scoring.Scores)."""
     out = []
     for i, id_ in enumerate(found.ids):
-        row = {"id": id_, "prediction": found.predictions[i], "uncertainty": float(found.measures[measure][i]),
-               "measure": measure}
+        row = {
+            "id": id_,
+            "prediction": found.predictions[i],
+            "uncertainty": float(found.measures[measure][i]),
+            "measure": measure,
+        }
         if task.closed:
             probs = [float(p) for p in found.probs[i]]
             row["confidence"] = max(probs)
             row |= {f"p_{c}": p for c, p in zip(task.candidates, probs)}
         else:
             row["confidence"] = math.exp(-float(found.measures["pe_norm"][i]))
-            row |= {"text": found.texts[i], "logprob": -float(found.measures["pe"][i]),
-                    "truncated": bool(found.truncated[i])}
+            row |= {
+                "text": found.texts[i],
+                "logprob": -float(found.measures["pe"][i]),
+                "truncated": bool(found.truncated[i]),
+            }
         out.append(row)
     return out
 
@@ -235,8 +275,13 @@ def convert(jsonl: Path, out: Path, names: list[str]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    kinds = {"id": pa.string(), "prediction": pa.string(), "measure": pa.string(), "text": pa.string(),
-             "truncated": pa.bool_()}
+    kinds = {
+        "id": pa.string(),
+        "prediction": pa.string(),
+        "measure": pa.string(),
+        "text": pa.string(),
+        "truncated": pa.bool_(),
+    }
     schema = pa.schema([(n, kinds.get(n, pa.float64())) for n in names])
     tmp = out.with_name(f".{out.name}.tmp")
     try:
@@ -295,7 +340,9 @@ def predict_unlabeled(folder) -> Path:
     predict_examples(source, task, pool, out, identity, replace=True)
     convert(out, out.with_suffix(".csv"), columns(task))
     rows = sum(1 for _ in iter_jsonl(out))
-    write_json(record, {"round": len(source.curve) - 1, "adapter": str(source.adapter.relative_to(project.folder)),
-                        "rows": rows})
+    write_json(
+        record,
+        {"round": len(source.curve) - 1, "adapter": str(source.adapter.relative_to(project.folder)), "rows": rows},
+    )
     logger.info(f"predictions of round {len(source.curve) - 1}'s adapter for {rows} unlabeled example(s): {out}")
     return out

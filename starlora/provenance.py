@@ -18,14 +18,17 @@ PACKAGE = Path(__file__).resolve().parent
 # follow as made by changed code; everything that changes what a run computes is under these paths.
 CODE_PATHS = ("starlora", "pyproject.toml", "constraints*.txt")
 UNRECORDED = "unrecorded"  # runs made before the revision was recorded
-ORACLE_NOTE = ("reads gold labels of the unlabeled pool (official STAR code); not a label-free method")
+ORACLE_NOTE = "reads gold labels of the unlabeled pool (official STAR code); not a label-free method"
 
 
 def source_sha256(package: Path = PACKAGE) -> str:
     """sha256 over the package's files (relative path and bytes, in path order; caches left out)."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts
-                       and p.suffix not in (".pyc", ".pyo")):
+    for path in sorted(
+        p
+        for p in package.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+    ):
         digest.update(path.relative_to(package).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()
@@ -52,8 +55,14 @@ def code_revision(package: Path = PACKAGE) -> dict:
     tracked = _git(top, "ls-files", "--", package.name)
     inside = _git(top, "rev-parse", "--show-toplevel")
     if commit and tracked and inside and Path(inside).resolve() == top.resolve():
-        status = _git(top, "status", "--porcelain", "--untracked-files=normal", "--",
-                      *(package.name if p == "starlora" else p for p in CODE_PATHS))
+        status = _git(
+            top,
+            "status",
+            "--porcelain",
+            "--untracked-files=normal",
+            "--",
+            *(package.name if p == "starlora" else p for p in CODE_PATHS),
+        )
         if status is not None:
             return {"commit": commit, "dirty": bool(status), "source_sha256": source}
     return {"version": __version__, "source_sha256": source}
@@ -82,6 +91,13 @@ def versions() -> dict:
     from . import __version__, parallel
     from .hardware import device
 
-    return {"starlora": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "peft": peft.__version__, "device": str(device()), "processes": parallel.world()[1],
-            "sharded": parallel.sharded(), "revision": code_revision()}
+    return {
+        "starlora": __version__,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "device": str(device()),
+        "processes": parallel.world()[1],
+        "sharded": parallel.sharded(),
+        "revision": code_revision(),
+    }

@@ -32,8 +32,10 @@ def check_options(backend: str, address, cpus_per_run, workers: int | None, devi
                 raise StarloraError(f"{name} is an option of the Ray backend: add --backend ray")
         return
     if workers not in (None, 1) or devices:
-        raise StarloraError("--workers and --devices place runs on this machine; with --backend ray, Ray places them "
-                            "(a GPU per run where the cluster has GPUs, else --cpus-per-run cores)")
+        raise StarloraError(
+            "--workers and --devices place runs on this machine; with --backend ray, Ray places them "
+            "(a GPU per run where the cluster has GPUs, else --cpus-per-run cores)"
+        )
     if cpus_per_run is not None and cpus_per_run < 1:
         raise StarloraError(f"--cpus-per-run must be at least 1 (got {cpus_per_run})")
     try:
@@ -49,8 +51,10 @@ def run_job(cfg, folder: str, report_to, cwd: str, root: str, threads: int) -> d
     from .experiment import run
 
     if not Path(cwd).is_dir() or not Path(root).is_dir():
-        raise StarloraError(f"{root} is not visible on node {socket.gethostname()}: the sweep folder must be on "
-                            "storage every node mounts at the same path (NFS or similar)")
+        raise StarloraError(
+            f"{root} is not visible on node {socket.gethostname()}: the sweep folder must be on "
+            "storage every node mounts at the same path (NFS or similar)"
+        )
     os.chdir(cwd)
     torch.set_num_threads(threads)
     return run(cfg, folder, report_to=report_to)
@@ -64,8 +68,9 @@ def sweep_on_ray(jobs, bar, report_to=(), address: str | None = None, cpus_per_r
     started = not ray.is_initialized()
     if started:
         try:
-            ray.init(address=address, logging_level=logging.WARNING,
-                     **({} if address else {"include_dashboard": False}))
+            ray.init(
+                address=address, logging_level=logging.WARNING, **({} if address else {"include_dashboard": False})
+            )
         except (ConnectionError, ValueError, RuntimeError) as e:
             where = f"--address {address}" if address else "the Ray cluster this machine last started"
             raise StarloraError(f"{where}: cannot connect to it ({str(e).splitlines()[0]})") from None
@@ -77,8 +82,12 @@ def sweep_on_ray(jobs, bar, report_to=(), address: str | None = None, cpus_per_r
         root.mkdir(parents=True, exist_ok=True)
         env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
         task = ray.remote(run_job).options(
-            num_cpus=cpus, num_gpus=1 if gpus else 0, max_retries=MAX_RETRIES, retry_exceptions=False,
-            runtime_env={"env_vars": {**env, "STARLORA_NO_PROGRESS": "1"}})  # a task's bars would garble the driver's
+            num_cpus=cpus,
+            num_gpus=1 if gpus else 0,
+            max_retries=MAX_RETRIES,
+            retry_exceptions=False,
+            runtime_env={"env_vars": {**env, "STARLORA_NO_PROGRESS": "1"}},
+        )  # a task's bars would garble the driver's
         logger.info(f"sweep on Ray: {len(jobs)} run(s), each with {cpus} CPU(s){' and 1 GPU' if gpus else ''}")
         refs = [task.remote(job.cfg, str(job.folder), report_to, os.getcwd(), str(root), cpus) for job in jobs]
         return _follow(jobs, refs, bar)
@@ -106,8 +115,10 @@ def _follow(jobs, refs, bar) -> list:
             try:
                 results[index[ref]] = ray.get(ref)
                 if not (job.folder / "summary.json").exists():  # it finished where this driver cannot see it
-                    raise StarloraError("finished, but its folder is not visible to the driver: the sweep folder "
-                                        "must be on storage every node mounts at the same path (NFS or similar)")
+                    raise StarloraError(
+                        "finished, but its folder is not visible to the driver: the sweep folder "
+                        "must be on storage every node mounts at the same path (NFS or similar)"
+                    )
             except ray.exceptions.RayTaskError as e:  # the run raised: its message, or the remote traceback
                 failed[job.folder] = e.cause if isinstance(e.cause, StarloraError) else e
             except ray.exceptions.RayError as e:  # its worker died MAX_RETRIES + 1 times, or its node went away

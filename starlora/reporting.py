@@ -33,9 +33,11 @@ NO_RANDOM = "n/a (no random runs)"
 TARGET_DELTAS = (1.0, 2.0)  # ΔAUC the report sizes the study for unless --target-delta names others
 POWER, ALPHA = 0.8, 0.05
 ORACLE_MARK = " †"
-ORACLE_FOOTNOTE = (f"† oracle (--target reference): {ORACLE_NOTE}. Its uncertainty scores "
-                   "the gold answer of every pool example, as callanwu/STAR's code does: a diagnostic of what reading "
-                   "the labels is worth, never a result for the method.")
+ORACLE_FOOTNOTE = (
+    f"† oracle (--target reference): {ORACLE_NOTE}. Its uncertainty scores "
+    "the gold answer of every pool example, as callanwu/STAR's code does: a diagnostic of what reading "
+    "the labels is worth, never a result for the method."
+)
 
 
 def find_runs(paths) -> list[Path]:
@@ -44,8 +46,9 @@ def find_runs(paths) -> list[Path]:
     for p in map(Path, paths):
         if not p.exists():
             raise StarloraError(f"{p}: no such run folder")
-        runs += sorted(s.parent for s in ([p / "summary.json"] if (p / "summary.json").exists()
-                                          else p.rglob("summary.json")))
+        runs += sorted(
+            s.parent for s in ([p / "summary.json"] if (p / "summary.json").exists() else p.rglob("summary.json"))
+        )
     if not runs:
         raise StarloraError(f"no finished runs (summary.json) under {', '.join(map(str, paths))}")
     return runs
@@ -54,16 +57,32 @@ def find_runs(paths) -> list[Path]:
 def load_runs(paths) -> list[dict]:
     runs = []
     for folder in find_runs(paths):
-        summary = read_json(folder / "summary.json", {"task": str, "strategy": str, "seed": int, "auc": (int, float),
-                                                      "final_accuracy": (int, float), "curve": list})
+        summary = read_json(
+            folder / "summary.json",
+            {
+                "task": str,
+                "strategy": str,
+                "seed": int,
+                "auc": (int, float),
+                "final_accuracy": (int, float),
+                "curve": list,
+            },
+        )
         config = folder / "config.json"
         stored = read_json(config, {"config": dict}) if config.exists() else {}
         cfg = stored.get("config")
         started = stored.get("versions", {}).get("revision") if isinstance(stored.get("versions"), dict) else None
-        runs.append({**summary, "folder": folder, "rounds": read_rounds(folder), "config": cfg,
-                     "strategy": variant(cfg) if cfg else summary["strategy"],
-                     "revision": run_revision(started, summary.get("revision")),
-                     "oracle": bool(summary.get("oracle")) or (cfg or {}).get("target") == "reference"})
+        runs.append(
+            {
+                **summary,
+                "folder": folder,
+                "rounds": read_rounds(folder),
+                "config": cfg,
+                "strategy": variant(cfg) if cfg else summary["strategy"],
+                "revision": run_revision(started, summary.get("revision")),
+                "oracle": bool(summary.get("oracle")) or (cfg or {}).get("target") == "reference",
+            }
+        )
     return runs
 
 
@@ -106,8 +125,9 @@ def group_runs(runs) -> list[dict]:
 
 def _labels(keys, short: bool) -> list[str]:
     full = [k for k in keys if k.get("config.json", True)]
-    differ = sorted({name for k in full for name in k if name != "task"
-                     and len({json.dumps(f.get(name)) for f in full}) > 1})
+    differ = sorted(
+        {name for k in full for name in k if name != "task" and len({json.dumps(f.get(name)) for f in full}) > 1}
+    )
     old = len(full) < len(keys)
 
     def show(value):
@@ -115,8 +135,12 @@ def _labels(keys, short: bool) -> list[str]:
             return ",".join(map(str, value))
         return Path(value).name if short and isinstance(value, str) and "/" in value else str(value)
 
-    return [", ".join(f"{name}={show(k.get(name))}" for name in differ) or ("with config.json" if old else "")
-            if k.get("config.json", True) else f"model={k['model']}, no config.json" for k in keys]
+    return [
+        ", ".join(f"{name}={show(k.get(name))}" for name in differ) or ("with config.json" if old else "")
+        if k.get("config.json", True)
+        else f"model={k['model']}, no config.json"
+        for k in keys
+    ]
 
 
 def table(runs, target_deltas=TARGET_DELTAS) -> list[dict]:
@@ -130,10 +154,18 @@ def table(runs, target_deltas=TARGET_DELTAS) -> list[dict]:
         random_auc = np.mean([r["auc"] for r in baseline]) if baseline else None
         for strategy in sorted({r["strategy"] for r in g["runs"]}, key=lambda s: (s != BASELINE, s)):
             rs = [r for r in g["runs"] if r["strategy"] == strategy]
-            row = {"task": g["task"], "group": g["label"], "slug": g["slug"], "strategy": strategy, "seeds": len(rs),
-                   "metric": metric_of(rs),
-                   "final_accuracy": metrics.mean_std_ci([r["final_accuracy"] for r in rs]),
-                   "auc": metrics.mean_std_ci([r["auc"] for r in rs]), "ripl": None, "delta_auc": None}
+            row = {
+                "task": g["task"],
+                "group": g["label"],
+                "slug": g["slug"],
+                "strategy": strategy,
+                "seeds": len(rs),
+                "metric": metric_of(rs),
+                "final_accuracy": metrics.mean_std_ci([r["final_accuracy"] for r in rs]),
+                "auc": metrics.mean_std_ci([r["auc"] for r in rs]),
+                "ripl": None,
+                "delta_auc": None,
+            }
             if baseline:
                 row["ripl"] = metrics.mean_std_ci([metrics.ripl(r["auc"], random_auc) for r in rs])
             if baseline and strategy != BASELINE:
@@ -142,8 +174,9 @@ def table(runs, target_deltas=TARGET_DELTAS) -> list[dict]:
                 row["delta_auc"] = metrics.paired_delta([mine[s] for s in seeds], [theirs[s] for s in seeds])
                 row["tests"] = paired_tests(row["delta_auc"]["deltas"], target_deltas)
                 row["per_round"] = per_round(rs, baseline)
-            row["revisions"] = {label: sum(r["revision"] == label for r in rs)
-                                for label in sorted({r["revision"] for r in rs})}
+            row["revisions"] = {
+                label: sum(r["revision"] == label for r in rs) for label in sorted({r["revision"] for r in rs})
+            }
             row["oracle"] = any(r["oracle"] for r in rs)
             rows.append(row)
         group = [r for r in rows if r["slug"] == g["slug"]]
@@ -158,9 +191,14 @@ def paired_tests(deltas, target_deltas=TARGET_DELTAS) -> dict:
     for each of target_deltas (metrics.py)."""
     d = np.asarray(deltas, dtype=np.float64)
     sd = float(d.std(ddof=1)) if d.size > 1 else float("nan")
-    return {"sd": sd, "p_t": metrics.paired_t_p(d), "p_holm": float("nan"), "p_sign": metrics.sign_test_p(d),
-            "mde": metrics.min_detectable_delta(sd, d.size, POWER, ALPHA),
-            "seeds_needed": {float(x): metrics.seeds_needed(x, sd, POWER, ALPHA) for x in target_deltas}}
+    return {
+        "sd": sd,
+        "p_t": metrics.paired_t_p(d),
+        "p_holm": float("nan"),
+        "p_sign": metrics.sign_test_p(d),
+        "mde": metrics.min_detectable_delta(sd, d.size, POWER, ALPHA),
+        "seeds_needed": {float(x): metrics.seeds_needed(x, sd, POWER, ALPHA) for x in target_deltas},
+    }
 
 
 def _curve_by_seed(runs) -> dict[int, np.ndarray]:
@@ -168,7 +206,7 @@ def _curve_by_seed(runs) -> dict[int, np.ndarray]:
     by_seed = {}
     for r in runs:
         by_seed.setdefault(r["seed"], []).append(r["curve"])
-    return {s: np.mean([c[:min(map(len, cs))] for c in cs], axis=0) for s, cs in by_seed.items()}
+    return {s: np.mean([c[: min(map(len, cs))] for c in cs], axis=0) for s, cs in by_seed.items()}
 
 
 def per_round(runs, baseline) -> list[dict]:
@@ -182,8 +220,15 @@ def per_round(runs, baseline) -> list[dict]:
         both = [s for s in seeds if t < len(mine[s]) and t < len(theirs[s])]
         if both:
             d = metrics.paired_delta([mine[s][t] for s in both], [theirs[s][t] for s in both])
-            out.append({"round": t, "n_labeled": labeled[t] if t < len(labeled) else None, **d,
-                        "p_t": metrics.paired_t_p(d["deltas"]), "p_holm": float("nan")})
+            out.append(
+                {
+                    "round": t,
+                    "n_labeled": labeled[t] if t < len(labeled) else None,
+                    **d,
+                    "p_t": metrics.paired_t_p(d["deltas"]),
+                    "p_holm": float("nan"),
+                }
+            )
     return out
 
 
@@ -256,54 +301,83 @@ def stopping_lines(runs) -> list[str]:
                 stops = [rule.first_round(early_rounds(r)) for r in rs]
                 hit = [(t, r) for t, r in zip(stops, rs) if t is not None]
                 left = [r["final_accuracy"] - r["rounds"][t]["accuracy"] for t, r in hit]
-                lines.append(f"| {g['task']} | {strategy} | `{text}` | {len(hit)}/{len(rs)} | "
-                             f"{'—' if not hit else format(np.mean([t for t, _ in hit]), '.1f')} | "
-                             f"{'—' if not left else format(np.mean(left), '+.1f')} |")
+                lines.append(
+                    f"| {g['task']} | {strategy} | `{text}` | {len(hit)}/{len(rs)} | "
+                    f"{'—' if not hit else format(np.mean([t for t, _ in hit]), '.1f')} | "
+                    f"{'—' if not left else format(np.mean(left), '+.1f')} |"
+                )
     if not lines:
         return []
-    return ["", "## Stopping criteria", "",
-            "| task | strategy | rule | runs it stopped | mean stopping round | accuracy left (points) |",
-            "|---|---|---|---|---|---|", *lines, "",
-            "A rule stops a run after the first round where it holds (stopping.py) before the last planned one; "
-            "accuracy left = the run's final accuracy minus its accuracy at that round, over the runs it stopped "
-            "(negative: stopping was better)."]
+    return [
+        "",
+        "## Stopping criteria",
+        "",
+        "| task | strategy | rule | runs it stopped | mean stopping round | accuracy left (points) |",
+        "|---|---|---|---|---|---|",
+        *lines,
+        "",
+        "A rule stops a run after the first round where it holds (stopping.py) before the last planned one; "
+        "accuracy left = the run's final accuracy minus its accuracy at that round, over the runs it stopped "
+        "(negative: stopping was better).",
+    ]
 
 
 def write_tables(rows, out: Path, extra: list[str] = ()) -> None:
     grouped = any(r["group"] for r in rows)  # a group column only where some task has runs of several groups
     measured = sorted({r.get("metric", "accuracy") for r in rows})  # what AUC is the area of: named unless accuracy
-    auc = "AUC" if measured in ([], ["accuracy"]) else f"AUC ({measured[0]})" if len(measured) == 1 else \
-        "AUC (metric of the group)"
-    head = ["task"] + ["group"] * grouped + ["strategy", "seeds", "final accuracy (%)", auc, "RIPL (%)",
-                                             "ΔAUC vs random [95% CI]", "wins"]
+    auc = (
+        "AUC"
+        if measured in ([], ["accuracy"])
+        else f"AUC ({measured[0]})"
+        if len(measured) == 1
+        else "AUC (metric of the group)"
+    )
+    head = (
+        ["task"]
+        + ["group"] * grouped
+        + ["strategy", "seeds", "final accuracy (%)", auc, "RIPL (%)", "ΔAUC vs random [95% CI]", "wins"]
+    )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = ([r["task"]] + [r["group"]] * grouped +
-                 [_name(r), str(r["seeds"]), _fmt(r["final_accuracy"]), _fmt(r["auc"]), _fmt(r["ripl"]),
-                  *_fmt_delta(r)])
+        cells = (
+            [r["task"]]
+            + [r["group"]] * grouped
+            + [_name(r), str(r["seeds"]), _fmt(r["final_accuracy"]), _fmt(r["auc"]), _fmt(r["ripl"]), *_fmt_delta(r)]
+        )
         lines.append("| " + " | ".join(cells) + " |")
-    groups = ("Runs are compared only within a group: the same task and configuration (config.json) apart from "
-              "strategy and seed; runs without config.json are grouped by task and model."
-              + (" The group column shows the configuration values that differ between the groups." if grouped else ""))
-    baseline = ("RIPL = (AUC − AUC_random) / (100 − AUC_random) × 100 against the mean AUC of the random runs of the "
-                "same group. ΔAUC = AUC − AUC_random of the same seed in the same group (same initial labeled set): "
-                "mean [paired 95% t-interval] over the seeds both have (no interval with one pair); wins = seeds where "
-                f"the strategy's AUC is higher / seeds paired. {NO_RANDOM}: the group has no random runs to compare "
-                "with.")
+    groups = (
+        "Runs are compared only within a group: the same task and configuration (config.json) apart from "
+        "strategy and seed; runs without config.json are grouped by task and model."
+        + (" The group column shows the configuration values that differ between the groups." if grouped else "")
+    )
+    baseline = (
+        "RIPL = (AUC − AUC_random) / (100 − AUC_random) × 100 against the mean AUC of the random runs of the "
+        "same group. ΔAUC = AUC − AUC_random of the same seed in the same group (same initial labeled set): "
+        "mean [paired 95% t-interval] over the seeds both have (no interval with one pair); wins = seeds where "
+        f"the strategy's AUC is higher / seeds paired. {NO_RANDOM}: the group has no random runs to compare "
+        "with."
+    )
     note = f"\nValues are mean ± std over seeds, [± half-width of the 95% t-interval]. {groups}\n\n{baseline}\n"
     note += f"\n{ORACLE_FOOTNOTE}\n" if any(r.get("oracle") for r in rows) else ""
-    write_atomic(out / "report.md", "# starlora report\n\n" + "\n".join(lines) + "\n" + note +
-                 "".join(line + "\n" for line in extra))
+    write_atomic(
+        out / "report.md",
+        "# starlora report\n\n" + "\n".join(lines) + "\n" + note + "".join(line + "\n" for line in extra),
+    )
     with open(out / "report.csv", "w", newline="") as f:
         w = csv.writer(f)
         cols, delta = ["final_accuracy", "auc", "ripl"], ["mean", "low", "high", "n", "wins"]
-        w.writerow(["task", "strategy", "seeds"] + [f"{c}_{s}" for c in cols for s in ("mean", "std", "ci95")] +
-                   ["delta_auc_mean", "delta_auc_low", "delta_auc_high", "pairs", "wins", "group", "metric"])
+        w.writerow(
+            ["task", "strategy", "seeds"]
+            + [f"{c}_{s}" for c in cols for s in ("mean", "std", "ci95")]
+            + ["delta_auc_mean", "delta_auc_low", "delta_auc_high", "pairs", "wins", "group", "metric"]
+        )
         for r in rows:
-            w.writerow([r["task"], r["strategy"], r["seeds"]] +
-                       [("" if r[c] is None else r[c][s]) for c in cols for s in ("mean", "std", "ci95")] +
-                       [("" if r["delta_auc"] is None else r["delta_auc"][s]) for s in delta] +
-                       [r["group"], r.get("metric", "accuracy")])
+            w.writerow(
+                [r["task"], r["strategy"], r["seeds"]]
+                + [("" if r[c] is None else r[c][s]) for c in cols for s in ("mean", "std", "ci95")]
+                + [("" if r["delta_auc"] is None else r["delta_auc"][s]) for s in delta]
+                + [r["group"], r.get("metric", "accuracy")]
+            )
 
 
 def _name(row) -> str:
@@ -329,26 +403,59 @@ def test_lines(rows, target_deltas=TARGET_DELTAS) -> list[str]:
     if not tested:
         return []
     grouped = any(r["group"] for r in rows)
-    head = ["task"] + ["group"] * grouped + ["strategy", "pairs", "ΔAUC vs random [95% CI]", "p (t)", "p (t, Holm)",
-                                             "p (sign)", "sd of Δ", "MDE (80% power)",
-                                             *(f"seeds for ΔAUC {x:g}" for x in target_deltas)]
-    lines = ["", "## Paired tests and what the seeds can detect", "", "| " + " | ".join(head) + " |",
-             "|" + "---|" * len(head)]
+    head = (
+        ["task"]
+        + ["group"] * grouped
+        + [
+            "strategy",
+            "pairs",
+            "ΔAUC vs random [95% CI]",
+            "p (t)",
+            "p (t, Holm)",
+            "p (sign)",
+            "sd of Δ",
+            "MDE (80% power)",
+            *(f"seeds for ΔAUC {x:g}" for x in target_deltas),
+        ]
+    )
+    lines = [
+        "",
+        "## Paired tests and what the seeds can detect",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     for r in tested:
         t = r["tests"]
-        lines.append("| " + " | ".join(_cells(r, grouped) + [
-            str(r["delta_auc"]["n"]), _fmt_delta(r)[0], _p(t["p_t"]), _p(t["p_holm"]), _p(t["p_sign"]),
-            "n/a" if np.isnan(t["sd"]) else f"{t['sd']:.2f}", "n/a" if np.isnan(t["mde"]) else f"{t['mde']:.2f}",
-            *(_seeds(t["seeds_needed"][float(x)], t["sd"]) for x in target_deltas)]) + " |")
-    return lines + ["", "Paired over seeds with the random runs of the same group: p (t) = two-sided paired t-test of "
-                    "mean ΔAUC = 0; p (t, Holm) = the same adjusted by Holm's step-down method over the strategies "
-                    "compared with random in the group (family-wise error rate); p (sign) = two-sided exact sign "
-                    "test of the seeds' ΔAUC signs (ties dropped). sd of Δ = standard deviation of the paired "
-                    "differences. MDE = the smallest true ΔAUC these pairs detect with 80% power (paired t, two-sided "
-                    "α 0.05, noncentral t) if the true sd is the observed one; seeds for ΔAUC x = the fewest seeds "
-                    "that detect a true ΔAUC of x at 80% power under the same assumption (`--target-delta` names x). "
-                    "Both are plans from an estimate: with few seeds the observed sd is itself uncertain. n/a: fewer "
-                    "than two pairs, no spread to plan from."]
+        lines.append(
+            "| "
+            + " | ".join(
+                _cells(r, grouped)
+                + [
+                    str(r["delta_auc"]["n"]),
+                    _fmt_delta(r)[0],
+                    _p(t["p_t"]),
+                    _p(t["p_holm"]),
+                    _p(t["p_sign"]),
+                    "n/a" if np.isnan(t["sd"]) else f"{t['sd']:.2f}",
+                    "n/a" if np.isnan(t["mde"]) else f"{t['mde']:.2f}",
+                    *(_seeds(t["seeds_needed"][float(x)], t["sd"]) for x in target_deltas),
+                ]
+            )
+            + " |"
+        )
+    return lines + [
+        "",
+        "Paired over seeds with the random runs of the same group: p (t) = two-sided paired t-test of "
+        "mean ΔAUC = 0; p (t, Holm) = the same adjusted by Holm's step-down method over the strategies "
+        "compared with random in the group (family-wise error rate); p (sign) = two-sided exact sign "
+        "test of the seeds' ΔAUC signs (ties dropped). sd of Δ = standard deviation of the paired "
+        "differences. MDE = the smallest true ΔAUC these pairs detect with 80% power (paired t, two-sided "
+        "α 0.05, noncentral t) if the true sd is the observed one; seeds for ΔAUC x = the fewest seeds "
+        "that detect a true ΔAUC of x at 80% power under the same assumption (`--target-delta` names x). "
+        "Both are plans from an estimate: with few seeds the observed sd is itself uncertain. n/a: fewer "
+        "than two pairs, no spread to plan from.",
+    ]
 
 
 def per_round_lines(rows) -> list[str]:
@@ -357,19 +464,37 @@ def per_round_lines(rows) -> list[str]:
     if not tested:
         return []
     grouped = any(r["group"] for r in rows)
-    head = ["task"] + ["group"] * grouped + ["strategy", "round", "labeled", "Δ vs random [95% CI]", "p (t)",
-                                             "p (t, Holm)", "wins"]
+    head = (
+        ["task"]
+        + ["group"] * grouped
+        + ["strategy", "round", "labeled", "Δ vs random [95% CI]", "p (t)", "p (t, Holm)", "wins"]
+    )
     lines = ["", "## Per-round paired differences", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in tested:
         for x in r["per_round"]:
             ci = "" if np.isnan(x["low"]) else f" [{x['low']:+.2f}, {x['high']:+.2f}]"
-            lines.append("| " + " | ".join(_cells(r, grouped) + [
-                str(x["round"]), "" if x["n_labeled"] is None else str(x["n_labeled"]), f"{x['mean']:+.2f}{ci}",
-                _p(x["p_t"]), _p(x["p_holm"]), f"{x['wins']}/{x['n']}"]) + " |")
-    return lines + ["", "The strategy's test metric after each round minus random's of the same seed after the same "
-                    "round (points): mean [paired 95% t-interval], where in the curve a strategy gains or loses "
-                    "(plot: per_round_delta_*.png). p (t, Holm): adjusted over the strategies of the group at that "
-                    "round; not also over rounds, so read single rounds as exploratory."]
+            lines.append(
+                "| "
+                + " | ".join(
+                    _cells(r, grouped)
+                    + [
+                        str(x["round"]),
+                        "" if x["n_labeled"] is None else str(x["n_labeled"]),
+                        f"{x['mean']:+.2f}{ci}",
+                        _p(x["p_t"]),
+                        _p(x["p_holm"]),
+                        f"{x['wins']}/{x['n']}",
+                    ]
+                )
+                + " |"
+            )
+    return lines + [
+        "",
+        "The strategy's test metric after each round minus random's of the same seed after the same "
+        "round (points): mean [paired 95% t-interval], where in the curve a strategy gains or loses "
+        "(plot: per_round_delta_*.png). p (t, Holm): adjusted over the strategies of the group at that "
+        "round; not also over rounds, so read single rounds as exploratory.",
+    ]
 
 
 def revision_warnings(rows) -> list[str]:
@@ -384,10 +509,14 @@ def revision_warnings(rows) -> list[str]:
                 counts[label] = counts.get(label, 0) + n
         if len(counts) > 1 or any("→" in label for label in counts):
             where = group[0]["task"] + (f" ({group[0]['group']})" if group[0]["group"] else "")
-            lines.append(f"{where}: the compared runs come from {len(counts)} code revisions ("
-                         + ", ".join(f"{label}: {n} run{'s' * (n != 1)}"
-                                     for label, n in sorted(counts.items(), key=lambda c: (-c[1], c[0])))
-                         + "): a difference between strategies may be a difference between code")
+            lines.append(
+                f"{where}: the compared runs come from {len(counts)} code revisions ("
+                + ", ".join(
+                    f"{label}: {n} run{'s' * (n != 1)}"
+                    for label, n in sorted(counts.items(), key=lambda c: (-c[1], c[0]))
+                )
+                + "): a difference between strategies may be a difference between code"
+            )
     return lines
 
 
@@ -397,11 +526,17 @@ def revision_lines(rows) -> list[str]:
     head = ["task"] + ["group"] * grouped + ["strategy", "code revisions (runs)"]
     lines = ["", "## Code revisions", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append("| " + " | ".join(_cells(r, grouped) + [
-            ", ".join(f"{label} ({n})" for label, n in r["revisions"].items())]) + " |")
-    lines += ["", "The code that made each run (config.json and summary.json): a git commit, +dirty:HASH with "
-              "uncommitted changes to the package (hash of its source), VERSION+src:HASH outside a git checkout; "
-              f"A→B: started on A, resumed on B; {UNRECORDED}: made before starlora recorded it."]
+        lines.append(
+            "| "
+            + " | ".join(_cells(r, grouped) + [", ".join(f"{label} ({n})" for label, n in r["revisions"].items())])
+            + " |"
+        )
+    lines += [
+        "",
+        "The code that made each run (config.json and summary.json): a git commit, +dirty:HASH with "
+        "uncommitted changes to the package (hash of its source), VERSION+src:HASH outside a git checkout; "
+        f"A→B: started on A, resumed on B; {UNRECORDED}: made before starlora recorded it.",
+    ]
     return lines + [f"\n**Warning:** {w}." for w in revision_warnings(rows)]
 
 
@@ -409,24 +544,78 @@ def write_test_csvs(rows, out: Path, target_deltas=TARGET_DELTAS) -> None:
     """tests.csv (one line per strategy row: the paired tests, what the seeds detect, revisions) and per_round.csv."""
     with open(out / "tests.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["task", "group", "strategy", "oracle", "pairs", "delta_auc_mean", "delta_auc_low",
-                    "delta_auc_high", "p_t", "p_holm", "p_sign", "sd_delta", "mde_80",
-                    *(f"seeds_for_{x:g}" for x in target_deltas), "revisions"])
+        w.writerow(
+            [
+                "task",
+                "group",
+                "strategy",
+                "oracle",
+                "pairs",
+                "delta_auc_mean",
+                "delta_auc_low",
+                "delta_auc_high",
+                "p_t",
+                "p_holm",
+                "p_sign",
+                "sd_delta",
+                "mde_80",
+                *(f"seeds_for_{x:g}" for x in target_deltas),
+                "revisions",
+            ]
+        )
         for r in rows:
             d, t = r["delta_auc"] or {}, r.get("tests") or {}
-            w.writerow([r["task"], r["group"], r["strategy"], r.get("oracle", False), d.get("n", ""),
-                        *(d.get(k, "") for k in ("mean", "low", "high")),
-                        *(t.get(k, "") for k in ("p_t", "p_holm", "p_sign", "sd", "mde")),
-                        *((t["seeds_needed"][float(x)] or "") if t else "" for x in target_deltas),
-                        "; ".join(f"{label}: {n}" for label, n in r["revisions"].items())])
+            w.writerow(
+                [
+                    r["task"],
+                    r["group"],
+                    r["strategy"],
+                    r.get("oracle", False),
+                    d.get("n", ""),
+                    *(d.get(k, "") for k in ("mean", "low", "high")),
+                    *(t.get(k, "") for k in ("p_t", "p_holm", "p_sign", "sd", "mde")),
+                    *((t["seeds_needed"][float(x)] or "") if t else "" for x in target_deltas),
+                    "; ".join(f"{label}: {n}" for label, n in r["revisions"].items()),
+                ]
+            )
     with open(out / "per_round.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["task", "group", "strategy", "oracle", "round", "n_labeled", "delta_mean", "delta_low",
-                    "delta_high", "pairs", "wins", "p_t", "p_holm"])
+        w.writerow(
+            [
+                "task",
+                "group",
+                "strategy",
+                "oracle",
+                "round",
+                "n_labeled",
+                "delta_mean",
+                "delta_low",
+                "delta_high",
+                "pairs",
+                "wins",
+                "p_t",
+                "p_holm",
+            ]
+        )
         for r in rows:
             for x in r.get("per_round") or ():
-                w.writerow([r["task"], r["group"], r["strategy"], r.get("oracle", False), x["round"], x["n_labeled"],
-                            x["mean"], x["low"], x["high"], x["n"], x["wins"], x["p_t"], x["p_holm"]])
+                w.writerow(
+                    [
+                        r["task"],
+                        r["group"],
+                        r["strategy"],
+                        r.get("oracle", False),
+                        x["round"],
+                        x["n_labeled"],
+                        x["mean"],
+                        x["low"],
+                        x["high"],
+                        x["n"],
+                        x["wins"],
+                        x["p_t"],
+                        x["p_holm"],
+                    ]
+                )
 
 
 def plot(runs, rows, out: Path) -> list[Path]:
@@ -440,10 +629,18 @@ def plot(runs, rows, out: Path) -> list[Path]:
         title = g["task"] + (f" ({g['label']})" if g["label"] else "")
         written.append(_learning_curves(plt, g["runs"], title, out / f"learning_curves_{g['slug']}.png"))
         written += _wrong_confidence(plt, g["runs"], title, out / f"wrong_confidence_{g['slug']}.png")
-        written += _delta_auc(plt, [r for r in rows if r["slug"] == g["slug"] and r["delta_auc"]
-                                    and r["delta_auc"]["n"]], title, out / f"delta_auc_{g['slug']}.png")
-        written += _per_round(plt, [r for r in rows if r["slug"] == g["slug"] and r.get("per_round")], title,
-                              out / f"per_round_delta_{g['slug']}.png")
+        written += _delta_auc(
+            plt,
+            [r for r in rows if r["slug"] == g["slug"] and r["delta_auc"] and r["delta_auc"]["n"]],
+            title,
+            out / f"delta_auc_{g['slug']}.png",
+        )
+        written += _per_round(
+            plt,
+            [r for r in rows if r["slug"] == g["slug"] and r.get("per_round")],
+            title,
+            out / f"per_round_delta_{g['slug']}.png",
+        )
         for r in g["runs"]:
             written += _probe_plots(plt, r, f"{g['slug']}_{r['strategy']}_seed{r['seed']}", out)
     return written
@@ -459,8 +656,9 @@ def _learning_curves(plt, runs, title, path) -> Path:
         x = rs[0]["n_labeled"][:n]
         (line,) = ax.plot(x, curves.mean(0), marker="o", label=f"{strategy} (n={len(rs)})")
         if len(rs) > 1:  # the band in its line's colour
-            ax.fill_between(x, curves.mean(0) - curves.std(0), curves.mean(0) + curves.std(0), alpha=0.12,
-                            color=line.get_color())
+            ax.fill_between(
+                x, curves.mean(0) - curves.std(0), curves.mean(0) + curves.std(0), alpha=0.12, color=line.get_color()
+            )
     ax.set(xlabel="labeled examples", ylabel=f"test {metric_of(runs)} (%)")
     ax.set_title(f"{title}: learning curves (mean ± std)", fontsize=9)
     ax.grid(alpha=0.3)
@@ -505,8 +703,9 @@ def _delta_auc(plt, rows, title, path) -> list[Path]:
         ax.errorbar([x], [d["mean"]], yerr=err, fmt="o", capsize=5, color="C0", zorder=3)
     ax.axhline(0, color="black", linewidth=1)
     ax.set_xlim(-0.6, len(rows) - 0.4)
-    ax.set_xticks(range(len(rows)), [f"{r['strategy']}\n{r['delta_auc']['wins']}/{r['delta_auc']['n']} wins"
-                                     for r in rows])
+    ax.set_xticks(
+        range(len(rows)), [f"{r['strategy']}\n{r['delta_auc']['wins']}/{r['delta_auc']['n']} wins" for r in rows]
+    )
     ax.set(ylabel="ΔAUC vs random (AUC points)")
     ax.set_title(f"{title}: ΔAUC vs random, same seed (mean, 95% CI)", fontsize=9)
     ax.grid(alpha=0.3, axis="y")
@@ -520,8 +719,9 @@ def _per_round(plt, rows, title, path) -> list[Path]:
         return []
     cols = min(4, len(rows))
     nrows = -(-len(rows) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows + 0.4), sharex=True, sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, cols, figsize=(3.2 * cols, 2.6 * nrows + 0.4), sharex=True, sharey=True, squeeze=False
+    )
     for ax, r in zip(axes.flat, rows):
         x = [p["n_labeled"] if p["n_labeled"] is not None else p["round"] for p in r["per_round"]]
         mean = np.array([p["mean"] for p in r["per_round"]])
@@ -534,7 +734,7 @@ def _per_round(plt, rows, title, path) -> list[Path]:
         ax.axhline(0, color="black", linewidth=1)
         ax.set_title(_name(r), fontsize=8)
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(rows):]:
+    for ax in axes.flat[len(rows) :]:
         ax.set_visible(False)
     for ax in axes[-1]:
         ax.set_xlabel("labeled examples", fontsize=8)
@@ -554,10 +754,20 @@ def _probe_plots(plt, run, label, out: Path) -> list[Path]:
     matrix = np.array([[probe[a][i] for i in ids] for a in names])
     corr = metrics.correlations(matrix)
     # NaN is not valid JSON: an undefined correlation (a constant uncertainty vector) is written as null
-    write_atomic(out / f"probe_correlations_{label}.json", json.dumps(
-        {"rounds": names, **{k: [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in m]
-                             for k, m in corr.items()},
-         "null": "undefined: one of the two uncertainty vectors is constant"}, indent=1))
+    write_atomic(
+        out / f"probe_correlations_{label}.json",
+        json.dumps(
+            {
+                "rounds": names,
+                **{
+                    k: [[None if np.isnan(v) else round(float(v), 4) for v in row] for row in m]
+                    for k, m in corr.items()
+                },
+                "null": "undefined: one of the two uncertainty vectors is constant",
+            },
+            indent=1,
+        ),
+    )
     fig, ax = plt.subplots(figsize=(5, 4))
     im = heatmap(ax, names, corr["spearman"])
     fig.colorbar(im, ax=ax, label="Spearman correlation")
@@ -581,8 +791,9 @@ def heatmap(ax, names, values):
     for i in range(len(names)):
         for j in range(len(names)):
             if np.isnan(values[i, j]):
-                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="grey",
-                                       linewidth=0))
+                ax.add_patch(
+                    Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="grey", linewidth=0)
+                )
             else:
                 ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", fontsize=7)
     if np.isnan(values).any():
@@ -633,8 +844,11 @@ def report(paths, out, target_deltas=None) -> list[dict]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = table(runs, target_deltas)
-    write_tables(rows, out, [*test_lines(rows, target_deltas), *per_round_lines(rows), *revision_lines(rows),
-                             *stopping_lines(runs)])
+    write_tables(
+        rows,
+        out,
+        [*test_lines(rows, target_deltas), *per_round_lines(rows), *revision_lines(rows), *stopping_lines(runs)],
+    )
     write_test_csvs(rows, out, target_deltas)
     plot(runs, rows, out)
     for line in revision_warnings(rows):

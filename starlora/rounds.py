@@ -29,15 +29,30 @@ def method_settings(cfg: MethodConfig, strategy) -> tuple[ScoringSettings, Train
     """Scoring and training settings of a configuration (shared by `run` and the human-loop project)."""
     precision = resolve_precision(cfg.precision, device())
     decay = (strategy.b_decay or cfg.force_b_decay) and cfg.mode == "lora"
-    scoring = ScoringSettings(batch_size=cfg.score_batch_size, max_prompt_tokens=cfg.max_prompt_tokens,
-                              max_answer_tokens=cfg.max_answer_tokens, max_new_tokens=cfg.max_new_tokens,
-                              precision=precision)
+    scoring = ScoringSettings(
+        batch_size=cfg.score_batch_size,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        max_answer_tokens=cfg.max_answer_tokens,
+        max_new_tokens=cfg.max_new_tokens,
+        precision=precision,
+    )
     training = TrainSettings(
-        mode=cfg.mode, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, lr=cfg.lr,
-        epochs=cfg.epochs, batch_size=cfg.batch_size, b_decay=cfg.b_decay if decay else 0.0, seed=cfg.seed,
-        max_prompt_tokens=cfg.max_prompt_tokens, max_answer_tokens=cfg.max_answer_tokens,
-        group_by_length=cfg.group_by_length, precision=precision,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, gradient_checkpointing=cfg.gradient_checkpointing)
+        mode=cfg.mode,
+        lora_r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        lr=cfg.lr,
+        epochs=cfg.epochs,
+        batch_size=cfg.batch_size,
+        b_decay=cfg.b_decay if decay else 0.0,
+        seed=cfg.seed,
+        max_prompt_tokens=cfg.max_prompt_tokens,
+        max_answer_tokens=cfg.max_answer_tokens,
+        group_by_length=cfg.group_by_length,
+        precision=precision,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+    )
     return scoring, training
 
 
@@ -87,16 +102,21 @@ class Round:
         {"ids", "predictions", "mean"}."""
         scores = score(model, self.tokenizer, self.task, stop, settings=self.settings, desc=f"round {self.t} stop set")
         figures = stop_figures(previous, scores.predictions, scores.measures[self.measure])
-        return figures, {"ids": [ex.id for ex in stop], "predictions": scores.predictions,
-                         "mean": figures["stop_uncertainty"]}
+        return figures, {
+            "ids": [ex.id for ex in stop],
+            "predictions": scores.predictions,
+            "mean": figures["stop_uncertainty"],
+        }
 
-    def query(self, model, candidates: list[Example], labeled: list[Example], n: int,
-              pick_round: int | None = None) -> tuple[list[str], dict[str, np.ndarray], float | None]:
+    def query(
+        self, model, candidates: list[Example], labeled: list[Example], n: int, pick_round: int | None = None
+    ) -> tuple[list[str], dict[str, np.ndarray], float | None]:
         """The next query: n ids from the candidates (none of them labeled) scored with round t's model, the
         scores to record and lambda(t) where the strategy mixes. The picks are seeded by `pick_round` (default t:
         the human loop numbers its queries from the first, made before any round, so query t+1 follows round t)."""
         acquisition, cfg = self.acquisition, self.acquisition.cfg
         mu = acquisition.scores(model, self.tokenizer, self.task, candidates, self.t)
-        selected = acquisition.pick(model, self.tokenizer, candidates, labeled, mu, n,
-                                    self.t if pick_round is None else pick_round)
+        selected = acquisition.pick(
+            model, self.tokenizer, candidates, labeled, mu, n, self.t if pick_round is None else pick_round
+        )
         return selected, mu, acquisition.strategy.combine.weight(self.t, cfg.rounds, cfg.schedule)

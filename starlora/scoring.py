@@ -34,8 +34,10 @@ class ScoringSettings:
 
     def __post_init__(self):
         if self.precision not in ("fp32", "bf16"):  # "auto" must be resolved where it is stored, not read as fp32
-            raise StarloraError(f"ScoringSettings.precision must be fp32 or bf16, got {self.precision!r} "
-                                "(resolve 'auto' with hardware.resolve_precision)")
+            raise StarloraError(
+                f"ScoringSettings.precision must be fp32 or bf16, got {self.precision!r} "
+                "(resolve 'auto' with hardware.resolve_precision)"
+            )
 
 
 @dataclass
@@ -50,8 +52,18 @@ class Scores:
 
 
 @torch.no_grad()
-def answer_stats(model, sequences, batch_size: int, desc: str | None = None, *, names=None, mask_seed=None,
-                 precision: str = "fp32", choices=None, groups: list[int] | None = None):
+def answer_stats(
+    model,
+    sequences,
+    batch_size: int,
+    desc: str | None = None,
+    *,
+    names=None,
+    mask_seed=None,
+    precision: str = "fp32",
+    choices=None,
+    groups: list[int] | None = None,
+):
     """For (prompt_ids, answer_ids) pairs: (sum log p(answer), sum of token entropies, answer length) per pair.
 
     With `choices` (token ids: one list for all sequences, or one per sequence) every answer is one token and log p
@@ -71,12 +83,17 @@ def answer_stats(model, sequences, batch_size: int, desc: str | None = None, *, 
         members.setdefault(g, []).append(i)
     units = list(members.values())  # batches are made of whole groups (one sequence each without groups)
     per_batch = max(1, batch_size // max(len(u) for u in units)) if units else 1
-    batches = [[i for u in b for i in units[u]]
-               for b in length_sorted_batches([max(lengths[i] for i in u) for u in units], per_batch)]
+    batches = [
+        [i for u in b for i in units[u]]
+        for b in length_sorted_batches([max(lengths[i] for i in u) for u in units], per_batch)
+    ]
     device = next(model.parameters()).device
     bar = progress(total=n, desc=desc, leave=False, disable=not (desc and parallel.is_main()))
-    seeded = torch.random.fork_rng(devices=[device] if device.type == "cuda" else []) if mask_seed is not None \
-        else contextlib.nullcontext()  # per-batch seeds must not move the caller's random stream
+    seeded = (
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+        if mask_seed is not None
+        else contextlib.nullcontext()
+    )  # per-batch seeds must not move the caller's random stream
     # every LoRA dropout draws keep_mask's masks: per group of rows (GroupDropout) or per row (MaskDropout)
     grouped = swap_lora_dropout(model, GroupDropout if groups is not None else MaskDropout)
     with seeded, grouped as dropouts:
@@ -89,8 +106,9 @@ def answer_stats(model, sequences, batch_size: int, desc: str | None = None, *, 
                     drop.groups = torch.tensor([seeds.index(groups[i]) for i in rows], device=device)
                     drop.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
                     drop.widths = [max(lengths[i] for i in rows if groups[i] == s) for s in seeds]
-            owner, logp, ent = _batch_stats(model, [sequences[i] for i in rows], device, precision,
-                                            [choices[i] for i in rows] if choices else None)
+            owner, logp, ent = _batch_stats(
+                model, [sequences[i] for i in rows], device, precision, [choices[i] for i in rows] if choices else None
+            )
             if owner and not spare:
                 owner = [rows[r] for r in owner]
                 check_finite(logp, ent, owner, names)
@@ -110,8 +128,8 @@ def _batch_stats(model, pairs, device, precision, choices=None):
     mask = torch.zeros(len(pairs), width, dtype=torch.long)
     rows, positions, targets = [], [], []
     for r, (prompt, answer) in enumerate(pairs):
-        ids[r, :len(prompt) + len(answer)] = torch.tensor(prompt + answer)
-        mask[r, :len(prompt) + len(answer)] = 1
+        ids[r, : len(prompt) + len(answer)] = torch.tensor(prompt + answer)
+        mask[r, : len(prompt) + len(answer)] = 1
         positions += range(len(prompt) - 1, len(prompt) - 1 + len(answer))  # logits at p predict token p+1
         rows += [r] * len(answer)
         targets += [choices[r]] * len(answer) if choices else [[t] for t in answer]
@@ -125,8 +143,9 @@ def _batch_stats(model, pairs, device, precision, choices=None):
 
 def answer_logits(lm, ids, mask, rows, positions):
     """The causal LM's logits at the given (row, position) pairs only: no [batch, length, vocabulary] tensor."""
-    hidden = lm.get_decoder()(input_ids=ids, attention_mask=mask,
-                              use_cache=False).last_hidden_state  # no KV cache: nothing is generated
+    hidden = lm.get_decoder()(
+        input_ids=ids, attention_mask=mask, use_cache=False
+    ).last_hidden_state  # no KV cache: nothing is generated
     return lm.get_output_embeddings()(hidden[rows, positions])
 
 
@@ -137,8 +156,10 @@ def check_finite(logp: np.ndarray, ent: np.ndarray, owner: list[int], names=None
         found = sorted({owner[j] for j in np.flatnonzero(bad)})
         shown = list(dict.fromkeys(names[i] for i in found)) if names else found  # an example may own several rows
         more = f" and {len(shown) - 10} more" if len(shown) > 10 else ""
-        raise StarloraError(f"the model produced non-finite logits for example(s) {', '.join(map(str, shown[:10]))}"
-                            f"{more}; check the model weights, or try --precision fp32")
+        raise StarloraError(
+            f"the model produced non-finite logits for example(s) {', '.join(map(str, shown[:10]))}"
+            f"{more}; check the model weights, or try --precision fp32"
+        )
 
 
 class TextStop(StoppingCriteria):
@@ -149,15 +170,23 @@ class TextStop(StoppingCriteria):
         self.lengths: dict[int, int] = {}  # row -> number of generated tokens when the rule first held
 
     def __call__(self, input_ids, scores, **kwargs):
-        for r, tokens in enumerate(input_ids[:, self.start:].tolist()):
+        for r, tokens in enumerate(input_ids[:, self.start :].tolist()):
             if r not in self.lengths and self.rule(self.tokenizer.decode(tokens, skip_special_tokens=True)):
                 self.lengths[r] = len(tokens)
         return torch.tensor([r in self.lengths for r in range(len(input_ids))], device=input_ids.device)
 
 
 @torch.no_grad()
-def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, batch_size: int, desc=None,
-                   precision: str = "fp32", stop=None):
+def greedy_answers(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int,
+    desc=None,
+    precision: str = "fp32",
+    stop=None,
+):
     """Greedy generations for left-padded prompt batches: (token ids per prompt, truncated flag per prompt).
 
     A generation ends with EOS (kept), or with `stop` (text -> bool, Task.stop) at the first token after which
@@ -168,19 +197,25 @@ def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     done = []
     batches = length_sorted_batches([len(p) for p in prompts], batch_size)
-    for _, rows, spare in progress(parallel.my_batches(batches), desc=desc, leave=False,
-                                   disable=not (desc and parallel.is_main())):  # spare: sharded, a throw-away one
+    for _, rows, spare in progress(
+        parallel.my_batches(batches), desc=desc, leave=False, disable=not (desc and parallel.is_main())
+    ):  # spare: sharded, a throw-away one
         width = max(len(prompts[i]) for i in rows)
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         mask = torch.zeros(len(rows), width, dtype=torch.long)
         for r, i in enumerate(rows):
-            ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
-            mask[r, width - len(prompts[i]):] = 1
+            ids[r, width - len(prompts[i]) :] = torch.tensor(prompts[i])
+            mask[r, width - len(prompts[i]) :] = 1
         criteria = StoppingCriteriaList([TextStop(tokenizer, stop, width)] if stop else [])
         with autocast(device, precision):
             generated = model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                do_sample=False, pad_token_id=pad, eos_token_id=eos, stopping_criteria=criteria,
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=eos,
+                stopping_criteria=criteria,
                 synced_gpus=parallel.sharded(),  # sharded: keep stepping until every process's batch is done
             )[:, width:].tolist()
         for r, i in enumerate([] if spare else rows):
@@ -198,9 +233,19 @@ def greedy_answers(model, tokenizer, prompts: list[list[int]], max_new_tokens: i
 # ---------------------------------------------------------------- the entry point
 
 
-def score(model, tokenizer, task: Task, examples, *, passes: int = 1, mc_dropout: bool = False,
-          reference: bool = False, settings: ScoringSettings = ScoringSettings(), desc: str = "scoring",
-          seed: int = 0) -> Scores:
+def score(
+    model,
+    tokenizer,
+    task: Task,
+    examples,
+    *,
+    passes: int = 1,
+    mc_dropout: bool = False,
+    reference: bool = False,
+    settings: ScoringSettings = ScoringSettings(),
+    desc: str = "scoring",
+    seed: int = 0,
+) -> Scores:
     """Fix y_hat per example with dropout off, then average every measure over `passes` passes.
 
     With mc_dropout the passes sample masks in the LoRA dropout only; without it (or with passes=1) the deterministic
@@ -225,34 +270,60 @@ def score(model, tokenizer, task: Task, examples, *, passes: int = 1, mc_dropout
         y_logp, y_ent, y_len = logp[rows, :, y_hat], ent[rows, :, y_hat], length[rows, y_hat][:, None]
         p_passes = U.label_distribution(logp)  # [N, K, C]
         measures = {
-            "lc": U.least_confidence(p_passes).mean(1), "margin": U.margin(p_passes).mean(1),
-            "entropy": U.entropy(p_passes).mean(1), "bald": U.bald(p_passes),
+            "lc": U.least_confidence(p_passes).mean(1),
+            "margin": U.margin(p_passes).mean(1),
+            "entropy": U.entropy(p_passes).mean(1),
+            "bald": U.bald(p_passes),
         }
         predictions, pass_probs = [task.candidates[j] for j in y_hat], p_passes
     else:
         if reference:
-            answers = [encode_answer(tokenizer, ex.target, settings.max_answer_tokens, eos=True,
-                                     prefix=answer_prefix(ex.prompt)) for ex in examples]
+            answers = [
+                encode_answer(
+                    tokenizer, ex.target, settings.max_answer_tokens, eos=True, prefix=answer_prefix(ex.prompt)
+                )
+                for ex in examples
+            ]
         else:
             with lora_sampling(model, False):
-                answers, truncated = greedy_answers(model, tokenizer, prompts, settings.max_new_tokens,
-                                                    desc=f"{desc} (generating)", stop=task.stop, **run)
+                answers, truncated = greedy_answers(
+                    model,
+                    tokenizer,
+                    prompts,
+                    settings.max_new_tokens,
+                    desc=f"{desc} (generating)",
+                    stop=task.stop,
+                    **run,
+                )
         pairs = [(p, a) for p, a in zip(prompts, answers)]
         with lora_sampling(model, stochastic):
-            lp, en, ln = answer_stats(model, [pair for pair in pairs for _ in range(k)],
-                                      desc=f"{desc} ({k} pass{'es' if k > 1 else ''})",
-                                      names=[ex.id for ex in examples for _ in range(k)],
-                                      mask_seed=seed if stochastic else None, **run)
+            lp, en, ln = answer_stats(
+                model,
+                [pair for pair in pairs for _ in range(k)],
+                desc=f"{desc} ({k} pass{'es' if k > 1 else ''})",
+                names=[ex.id for ex in examples for _ in range(k)],
+                mask_seed=seed if stochastic else None,
+                **run,
+            )
         y_logp, y_ent, y_len = lp.reshape(-1, k), en.reshape(-1, k), ln.reshape(-1, k)
         measures, probs, pass_probs = {}, None, None
         texts = [tokenizer.decode(a, skip_special_tokens=True) for a in answers]
         predictions = [task.predict_text(text) for text in texts]
     measures |= {
-        "pe": U.predictive_entropy(y_logp).mean(1), "pe_norm": U.predictive_entropy(y_logp, y_len).mean(1),
-        "me": U.mean_entropy(y_ent).mean(1), "me_norm": U.mean_entropy(y_ent, y_len).mean(1),
+        "pe": U.predictive_entropy(y_logp).mean(1),
+        "pe_norm": U.predictive_entropy(y_logp, y_len).mean(1),
+        "me": U.mean_entropy(y_ent).mean(1),
+        "me_norm": U.mean_entropy(y_ent, y_len).mean(1),
     }
-    return Scores([ex.id for ex in examples], predictions, measures, probs, pass_probs=pass_probs, truncated=truncated,
-                  texts=texts)
+    return Scores(
+        [ex.id for ex in examples],
+        predictions,
+        measures,
+        probs,
+        pass_probs=pass_probs,
+        truncated=truncated,
+        texts=texts,
+    )
 
 
 def _candidate_passes(model, tokenizer, task, examples, prompts, k, seed, settings, desc):
@@ -262,8 +333,10 @@ def _candidate_passes(model, tokenizer, task, examples, prompts, k, seed, settin
     between candidates."""
     n, c = len(examples), len(task.candidates)
     prefixes = [answer_prefix(ex.prompt) for ex in examples]
-    encoded = {pre: [encode_answer(tokenizer, cand, settings.max_answer_tokens, prefix=pre) for cand in task.candidates]
-               for pre in set(prefixes)}
+    encoded = {
+        pre: [encode_answer(tokenizer, cand, settings.max_answer_tokens, prefix=pre) for cand in task.candidates]
+        for pre in set(prefixes)
+    }
     run = dict(batch_size=settings.batch_size, precision=settings.precision)
     ids = [ex.id for ex in examples]
     if all(len(a) == 1 for cands in encoded.values() for a in cands):
@@ -276,9 +349,15 @@ def _candidate_passes(model, tokenizer, task, examples, prompts, k, seed, settin
         logp, ent = logp[:, None], np.repeat(ent[:, None, None], c, 2)
         if k > 1:
             with lora_sampling(model, True):
-                lp, en, _ = answer_stats(model, [s for s in seqs for _ in range(k)], desc=f"{desc} ({k} MC passes)",
-                                         names=[x for x in ids for _ in range(k)], mask_seed=seed,
-                                         choices=[x for x in choices for _ in range(k)], **run)
+                lp, en, _ = answer_stats(
+                    model,
+                    [s for s in seqs for _ in range(k)],
+                    desc=f"{desc} ({k} MC passes)",
+                    names=[x for x in ids for _ in range(k)],
+                    mask_seed=seed,
+                    choices=[x for x in choices for _ in range(k)],
+                    **run,
+                )
             logp = np.concatenate([logp, lp.reshape(n, k, c)], 1)
             ent = np.concatenate([ent, np.repeat(en.reshape(n, k, 1), c, 2)], 1)
         return logp, ent, np.ones((n, c), dtype=int)
@@ -291,8 +370,14 @@ def _candidate_passes(model, tokenizer, task, examples, prompts, k, seed, settin
         rows = [i * c + j for i in range(n) for _ in range(k) for j in range(c)]
         groups = [group_seed(seed, i, m) for i in range(n) for m in range(k) for _ in range(c)]
         with lora_sampling(model, True):
-            lp, en, _ = answer_stats(model, [seqs[r] for r in rows], desc=f"{desc} ({k} MC passes)",
-                                     names=[names[r] for r in rows], groups=groups, **run)
+            lp, en, _ = answer_stats(
+                model,
+                [seqs[r] for r in rows],
+                desc=f"{desc} ({k} MC passes)",
+                names=[names[r] for r in rows],
+                groups=groups,
+                **run,
+            )
         logp = np.concatenate([logp, lp.reshape(n, k, c)], 1)
         ent = np.concatenate([ent, en.reshape(n, k, c)], 1)
     return logp, ent, length.reshape(n, c)

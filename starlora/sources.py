@@ -36,13 +36,17 @@ class Source:
 
         if self.cfg is None:
             if not task:
-                raise StarloraError(f"{self.path}: a bare {self.kind} folder does not say its task: give --task "
-                                    "(and --candidates for --task closed)")
+                raise StarloraError(
+                    f"{self.path}: a bare {self.kind} folder does not say its task: give --task "
+                    "(and --candidates for --task closed)"
+                )
             return get_task(task, candidates, template, user_files=True)
         if task and task != self.cfg.task or candidates and list(candidates) != list(self.cfg.candidates or []):
-            raise StarloraError(f"{self.path}: was trained for task {self.cfg.task!r}"
-                                + (f" with candidates {self.cfg.candidates}" if self.cfg.candidates else "")
-                                + "; leave out --task and --candidates (they come from the source)")
+            raise StarloraError(
+                f"{self.path}: was trained for task {self.cfg.task!r}"
+                + (f" with candidates {self.cfg.candidates}" if self.cfg.candidates else "")
+                + "; leave out --task and --candidates (they come from the source)"
+            )
         return get_task(self.cfg.task, self.cfg.candidates, template or self.cfg.template, user_files=self.user_files)
 
     def load(self, dtype: str | None = None):
@@ -51,16 +55,18 @@ class Source:
 
         cfg = self.cfg
         quantization = cfg.quantization if cfg else "none"
-        model, tokenizer = load_model(self.model, dtype=dtype or (cfg.dtype if cfg else "auto"),
-                                      quantization=quantization)
+        model, tokenizer = load_model(
+            self.model, dtype=dtype or (cfg.dtype if cfg else "auto"), quantization=quantization
+        )
         if self.adapter is not None:
             from peft import PeftModel
 
             try:
                 model = PeftModel.from_pretrained(model, str(self.adapter)).eval()
             except (OSError, ValueError, RuntimeError, KeyError) as e:
-                raise StarloraError(f"{self.adapter}: cannot load this adapter onto {self.model} "
-                                    f"({str(e).splitlines()[0][:200]})") from None
+                raise StarloraError(
+                    f"{self.adapter}: cannot load this adapter onto {self.model} ({str(e).splitlines()[0][:200]})"
+                ) from None
         return model, tokenizer
 
 
@@ -78,13 +84,21 @@ def open_source(path) -> Source:
         if "config" in stored:  # a run folder
             return _run(path, stored)
         owner = read_json(path / CONFIG_FILE, {"config": dict}) if (path / CONFIG_FILE).exists() else None
-        return Source(path, "model", str(path), None, stored_config(owner["config"]) if owner else None,
-                      owner.get("user_files", True) if owner else True, owner.get("curve", []) if owner else [])
+        return Source(
+            path,
+            "model",
+            str(path),
+            None,
+            stored_config(owner["config"]) if owner else None,
+            owner.get("user_files", True) if owner else True,
+            owner.get("curve", []) if owner else [],
+        )
     seeds = sorted(p.name for p in path.glob("seed*") if (p / "config.json").exists())
     if seeds:
         raise StarloraError(f"{path}: holds one run per seed ({', '.join(seeds)}); name one, e.g. {path / seeds[0]}")
-    raise StarloraError(f"{path}: not a project (project.json), run (config.json), adapter (adapter_config.json) "
-                        "or model folder")
+    raise StarloraError(
+        f"{path}: not a project (project.json), run (config.json), adapter (adapter_config.json) or model folder"
+    )
 
 
 def _project(path: Path) -> Source:
@@ -111,8 +125,9 @@ def _run(path: Path, stored: dict) -> Source:
     cfg = stored_config(stored["config"])
     adapter = path / "adapter"
     if not (adapter / "adapter_config.json").exists():
-        raise StarloraError(f"{path}: holds no adapter yet (the run saves it after its last round; a --mode full run "
-                            "keeps none)")
+        raise StarloraError(
+            f"{path}: holds no adapter yet (the run saves it after its last round; a --mode full run keeps none)"
+        )
     curve = [{"round": r["round"], "labeled": r["n_labeled"], "accuracy": r["accuracy"]} for r in read_rounds(path)]
     return Source(path, "run", cfg.model, adapter, cfg, bool(stored["config"].get("train_file")), curve)
 
@@ -126,7 +141,7 @@ def _adapter(path: Path) -> Source:
         owner = open_project(project)
         rounds = owner.adapters()
         source = Source(path, "adapter", owner.cfg.model, path, owner.cfg)
-        return _with_curve(source, owner, rounds[:rounds.index(path) + 1] if path in rounds else [])
+        return _with_curve(source, owner, rounds[: rounds.index(path) + 1] if path in rounds else [])
     if path.name == "adapter" and (run / "config.json").exists() and "config" in read_json(run / "config.json"):
         source = _run(run, read_json(run / "config.json"))
         source.path, source.kind = path, "adapter"

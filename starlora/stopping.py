@@ -23,7 +23,7 @@ class StopRule:
 
     def holds(self, records: list[dict]) -> bool:
         """Do the last `patience` rounds meet the threshold? (Rounds without a value, e.g. round 0, do not.)"""
-        values = [r.get(FIELDS[self.criterion]) for r in records[-self.patience:]]
+        values = [r.get(FIELDS[self.criterion]) for r in records[-self.patience :]]
         if len(values) < self.patience or any(v is None for v in values):
             return False
         if self.criterion == "kappa":
@@ -32,7 +32,7 @@ class StopRule:
 
     def first_round(self, records: list[dict]) -> int | None:
         """The round after which the rule first held, or None."""
-        return next((r["round"] for i, r in enumerate(records) if self.holds(records[:i + 1])), None)
+        return next((r["round"] for i, r in enumerate(records) if self.holds(records[: i + 1])), None)
 
     def __str__(self) -> str:
         return f"{self.criterion}:{self.threshold:g}:{self.patience}"
@@ -48,8 +48,10 @@ def parse_stop_rule(text: str | None) -> StopRule | None:
     except (IndexError, ValueError):
         criterion, threshold, patience = None, 0.0, 0
     if len(parts) != 3 or criterion not in FIELDS or patience < 1 or threshold < 0:
-        raise StarloraError(f"--stop-when {text!r}: expected kappa:K:N or uncertainty:D:N (e.g. kappa:0.99:3: "
-                            "kappa >= 0.99 in 3 consecutive rounds)")
+        raise StarloraError(
+            f"--stop-when {text!r}: expected kappa:K:N or uncertainty:D:N (e.g. kappa:0.99:3: "
+            "kappa >= 0.99 in 3 consecutive rounds)"
+        )
     return StopRule(criterion, threshold, patience)
 
 
@@ -67,9 +69,11 @@ def cohen_kappa(previous: list, current: list) -> float:
 def stop_figures(previous: dict | None, predictions: list, uncertainties: np.ndarray) -> dict:
     """This round's stop-set figures for rounds.jsonl, given the previous round's (None in the first round)."""
     mean = float(np.mean(uncertainties)) if len(uncertainties) else float("nan")
-    return {"stop_kappa": cohen_kappa(previous["predictions"], predictions) if previous else None,
-            "stop_uncertainty": mean,
-            "stop_uncertainty_change": mean - previous["mean"] if previous else None}
+    return {
+        "stop_kappa": cohen_kappa(previous["predictions"], predictions) if previous else None,
+        "stop_uncertainty": mean,
+        "stop_uncertainty_change": mean - previous["mean"] if previous else None,
+    }
 
 
 def draw_stop_set(pool_ids: list[str], kept_out: set, size: int, seed: int) -> list[str]:
@@ -80,4 +84,3 @@ def draw_stop_set(pool_ids: list[str], kept_out: set, size: int, seed: int) -> l
     rest = [i for i in pool_ids if i not in kept_out]
     chosen = np.random.default_rng([seed, 5]).choice(len(rest), min(size, len(rest)), replace=False)
     return [rest[i] for i in sorted(chosen)]
-

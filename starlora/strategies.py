@@ -47,14 +47,17 @@ class Measure:
         return f"{self.name}_norm" if self.normalisable and length_norm else self.name
 
 
-MEASURES = {m.name: m for m in (
-    Measure("pe", normalisable=True, meaning="the predictive entropy"),
-    Measure("me", normalisable=True, meaning="the mean token entropy"),
-    Measure("lc", closed_only=True, meaning="the least confidence"),
-    Measure("margin", closed_only=True, meaning="one minus the margin of the two best labels"),
-    Measure("entropy", closed_only=True, meaning="the label entropy"),
-    Measure("bald", closed_only=True, needs_passes=True, meaning="the mutual information"),
-)}
+MEASURES = {
+    m.name: m
+    for m in (
+        Measure("pe", normalisable=True, meaning="the predictive entropy"),
+        Measure("me", normalisable=True, meaning="the mean token entropy"),
+        Measure("lc", closed_only=True, meaning="the least confidence"),
+        Measure("margin", closed_only=True, meaning="one minus the margin of the two best labels"),
+        Measure("entropy", closed_only=True, meaning="the label entropy"),
+        Measure("bald", closed_only=True, needs_passes=True, meaning="the mutual information"),
+    )
+}
 
 
 # ---------------------------------------------------------------- how it combines base and current model
@@ -171,8 +174,9 @@ class CoreSet(Pick):
 
     name: str = "coreset"
     needs_embeddings: bool = True
-    first_query: str | None = "core-set from nothing: a seeded random first example, then each farthest from those " \
-                              "chosen"
+    first_query: str | None = (
+        "core-set from nothing: a seeded random first example, then each farthest from those chosen"
+    )
 
     def choose(self, mu, n, seed, embedded):
         from .diversity import kcenter_greedy
@@ -188,8 +192,7 @@ class Badge(Pick):
     name: str = "badge"
     needs_embeddings: bool = True
     needs_probs: bool = True
-    first_query: str | None = "BADGE on the base model's label distribution (k-means++ seeding on gradient " \
-                              "embeddings)"
+    first_query: str | None = "BADGE on the base model's label distribution (k-means++ seeding on gradient embeddings)"
 
     def choose(self, mu, n, seed, embedded):
         from .diversity import badge
@@ -262,11 +265,15 @@ def register_strategy(strategy: Strategy, *, replace_existing: bool = False) -> 
     if not isinstance(strategy, Strategy):
         raise StarloraError(f"register_strategy takes a starlora Strategy, got {type(strategy).__name__}")
     if not strategy.name or strategy.name != strategy.name.strip() or "/" in strategy.name:
-        raise StarloraError(f"a strategy's name must be non-empty, without surrounding spaces or '/' (it names "
-                            f"folders): {strategy.name!r}")
+        raise StarloraError(
+            f"a strategy's name must be non-empty, without surrounding spaces or '/' (it names "
+            f"folders): {strategy.name!r}"
+        )
     if strategy.name in STRATEGIES and not replace_existing and STRATEGIES[strategy.name] != strategy:
-        raise StarloraError(f"a strategy named {strategy.name!r} is registered already; pick another name, or pass "
-                            "replace_existing=True")
+        raise StarloraError(
+            f"a strategy named {strategy.name!r} is registered already; pick another name, or pass "
+            "replace_existing=True"
+        )
     STRATEGIES[strategy.name] = strategy
     return strategy
 
@@ -328,8 +335,10 @@ def get_strategy(name: str, closed_task: bool = True) -> Strategy:
     if name not in STRATEGIES:
         load_plugins()
     if name not in STRATEGIES:
-        raise StarloraError(f"unknown --strategy {name!r}: choose one of {', '.join(STRATEGIES)}"
-                            + ("" if os.environ.get(PLUGINS) else f" (or register your own: ${PLUGINS})"))
+        raise StarloraError(
+            f"unknown --strategy {name!r}: choose one of {', '.join(STRATEGIES)}"
+            + ("" if os.environ.get(PLUGINS) else f" (or register your own: ${PLUGINS})")
+        )
     strategy = STRATEGIES[name]
     if strategy.closed_only and not closed_task:
         raise StarloraError(f"--strategy {name} needs a closed-set task (a finite list of answers)")

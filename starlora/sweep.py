@@ -60,14 +60,18 @@ def read_grid(path) -> list[dict]:
             raise StarloraError(f"{path}: block {i}: not a mapping of {', '.join(sorted(GRID_KEYS))}")
         unknown = set(map(str, block)) - GRID_KEYS
         if unknown:
-            raise StarloraError(f"{path}: block {i}: unknown key(s) {', '.join(sorted(unknown))} "
-                                f"(allowed: {', '.join(sorted(GRID_KEYS))})")
+            raise StarloraError(
+                f"{path}: block {i}: unknown key(s) {', '.join(sorted(unknown))} "
+                f"(allowed: {', '.join(sorted(GRID_KEYS))})"
+            )
         if not isinstance(block.get("config", {}), dict):
             raise StarloraError(f"{path}: block {i}: 'config' must be a mapping of configuration keys")
         variants = block.get("configs", [{}])
         if not isinstance(variants, list) or not variants or not all(isinstance(v, dict) for v in variants):
-            raise StarloraError(f"{path}: block {i}: 'configs' must be a non-empty list of mappings of "
-                                f"configuration keys, e.g. [{{}}, {{diversity: kmeans}}]")
+            raise StarloraError(
+                f"{path}: block {i}: 'configs' must be a non-empty list of mappings of "
+                f"configuration keys, e.g. [{{}}, {{diversity: kmeans}}]"
+            )
     return blocks
 
 
@@ -89,8 +93,10 @@ def plan(blocks: list[dict], out, overrides: dict | None = None, grid=None) -> l
                     for variant_config in block.get("configs", [{}]):
                         config = {**block.get("config", {}), **variant_config, **(overrides or {})}
                         for strategy in block["strategies"]:
-                            cfg = resolve(block.get("protocol") or "paper",
-                                          **{**config, "task": task, "strategy": strategy, "seed": seed})
+                            cfg = resolve(
+                                block.get("protocol") or "paper",
+                                **{**config, "task": task, "strategy": strategy, "seed": seed},
+                            )
                             resolved.append((number, cfg))
     resolved.sort(key=lambda item: item[1].seed)  # stable: within a seed, the grid's own order
     names = folder_names([cfg for _, cfg in resolved])
@@ -99,8 +105,10 @@ def plan(blocks: list[dict], out, overrides: dict | None = None, grid=None) -> l
         folder = Path(out) / str(cfg.task) / name / f"seed{cfg.seed}"
         if folder in seen:  # blocks may overlap: the same run listed twice runs once
             if seen[folder][1] != cfg:  # folder_names keeps runs that differ apart; never run one in another's place
-                raise StarloraError(f"{grid or 'the grid'}: blocks {seen[folder][0]} and {number} both map to "
-                                    f"{folder} with different configurations")
+                raise StarloraError(
+                    f"{grid or 'the grid'}: blocks {seen[folder][0]} and {number} both map to "
+                    f"{folder} with different configurations"
+                )
             continue
         seen[folder] = (number, cfg)
         jobs.append(Job(cfg, folder))
@@ -133,16 +141,20 @@ def folder_names(cfgs: list[RunConfig]) -> list[str]:
     members: dict[tuple, list[dict]] = {}
     for group, value in zip(groups, values):
         members.setdefault(group, []).append(value)
-    differ = {group: sorted(k for k in ms[0] if k not in SAME_NAME and len({_key(m[k]) for m in ms}) > 1)
-              for group, ms in members.items()}
+    differ = {
+        group: sorted(k for k in ms[0] if k not in SAME_NAME and len({_key(m[k]) for m in ms}) > 1)
+        for group, ms in members.items()
+    }
     names = {}  # (group, its differing values) -> folder name
     for group, ms in members.items():
         keys = differ[group]
-        named = {tuple(_key(m[k]) for k in keys):
-                 group[1] + ("[" + ",".join(f"{k}={_show(m[k])}" for k in keys) + "]" if keys else "") for m in ms}
+        named = {
+            tuple(_key(m[k]) for k in keys): group[1]
+            + ("[" + ",".join(f"{k}={_show(m[k])}" for k in keys) + "]" if keys else "")
+            for m in ms
+        }
         if len(set(named.values())) < len(named) or any(len(n) > 120 for n in named.values()):  # unreadable
-            named = {c: f"{group[1]}[config-{hashlib.sha1(repr((keys, c)).encode()).hexdigest()[:8]}]"
-                     for c in named}
+            named = {c: f"{group[1]}[config-{hashlib.sha1(repr((keys, c)).encode()).hexdigest()[:8]}]" for c in named}
         names |= {(group, c): folder for c, folder in named.items()}
     return [names[group, tuple(_key(value[k]) for k in differ[group])] for group, value in zip(groups, values)]
 
@@ -172,15 +184,26 @@ def check_data(jobs: list[tuple[int, Job]], grid=None, blocks: int = 1) -> None:
     for number, job in jobs:
         cfg = job.cfg
         with in_block(grid, number, blocks):
-            key = (cfg.task, tuple(cfg.candidates or ()), cfg.template, cfg.data, cfg.train_file, cfg.test_file,
-                   cfg.id_field, cfg.answer_field)
+            key = (
+                cfg.task,
+                tuple(cfg.candidates or ()),
+                cfg.template,
+                cfg.data,
+                cfg.train_file,
+                cfg.test_file,
+                cfg.id_field,
+                cfg.answer_field,
+            )
             if cfg.test_file and not cfg.train_file:
                 raise StarloraError("--test-file without --train-file: the run needs a pool to label (--train-file)")
             if key not in loaded:
-                task = get_task(cfg.task, cfg.candidates, cfg.template,
-                                user_files=bool(cfg.train_file or cfg.test_file))
-                loaded[key] = task, load_data(task, cfg.data, cfg.train_file, cfg.test_file, cfg.id_field,
-                                              cfg.answer_field).pool
+                task = get_task(
+                    cfg.task, cfg.candidates, cfg.template, user_files=bool(cfg.train_file or cfg.test_file)
+                )
+                loaded[key] = (
+                    task,
+                    load_data(task, cfg.data, cfg.train_file, cfg.test_file, cfg.id_field, cfg.answer_field).pool,
+                )
             task, examples = loaded[key]
             get_strategy(cfg.strategy, task.closed)
             run_pool(cfg, examples)  # the pool the run will have (--pool-class-ratio), checked as run checks it
@@ -204,8 +227,9 @@ def raise_failures(failed: dict, total: int) -> None:
     """End the sweep naming every failed run, when each failed on bad input or configuration (StarloraError); an
     unexpected error is left to its caller to re-raise with its traceback."""
     if failed and all(isinstance(e, StarloraError) for e in failed.values()):
-        raise StarloraError(f"{len(failed)} of {total} run(s) failed: "
-                            + "; ".join(f"{folder}: {e}" for folder, e in failed.items()))
+        raise StarloraError(
+            f"{len(failed)} of {total} run(s) failed: " + "; ".join(f"{folder}: {e}" for folder, e in failed.items())
+        )
 
 
 def warn_changed_code(jobs: list[Job]) -> None:
@@ -221,12 +245,21 @@ def warn_changed_code(jobs: list[Job]) -> None:
         except (StarloraError, AttributeError):
             continue  # an unreadable config.json: the run itself reports it
         if revision_label(stored) != current:
-            logger.warning(f"{job.folder}: resuming on code revision {current}; its finished rounds were made by "
-                           f"{revision_label(stored)} (the report will flag the mix)")
+            logger.warning(
+                f"{job.folder}: resuming on code revision {current}; its finished rounds were made by "
+                f"{revision_label(stored)} (the report will flag the mix)"
+            )
 
 
-def sweep(jobs: list[Job], workers: int = 1, devices: list[str] | None = None, report_to=(), backend: str = "local",
-          address: str | None = None, cpus_per_run: int | None = None) -> list[dict]:
+def sweep(
+    jobs: list[Job],
+    workers: int = 1,
+    devices: list[str] | None = None,
+    report_to=(),
+    backend: str = "local",
+    address: str | None = None,
+    cpus_per_run: int | None = None,
+) -> list[dict]:
     """Run every job (finished ones are skipped, interrupted ones resume); one overall progress bar over all rounds,
     with its ETA. workers > 1 or several devices: that many runs side by side, one per worker process. backend "ray":
     each run a Ray task on the cluster at `address` (ray_backend.py)."""
@@ -239,8 +272,10 @@ def sweep(jobs: list[Job], workers: int = 1, devices: list[str] | None = None, r
         import torch
 
         if max(gpus) >= torch.cuda.device_count():
-            raise StarloraError(f"--devices {','.join(devices)} needs {max(gpus) + 1} CUDA GPU(s); this machine has "
-                                f"{torch.cuda.device_count()} (give cpu, or fewer cuda:N)")
+            raise StarloraError(
+                f"--devices {','.join(devices)} needs {max(gpus) + 1} CUDA GPU(s); this machine has "
+                f"{torch.cuda.device_count()} (give cpu, or fewer cuda:N)"
+            )
     slots = len(devices) if devices else workers
     if slots < 1:
         raise StarloraError(f"--workers must be at least 1 (got {workers})")
@@ -263,9 +298,12 @@ def _side_by_side(jobs, slots, devices, bar, report_to=()) -> list[dict]:
     claims = context.Queue()
     for device in devices:
         claims.put(device)
-    with futures.ProcessPoolExecutor(slots, mp_context=context, initializer=claim_device,
-                                     initargs=(claims, os.cpu_count() or 1, slots)) as pool:
-        pending = [pool.submit(run, job.cfg, job.folder, report_to=report_to) for job in jobs]  # workers log nothing below warnings
+    with futures.ProcessPoolExecutor(
+        slots, mp_context=context, initializer=claim_device, initargs=(claims, os.cpu_count() or 1, slots)
+    ) as pool:
+        pending = [
+            pool.submit(run, job.cfg, job.folder, report_to=report_to) for job in jobs
+        ]  # workers log nothing below warnings
         failed = {}
         while True:
             finished = all(f.done() for f in pending)

@@ -42,7 +42,7 @@ def final_answer_complete(text: str) -> bool:
     "... is 18" may go on to 185 and "... is 18." to 18.5: neither is finished; "... is 18.\n" and "... is 18 " are.
     """
     for found in re.finditer(rf"{_FINAL}(?:{_NUMBER})", text, flags=re.IGNORECASE):
-        rest = text[found.end():]  # the greedy match already took every digit, ',' and '.d' that belong to N
+        rest = text[found.end() :]  # the greedy match already took every digit, ',' and '.d' that belong to N
         if rest and rest != ".":
             return True
     return False
@@ -197,12 +197,15 @@ def check_template(template: str) -> None:
             error = error or e
     if "positional" in str(error):
         error = "positional fields such as {0} or {} are not allowed"
-    raise StarloraError(f"--template {template!r}: {error}; name the file's fields, e.g. '{{question}}', "
-                        f"and write a literal brace as '{{{{' or '}}}}'")
+    raise StarloraError(
+        f"--template {template!r}: {error}; name the file's fields, e.g. '{{question}}', "
+        f"and write a literal brace as '{{{{' or '}}}}'"
+    )
 
 
-def get_task(name: str, candidates: list[str] | None = None, template: str | None = None,
-             user_files: bool = False) -> Task:
+def get_task(
+    name: str, candidates: list[str] | None = None, template: str | None = None, user_files: bool = False
+) -> Task:
     """A built-in task, or the generic 'closed' (needs candidates) / 'open' task for user data. With user_files the
     default template is '{question}' used verbatim (the official STAR file format: the field holds the whole prompt)."""
     template = template or ("{question}" if user_files else None)

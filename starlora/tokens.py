@@ -23,7 +23,7 @@ def encode_prompt(tokenizer, prompt: str, limit: int) -> list[int]:
     if len(ids) <= limit:
         return ids
     bos = ids[:1] if ids[0] == getattr(tokenizer, "bos_token_id", None) and limit > 1 else []
-    return bos + ids[len(ids) - limit + len(bos):]
+    return bos + ids[len(ids) - limit + len(bos) :]
 
 
 def encode_answer(tokenizer, answer: str, limit: int, eos: bool = False, prefix: str = " ") -> list[int]:
@@ -35,4 +35,4 @@ def encode_answer(tokenizer, answer: str, limit: int, eos: bool = False, prefix:
 def length_sorted_batches(lengths, batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first), so padding to each batch's longest is cheap."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    return [order[s:s + batch_size] for s in range(0, len(order), batch_size)]
+    return [order[s : s + batch_size] for s in range(0, len(order), batch_size)]

@@ -13,8 +13,18 @@ from . import parallel
 from .errors import StarloraError
 
 TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # name -> the module it needs
-ROUND_FIGURES = ("accuracy", "ece", "brier", "lambda", "n_labeled", "n_labels", "train_loss",
-                 "train_s", "eval_s", "score_s")
+ROUND_FIGURES = (
+    "accuracy",
+    "ece",
+    "brier",
+    "lambda",
+    "n_labeled",
+    "n_labels",
+    "train_loss",
+    "train_s",
+    "eval_s",
+    "score_s",
+)
 
 
 def parse_report_to(text: str | None) -> tuple[str, ...]:
@@ -51,8 +61,11 @@ class Tracking:
         self._log(figures, record["round"], "round")
 
     def summary(self, summary: dict) -> None:
-        self._log({f"summary/{k}": float(summary[k]) for k in ("auc", "final_accuracy") if k in summary},
-                  len(summary.get("curve", [])) - 1, "round")
+        self._log(
+            {f"summary/{k}": float(summary[k]) for k in ("auc", "final_accuracy") if k in summary},
+            len(summary.get("curve", [])) - 1,
+            "round",
+        )
 
     def finish(self) -> None:
         for tracker in self.trackers:

@@ -56,8 +56,13 @@ def attach_lora(base, settings: TrainSettings | LoraConfig, seed: int | None = N
     if isinstance(settings, LoraConfig):
         config, seed = settings, seed or 0
     else:
-        config = LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-                            target_modules=list(settings.targets), task_type="CAUSAL_LM")
+        config = LoraConfig(
+            r=settings.lora_r,
+            lora_alpha=settings.lora_alpha,
+            lora_dropout=settings.lora_dropout,
+            target_modules=list(settings.targets),
+            task_type="CAUSAL_LM",
+        )
         seed = settings.seed if seed is None else seed
     with torch.random.fork_rng():
         torch.manual_seed(seed)
@@ -85,14 +90,18 @@ def training_batch(pairs, pad_id: int):
         n = len(prompt) + len(answer)
         ids[r, :n] = torch.tensor(prompt + answer)
         mask[r, :n] = 1
-        labels[r, len(prompt):n] = torch.tensor(answer)
+        labels[r, len(prompt) : n] = torch.tensor(answer)
     return ids, mask, labels
 
 
 def encode_examples(tokenizer, examples, settings: TrainSettings):
-    return [(encode_prompt(tokenizer, ex.prompt, settings.max_prompt_tokens),
-             encode_answer(tokenizer, ex.target, settings.max_answer_tokens, eos=True, prefix=answer_prefix(ex.prompt)))
-            for ex in examples]
+    return [
+        (
+            encode_prompt(tokenizer, ex.prompt, settings.max_prompt_tokens),
+            encode_answer(tokenizer, ex.target, settings.max_answer_tokens, eos=True, prefix=answer_prefix(ex.prompt)),
+        )
+        for ex in examples
+    ]
 
 
 def batch_order(lengths: list[int], batch_size: int, generator: torch.Generator, group_by_length: bool = True):
@@ -100,11 +109,11 @@ def batch_order(lengths: list[int], batch_size: int, generator: torch.Generator,
     (HF Trainer's group_by_length), so batches pad little and their order stays random."""
     perm = torch.randperm(len(lengths), generator=generator).tolist()
     if not group_by_length:
-        return [perm[s:s + batch_size] for s in range(0, len(perm), batch_size)]
+        return [perm[s : s + batch_size] for s in range(0, len(perm), batch_size)]
     batches, mega = [], 50 * batch_size
     for start in range(0, len(perm), mega):
-        run = sorted(perm[start:start + mega], key=lambda i: -lengths[i])
-        batches += [run[s:s + batch_size] for s in range(0, len(run), batch_size)]
+        run = sorted(perm[start : start + mega], key=lambda i: -lengths[i])
+        batches += [run[s : s + batch_size] for s in range(0, len(run), batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
 
@@ -121,8 +130,10 @@ def train(model, tokenizer, examples, settings: TrainSettings, desc: str = "trai
     rank, size = parallel.world()
     micro = settings.gradient_accumulation_steps
     order = torch.Generator().manual_seed(settings.seed)
-    epochs = [batch_order(lengths, settings.batch_size * micro, order, settings.group_by_length)
-              for _ in range(settings.epochs)]
+    epochs = [
+        batch_order(lengths, settings.batch_size * micro, order, settings.group_by_length)
+        for _ in range(settings.epochs)
+    ]
     total = sum(len(e) for e in epochs)
     optimizer = make_optimizer(model, settings.lr, settings.b_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=0, num_training_steps=total)
@@ -135,7 +146,11 @@ def train(model, tokenizer, examples, settings: TrainSettings, desc: str = "trai
     bar = progress(total=total, desc=desc, leave=False, disable=not parallel.is_main())
     whole_batch = swap_lora_dropout(model, lambda p: BatchDropout(p, masks))
     checkpointing = checkpointed(model) if settings.gradient_checkpointing else contextlib.nullcontext()
-    with whole_batch as dropouts, checkpointing, torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with (
+        whole_batch as dropouts,
+        checkpointing,
+        torch.random.fork_rng(devices=[device] if device.type == "cuda" else []),
+    ):
         torch.manual_seed(settings.seed)  # any other dropout (full mode)
         modes = lora_sampling(model, True) if settings.mode == "lora" else _train_mode(model)
         with modes:
@@ -153,9 +168,14 @@ def train(model, tokenizer, examples, settings: TrainSettings, desc: str = "trai
                         drop.rows = rows
                     with parallel.gradient_sync(net, j == micro - 1):
                         with autocast(device, settings.precision):
-                            step_loss = causal_lm_loss(net, model, ids[rows, :width].to(device),
-                                                       mask[rows, :width].to(device),
-                                                       labels[rows, :width].to(device), max(tokens, 1))
+                            step_loss = causal_lm_loss(
+                                net,
+                                model,
+                                ids[rows, :width].to(device),
+                                mask[rows, :width].to(device),
+                                labels[rows, :width].to(device),
+                                max(tokens, 1),
+                            )
                         (step_loss * size * share).backward()  # DDP and FSDP average over processes
                     loss += step_loss.item() * share
                 optimizer.step()
@@ -171,9 +191,13 @@ def train(model, tokenizer, examples, settings: TrainSettings, desc: str = "trai
     model.eval()
     losses = parallel.sum_across(np.array(losses))[0]  # each process holds its rows' share of every batch's loss
     check_diverged(model, losses, total, settings)
-    last = losses[-len(epochs[-1]):] if epochs and epochs[-1] else losses
-    return {"loss": float(np.mean(last)) if len(last) else float("nan"), "steps": total,
-            "seconds": time.time() - start, "step_losses": [float(x) for x in losses]}
+    last = losses[-len(epochs[-1]) :] if epochs and epochs[-1] else losses
+    return {
+        "loss": float(np.mean(last)) if len(last) else float("nan"),
+        "steps": total,
+        "seconds": time.time() - start,
+        "step_losses": [float(x) for x in losses],
+    }
 
 
 def check_diverged(model, losses: np.ndarray, total: int, settings: TrainSettings) -> None:
@@ -181,13 +205,17 @@ def check_diverged(model, losses: np.ndarray, total: int, settings: TrainSetting
     weights would only report non-finite logits. Every process reaches the same verdict (the losses are summed, and
     so is each process's count of non-finite weights)."""
     bad = np.flatnonzero(~np.isfinite(losses))
-    weights = sum(int((~torch.isfinite(getattr(p, "to_local", lambda: p)())).any()) for p in model.parameters()
-                  if p.requires_grad)
+    weights = sum(
+        int((~torch.isfinite(getattr(p, "to_local", lambda: p)())).any()) for p in model.parameters() if p.requires_grad
+    )
     weights = int(parallel.sum_across(np.array([weights]))[0][0])
     if not len(bad) and not weights:
         return
-    where = (f"the loss became {losses[bad[0]]:g} at step {bad[0] + 1} of {total}" if len(bad) else
-             f"{weights} trained weight tensor(s) became non-finite")
+    where = (
+        f"the loss became {losses[bad[0]]:g} at step {bad[0] + 1} of {total}"
+        if len(bad)
+        else f"{weights} trained weight tensor(s) became non-finite"
+    )
     blame = f"--lr {settings.lr:g} is likely too high for this model; lower it"
     if settings.precision != "fp32":
         blame += f", or train in fp32 (--precision fp32; this ran in {settings.precision})"

@@ -42,5 +42,6 @@ def separated_inputs(folder: Path, n_train: int, n_test: int) -> dict:
             text = "Q" + "".join(rng.choice(alphabet) for _ in range(rng.choice([3, 8, 20, 45, 90])))
             rows.append({"id": f"{name}{i}", "question": text, "answer": rng.choice(["true", "false"])})
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return dict(model=str(folder / "model"), train_file=str(folder / "train.jsonl"),
-                test_file=str(folder / "test.jsonl"))
+    return dict(
+        model=str(folder / "model"), train_file=str(folder / "train.jsonl"), test_file=str(folder / "test.jsonl")
+    )

@@ -14,9 +14,22 @@ from starlora.experiment import resolve, run
 
 
 def make_inputs(folder: Path) -> dict:
-    return dict(**separated_inputs(folder, 60, 16), task="boolq", strategy="star-me", init_size=8, query_size=8,
-                rounds=3, epochs=2, lr=1e-3, lora_r=4, probe_size=8, fewshot=2, candidate_subsample=24,
-                score_batch_size=8, precision="fp32")
+    return dict(
+        **separated_inputs(folder, 60, 16),
+        task="boolq",
+        strategy="star-me",
+        init_size=8,
+        query_size=8,
+        rounds=3,
+        epochs=2,
+        lr=1e-3,
+        lora_r=4,
+        probe_size=8,
+        fewshot=2,
+        candidate_subsample=24,
+        score_batch_size=8,
+        precision="fp32",
+    )
 
 
 def main(out: Path):

@@ -15,8 +15,10 @@ from starlora.tasks import get_task
 from starlora.training import make_optimizer
 
 BOOLQ = get_task("boolq", template="{question}")
-EXAMPLES = [Example(f"e{i}", f"Question: is {i} odd?" + " really" * (i % 3) + "\nAnswer:", t, t)
-            for i, t in enumerate(["true", "false"] * 4)]
+EXAMPLES = [
+    Example(f"e{i}", f"Question: is {i} odd?" + " really" * (i % 3) + "\nAnswer:", t, t)
+    for i, t in enumerate(["true", "false"] * 4)
+]
 SMALL = ScoringSettings(batch_size=3)
 ROUNDS = 4  # lambda(t) = 1 - (t + 1) / 4: 0.75, 0.5, 0.25
 LR, BETA = 0.1, 0.3  # one decay step multiplies lora_B by 1 - LR * BETA = 0.97
@@ -30,8 +32,19 @@ def model():
 def acquire(model, strategy, t=1):
     lora, tok = model
     cache = BaseScoreCache(None, "tiny", BOOLQ, SMALL)
-    out = acquisition_scores(get_strategy(strategy), lora, tok, BOOLQ, EXAMPLES, t=t, rounds=ROUNDS, base_cache=cache,
-                             passes=3, seed=0, settings=SMALL)
+    out = acquisition_scores(
+        get_strategy(strategy),
+        lora,
+        tok,
+        BOOLQ,
+        EXAMPLES,
+        t=t,
+        rounds=ROUNDS,
+        base_cache=cache,
+        passes=3,
+        seed=0,
+        settings=SMALL,
+    )
     return out, cache.computed
 
 
@@ -76,8 +89,9 @@ def test_star_mixes_base_and_lora_uncertainty_with_lambda_of_the_round(model):
     for t, lam in ((0, 0.75), (1, 0.5), (2, 0.25)):  # by hand, R = 4
         out, computed = acquire(model, "star-me", t)
         assert computed == len(EXAMPLES)  # the base model was scored
-        np.testing.assert_allclose(out["mu"], lam * minmax(out["mu_b"]) + (1 - lam) * minmax(out["mu_f"]),
-                                   rtol=0, atol=1e-12)
+        np.testing.assert_allclose(
+            out["mu"], lam * minmax(out["mu_b"]) + (1 - lam) * minmax(out["mu_f"]), rtol=0, atol=1e-12
+        )
 
 
 def test_no_decay_scores_exactly_like_star(model):

@@ -110,8 +110,19 @@ def test_large_pools_are_scored_in_chunks_with_the_same_deterministic_scores(mon
 
     def scores(strategy, chunk):
         monkeypatch.setattr(ExampleCache, "CHUNK", chunk)
-        return A.acquisition_scores(get_strategy(strategy), model, tok, BOOLQ, pool, t=1, rounds=3, passes=3,
-                                    base_cache=BaseScoreCache(None, "tiny", BOOLQ, FP32), settings=FP32, seed=0)
+        return A.acquisition_scores(
+            get_strategy(strategy),
+            model,
+            tok,
+            BOOLQ,
+            pool,
+            t=1,
+            rounds=3,
+            passes=3,
+            base_cache=BaseScoreCache(None, "tiny", BOOLQ, FP32),
+            settings=FP32,
+            seed=0,
+        )
 
     whole, chunked = scores("me", 4096), scores("me", 5)
     np.testing.assert_allclose(chunked["mu_f"], whole["mu_f"], rtol=1e-5, atol=1e-7)

@@ -34,8 +34,11 @@ def test_attach_lora_takes_peft_config_and_matches_train_settings():
     ours = starlora.attach_lora(base, starlora.TrainSettings(lora_r=4, lora_alpha=8, lora_dropout=0.1, seed=3))
     mine = {k: v.clone() for k, v in ours.state_dict().items() if "lora_" in k}
     base = ours.unload()
-    peft = starlora.attach_lora(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=LORA_TARGETS,
-                                                 task_type="CAUSAL_LM"), seed=3)
+    peft = starlora.attach_lora(
+        base,
+        LoraConfig(r=4, lora_alpha=8, lora_dropout=0.1, target_modules=LORA_TARGETS, task_type="CAUSAL_LM"),
+        seed=3,
+    )
     theirs = {k: v for k, v in peft.state_dict().items() if "lora_" in k}
     assert mine.keys() == theirs.keys() and len(mine) == 2 * 7 * 2  # A and B, seven projections, two layers
     assert all(torch.equal(mine[k], theirs[k]) for k in mine)  # same seed, same initial adapter
@@ -49,8 +52,10 @@ def test_the_human_loop_is_a_package_that_imports_nothing_from_the_simulation():
     import subprocess
     import sys
 
-    code = ("import sys, starlora.human_loop.project, starlora.human_loop.serve, starlora.human_loop.labelstudio; "
-            "print(sorted(m for m in sys.modules if m == 'starlora.experiment'))")
+    code = (
+        "import sys, starlora.human_loop.project, starlora.human_loop.serve, starlora.human_loop.labelstudio; "
+        "print(sorted(m for m in sys.modules if m == 'starlora.experiment'))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     from starlora import project, serve

@@ -27,24 +27,62 @@ def one_line_error(capsys, code, *names):
 
 
 def pool_files(folder):
-    (folder / "p.jsonl").write_text("".join(json.dumps({"question": f"is {i} even", "answer": ["true", "false"][i % 2]})
-                                            + "\n" for i in range(6)))
-    (folder / "t.jsonl").write_text("".join(json.dumps({"question": f"is {i} odd", "answer": ["false", "true"][i % 2]})
-                                            + "\n" for i in range(4)))
+    (folder / "p.jsonl").write_text(
+        "".join(json.dumps({"question": f"is {i} even", "answer": ["true", "false"][i % 2]}) + "\n" for i in range(6))
+    )
+    (folder / "t.jsonl").write_text(
+        "".join(json.dumps({"question": f"is {i} odd", "answer": ["false", "true"][i % 2]}) + "\n" for i in range(4))
+    )
     return folder / "p.jsonl", folder / "t.jsonl"
 
 
 def tiny_run_args(tmp_path, *extra):
     pool, test = pool_files(tmp_path)
-    return ["run", "--model", "tiny-random", "--task", "boolq", "--train-file", str(pool), "--test-file", str(test),
-            "--init-size", "2", "--query-size", "2", "--rounds", "1", "--probe-size", "0", "--fewshot", "0",
-            "--out", str(tmp_path / "r"), *extra]
+    return [
+        "run",
+        "--model",
+        "tiny-random",
+        "--task",
+        "boolq",
+        "--train-file",
+        str(pool),
+        "--test-file",
+        str(test),
+        "--init-size",
+        "2",
+        "--query-size",
+        "2",
+        "--rounds",
+        "1",
+        "--probe-size",
+        "0",
+        "--fewshot",
+        "0",
+        "--out",
+        str(tmp_path / "r"),
+        *extra,
+    ]
 
 
 def make_project(tmp_path):
     pool, test = pool_files(tmp_path)
-    assert main(["init", str(tmp_path / "proj"), "--task", "boolq", "--pool", str(pool), "--test", str(test),
-                 "--model", "tiny-random"]) == 0
+    assert (
+        main(
+            [
+                "init",
+                str(tmp_path / "proj"),
+                "--task",
+                "boolq",
+                "--pool",
+                str(pool),
+                "--test",
+                str(test),
+                "--model",
+                "tiny-random",
+            ]
+        )
+        == 0
+    )
     return tmp_path / "proj"
 
 
@@ -72,10 +110,25 @@ def test_a_malformed_template_is_refused_up_front_naming_template(tmp_path, caps
 def test_a_template_with_a_format_spec_for_numbers_is_kept(tmp_path, capsys):
     """A spec a number takes ({question:>5} any value, {n:03d} a number) is not refused up front; a row it cannot
     fill is one line naming the file and line."""
-    (tmp_path / "t.jsonl").write_text(json.dumps({"n": 5, "question": "q", "answer": "true"}) + "\n" +
-                                      json.dumps({"n": "x", "question": "q", "answer": "true"}) + "\n")
-    code = main(["eval", "--task", "boolq", "--test-file", str(tmp_path / "t.jsonl"), "--model", "tiny-random",
-                 "--template", "{n:03d} {question:>5}"])
+    (tmp_path / "t.jsonl").write_text(
+        json.dumps({"n": 5, "question": "q", "answer": "true"})
+        + "\n"
+        + json.dumps({"n": "x", "question": "q", "answer": "true"})
+        + "\n"
+    )
+    code = main(
+        [
+            "eval",
+            "--task",
+            "boolq",
+            "--test-file",
+            str(tmp_path / "t.jsonl"),
+            "--model",
+            "tiny-random",
+            "--template",
+            "{n:03d} {question:>5}",
+        ]
+    )
     one_line_error(capsys, code, "t.jsonl:2", "cannot be filled")
 
 
@@ -85,11 +138,13 @@ def test_a_template_with_a_format_spec_for_numbers_is_kept(tmp_path, capsys):
 def test_report_out_naming_a_file_is_one_line(tmp_path, capsys):
     run = fake_run(tmp_path / "run", "random", 0, [50, 60])
     (tmp_path / "out.md").write_text("keep me")
-    one_line_error(capsys, main(["report", str(run), "--out", str(tmp_path / "out.md")]), "--out", "out.md",
-                   "is a file")
+    one_line_error(
+        capsys, main(["report", str(run), "--out", str(tmp_path / "out.md")]), "--out", "out.md", "is a file"
+    )
     assert (tmp_path / "out.md").read_text() == "keep me"
-    one_line_error(capsys, main(["report", str(run), "--out", str(tmp_path / "out.md" / "sub")]), "--out",
-                   "cannot create a folder")
+    one_line_error(
+        capsys, main(["report", str(run), "--out", str(tmp_path / "out.md" / "sub")]), "--out", "cannot create a folder"
+    )
 
 
 # ---------------------------------------------------------------- 3. serve: port, busy port, host, 0.0.0.0
@@ -108,8 +163,16 @@ def no_server(monkeypatch):
     monkeypatch.setattr("starlora.serve.run_server", started, raising=False)
 
 
-@pytest.mark.parametrize("option", [["--port", "99999"], ["--port", "-1"], ["--host", "999.1.1.1"],
-                                    ["--host", "no-such-host.invalid"], ["--host", "192.0.2.7"]])
+@pytest.mark.parametrize(
+    "option",
+    [
+        ["--port", "99999"],
+        ["--port", "-1"],
+        ["--host", "999.1.1.1"],
+        ["--host", "no-such-host.invalid"],
+        ["--host", "192.0.2.7"],
+    ],
+)
 def test_serve_refuses_a_bad_port_or_host_before_printing_a_url(tmp_path, capsys, no_server, option):
     proj = make_project(tmp_path)
     capsys.readouterr()
@@ -124,8 +187,7 @@ def test_serve_refuses_a_busy_port(tmp_path, capsys, no_server):
         busy.bind(("127.0.0.1", 0))
         busy.listen(1)
         port = busy.getsockname()[1]
-        line, out = one_line_error(capsys, main(["serve", str(proj), "--port", str(port)]), f"--port {port}",
-                                   "in use")
+        line, out = one_line_error(capsys, main(["serve", str(proj), "--port", str(port)]), f"--port {port}", "in use")
     assert "http://" not in out
 
 
@@ -136,8 +198,9 @@ def test_serve_on_every_address_prints_a_url_others_can_open(tmp_path, capsys, m
         pytest.skip("no IPv6")
     proj = make_project(tmp_path)
     served = []
-    monkeypatch.setattr("starlora.serve.run_server", lambda app, sock: served.append(sock.getsockname()[1]),
-                        raising=False)
+    monkeypatch.setattr(
+        "starlora.serve.run_server", lambda app, sock: served.append(sock.getsockname()[1]), raising=False
+    )
     monkeypatch.setattr("uvicorn.run", lambda app, host, port, **kw: served.append(port))
     capsys.readouterr()
     assert main(["serve", str(proj), "--host", host, "--port", "0"]) == 0
@@ -191,9 +254,11 @@ def test_the_serve_api_refuses_a_large_body_with_413(tmp_path):
     client = TestClient(create_app(make_project(tmp_path)), base_url="http://127.0.0.1")
     json_type = {"content-type": "application/json"}
     chunks = (b" " * 1024 for _ in range(200))  # no Content-Length: sent in chunks
-    for response in (client.post("/api/label", content=b"x" * (10 << 20), headers=json_type),
-                     client.post("/api/label", content=chunks, headers=json_type),
-                     client.post("/api/label", json={"id": "x", "answer": "t" * (64 * 1024)})):
+    for response in (
+        client.post("/api/label", content=b"x" * (10 << 20), headers=json_type),
+        client.post("/api/label", content=chunks, headers=json_type),
+        client.post("/api/label", json={"id": "x", "answer": "t" * (64 * 1024)}),
+    ):
         assert response.status_code == 413
         assert "\n" not in response.text and "64 KiB" in response.json()["detail"]
     # a body under the limit, in one piece or in chunks, is read as before

@@ -36,9 +36,33 @@ def hub(monkeypatch):
 
 def run_args(tmp_path):
     paths = separated_inputs(tmp_path, 30, 6)
-    return ["run", "--model", paths["model"], "--task", "boolq", "--train-file", paths["train_file"], "--test-file",
-            paths["test_file"], "--strategy", "star-me", "--init-size", "4", "--query-size", "4", "--rounds", "2",
-            "--epochs", "1", "--lora-r", "2", "--probe-size", "0", "--out", str(tmp_path / "run")]
+    return [
+        "run",
+        "--model",
+        paths["model"],
+        "--task",
+        "boolq",
+        "--train-file",
+        paths["train_file"],
+        "--test-file",
+        paths["test_file"],
+        "--strategy",
+        "star-me",
+        "--init-size",
+        "4",
+        "--query-size",
+        "4",
+        "--rounds",
+        "2",
+        "--epochs",
+        "1",
+        "--lora-r",
+        "2",
+        "--probe-size",
+        "0",
+        "--out",
+        str(tmp_path / "run"),
+    ]
 
 
 def test_a_run_writes_a_model_card_and_pushes_adapter_and_card(tmp_path, hub):
@@ -47,8 +71,13 @@ def test_a_run_writes_a_model_card_and_pushes_adapter_and_card(tmp_path, hub):
     adapter = tmp_path / "run" / "adapter"
     loaded = ModelCard.load(adapter / "README.md")  # the Hub's own parser reads it
     meta = loaded.data.to_dict()
-    assert meta["library_name"] == "peft" and meta["tags"] == ["starlora", "lora", "active-learning", "star-me",
-                                                               "boolq"]
+    assert meta["library_name"] == "peft" and meta["tags"] == [
+        "starlora",
+        "lora",
+        "active-learning",
+        "star-me",
+        "boolq",
+    ]
     assert "base_model" not in meta and "datasets" not in meta  # a local model folder and user files: not on the Hub
     rounds = read_jsonl(tmp_path / "run" / "rounds.jsonl")
     for r in rounds:  # the learning curve, one row per round
@@ -79,11 +108,12 @@ def test_builtin_task_cards_name_the_hub_base_model_and_dataset(tmp_path):
 
 def test_human_loop_train_cards_every_round_and_pushes(tmp_path, hub):
     pool = tmp_path / "pool.jsonl"
-    pool.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Q{i}?", "passage": "p"}) + "\n"
-                            for i in range(8)))
+    pool.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Q{i}?", "passage": "p"}) + "\n" for i in range(8)))
     proj = tmp_path / "proj"
-    assert cli.main(["init", str(proj), "--task", "boolq", "--pool", str(pool), "--model", "tiny-random",
-                     "--epochs", "1"]) == 0
+    assert (
+        cli.main(["init", str(proj), "--task", "boolq", "--pool", str(pool), "--model", "tiny-random", "--epochs", "1"])
+        == 0
+    )
     assert cli.main(["query", str(proj), "-n", "2", "--random"]) == 0
     asked = read_jsonl(proj / "queries" / "round_0.jsonl")
     (tmp_path / "l.jsonl").write_text("".join(json.dumps({"id": r["id"], "answer": "yes"}) + "\n" for r in asked))

@@ -40,7 +40,7 @@ def test_badge_distances_from_the_factors_equal_the_embeddings():
     g = D.gradient_embeddings(probs, hidden)
     r = probs.copy()
     r[np.arange(7), probs.argmax(1)] -= 1
-    sq = (g ** 2).sum(1)
+    sq = (g**2).sum(1)
     for i in range(7):
         np.testing.assert_allclose(D.gradient_d2(r, hidden, sq, i), ((g - g[i]) ** 2).sum(1), atol=1e-12)
     np.testing.assert_allclose(D.badge(probs, hidden, 3, 0)[1], np.linalg.norm(g, axis=1), rtol=1e-12)
@@ -78,16 +78,24 @@ def test_selection_properties(n, k, seed, data_seed):
     scores = rng.random(n)
     probs = rng.dirichlet(np.ones(2), size=n).round(1)
     labeled = rng.normal(size=(3, 4))
-    picks = [D.kcenter_greedy(x, labeled, k, seed)[0], D.kcenter_greedy(x, labeled[:0], k, seed)[0],
-             D.badge(probs, x, k, seed)[0], D.cluster_spread(scores, x, k, 3.0, seed)]
-    again = [D.kcenter_greedy(x, labeled, k, seed)[0], D.kcenter_greedy(x, labeled[:0], k, seed)[0],
-             D.badge(probs, x, k, seed)[0], D.cluster_spread(scores, x, k, 3.0, seed)]
+    picks = [
+        D.kcenter_greedy(x, labeled, k, seed)[0],
+        D.kcenter_greedy(x, labeled[:0], k, seed)[0],
+        D.badge(probs, x, k, seed)[0],
+        D.cluster_spread(scores, x, k, 3.0, seed),
+    ]
+    again = [
+        D.kcenter_greedy(x, labeled, k, seed)[0],
+        D.kcenter_greedy(x, labeled[:0], k, seed)[0],
+        D.badge(probs, x, k, seed)[0],
+        D.cluster_spread(scores, x, k, 3.0, seed),
+    ]
     for p in picks:
         assert len(p) == min(n, k) and len(set(p)) == len(p) and all(0 <= i < n for i in p)
     assert picks == again  # deterministic per seed, core-set with and without a labeled set too
     # the defining properties: cluster-spread picks among the ceil(beta k) best scores only; each core-set pick is
     # (up to ties) the candidate farthest from the labeled set and the picks before it
-    assert set(picks[3]) <= set(np.argsort(-scores)[:int(np.ceil(3.0 * k))])
+    assert set(picks[3]) <= set(np.argsort(-scores)[: int(np.ceil(3.0 * k))])
     nearest = np.linalg.norm(x[:, None] - labeled[None], axis=2).min(1)
     for i in picks[0]:
         assert nearest[i] == pytest.approx(nearest.max())
@@ -106,17 +114,42 @@ def test_cluster_spread_takes_exactly_ceil_beta_k():
 
 def small_run(tmp_path, **kw):
     paths = separated_inputs(tmp_path, 40, 8)
-    cfg = resolve("paper", **{**dict(model=paths["model"], task="boolq", train_file=paths["train_file"],
-                                     test_file=paths["test_file"], strategy="me", init_size=6, query_size=5, rounds=3,
-                                     epochs=1, batch_size=4, seed=0, probe_size=4, lora_r=4, score_batch_size=16,
-                                     precision="fp32"), **kw})
+    cfg = resolve(
+        "paper",
+        **{
+            **dict(
+                model=paths["model"],
+                task="boolq",
+                train_file=paths["train_file"],
+                test_file=paths["test_file"],
+                strategy="me",
+                init_size=6,
+                query_size=5,
+                rounds=3,
+                epochs=1,
+                batch_size=4,
+                seed=0,
+                probe_size=4,
+                lora_r=4,
+                score_batch_size=16,
+                precision="fp32",
+            ),
+            **kw,
+        },
+    )
     out = tmp_path / "run"
     run(cfg, out)
     return out, read_jsonl(out / "rounds.jsonl")
 
 
-@pytest.mark.parametrize("kw", [dict(strategy="coreset"), dict(strategy="badge"),
-                                dict(strategy="star-me", diversity="kmeans", diversity_beta=2.0)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(strategy="coreset"),
+        dict(strategy="badge"),
+        dict(strategy="star-me", diversity="kmeans", diversity_beta=2.0),
+    ],
+)
 def test_runs_with_batch_aware_strategies(tmp_path, kw):
     out, rounds = small_run(tmp_path, **kw)
     labeled = [i for r in rounds for i in r["added"]]
@@ -144,8 +177,12 @@ def test_human_loop_queries_batch_aware_from_the_first_query_on(tmp_path, kw):
     from starlora import project as P
 
     pool = tmp_path / "pool.jsonl"
-    pool.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Is {i} {'odd' if i % 2 else 'even'}?",
-                                        "passage": "p"}) + "\n" for i in range(16)))
+    pool.write_text(
+        "".join(
+            json.dumps({"id": f"q{i}", "question": f"Is {i} {'odd' if i % 2 else 'even'}?", "passage": "p"}) + "\n"
+            for i in range(16)
+        )
+    )
     cfg = resolve("paper", P.MethodConfig, model="tiny-random", task="boolq", epochs=1, batch_size=2, lora_r=4, **kw)
     proj = P.init(tmp_path / "proj", cfg, pool).folder
     asked = []
@@ -183,8 +220,10 @@ def test_cold_start_by_kmeans_in_a_run_and_the_human_loop(tmp_path):
     assert len(rounds[0]["added"]) == 6 and rounds[0]["added"] != random_rounds[0]["added"]
     assert (out / "embeddings.jsonl").exists() and not (random_out / "embeddings.jsonl").exists()
     # the initial set is k-means' representatives over the pool (file order) without the probe and the stop set
-    vectors = {e["key"].split("|")[1]: np.frombuffer(base64.b64decode(e["embedding"]), dtype=np.float32)
-               for e in read_jsonl(out / "embeddings.jsonl")}
+    vectors = {
+        e["key"].split("|")[1]: np.frombuffer(base64.b64decode(e["embedding"]), dtype=np.float32)
+        for e in read_jsonl(out / "embeddings.jsonl")
+    }
     kept_out = set(json.loads((out / "probe" / "base.json").read_text()))
     kept_out |= set(json.loads((out / "stop" / "round_0.json").read_text())["ids"])
     rest = [r["id"] for r in read_jsonl(tmp_path / "train.jsonl") if r["id"] not in kept_out]
@@ -192,8 +231,9 @@ def test_cold_start_by_kmeans_in_a_run_and_the_human_loop(tmp_path):
     want = [rest[i] for i in D.kmeans_representatives(np.stack([vectors[i] for i in rest]), 6, seed=0)]
     assert rounds[0]["added"] == want
     pool = tmp_path / "pool.jsonl"
-    pool.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Q{i}?", "passage": "p"}) + "\n"
-                            for i in range(12)))
+    pool.write_text(
+        "".join(json.dumps({"id": f"q{i}", "question": f"Q{i}?", "passage": "p"}) + "\n" for i in range(12))
+    )
     cfg = resolve("paper", P.MethodConfig, model="tiny-random", task="boolq", cold_start="kmeans")
     proj = P.init(tmp_path / "proj", cfg, pool).folder
     assert len(read_jsonl(P.query(proj, 3, "jsonl"))) == 3
@@ -210,9 +250,16 @@ def test_variants_name_sweep_folders_and_report_rows(tmp_path):
     assert variant({"strategy": "me", "diversity": "kmeans", "diversity_beta": 5.0}) == "me+kmeans(beta 5)"
     assert variant({"strategy": "random", "cold_start": "kmeans"}) == "random+cold-kmeans"
     assert variant({"strategy": "me"}) == "me"  # a folder from before these options
-    blocks = [{"tasks": ["sst2"], "protocol": "sst2", "strategies": ["random", "star-me"], "seeds": [0]},
-              {"tasks": ["sst2"], "protocol": "sst2", "strategies": ["star-me"], "seeds": [0],
-               "config": {"diversity": "kmeans"}}]
+    blocks = [
+        {"tasks": ["sst2"], "protocol": "sst2", "strategies": ["random", "star-me"], "seeds": [0]},
+        {
+            "tasks": ["sst2"],
+            "protocol": "sst2",
+            "strategies": ["star-me"],
+            "seeds": [0],
+            "config": {"diversity": "kmeans"},
+        },
+    ]
     folders = [str(j.folder.relative_to(tmp_path)) for j in plan(blocks, tmp_path)]
     assert folders == ["sst2/random/seed0", "sst2/star-me/seed0", "sst2/star-me+kmeans/seed0"]
 

@@ -14,8 +14,11 @@ PAGES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
 def test_every_public_name_has_an_api_entry():
     api = (ROOT / "docs" / "api.md").read_text()
     entries = set(re.findall(r"^::: (starlora\.[\w.]+)$", api, flags=re.M))
-    missing = [name for name in starlora.__all__ if name != "__version__"
-               and f"starlora.{starlora._EXPORTS[name]}.{name}" not in entries]
+    missing = [
+        name
+        for name in starlora.__all__
+        if name != "__version__" and f"starlora.{starlora._EXPORTS[name]}.{name}" not in entries
+    ]
     assert not missing, f"docs/api.md lacks ::: entries for {missing}"
 
 

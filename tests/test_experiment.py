@@ -25,8 +25,12 @@ def files(tmp_path_factory):
         out = []
         for i in range(n):
             yes = rng.random() < 0.5
-            out.append({"question": f"Question: is item {i + offset} {'red' if yes else 'blue'}?\nAnswer:",
-                        "answer": f"the correct answer is {str(yes).lower()}"})
+            out.append(
+                {
+                    "question": f"Question: is item {i + offset} {'red' if yes else 'blue'}?\nAnswer:",
+                    "answer": f"the correct answer is {str(yes).lower()}",
+                }
+            )
         return "".join(json.dumps(r) + "\n" for r in out)
 
     (d / "train.jsonl").write_text(rows(48, 0))
@@ -36,8 +40,21 @@ def files(tmp_path_factory):
 
 def tiny_cfg(files, **kw):
     train, test = files
-    base = dict(model="tiny-random", task="boolq", train_file=str(train), test_file=str(test), strategy="star-me",
-                init_size=8, query_size=8, rounds=3, epochs=1, seed=0, probe_size=12, lora_r=4, score_batch_size=16)
+    base = dict(
+        model="tiny-random",
+        task="boolq",
+        train_file=str(train),
+        test_file=str(test),
+        strategy="star-me",
+        init_size=8,
+        query_size=8,
+        rounds=3,
+        epochs=1,
+        seed=0,
+        probe_size=12,
+        lora_r=4,
+        score_batch_size=16,
+    )
     return resolve("paper", **{**base, **kw})
 
 
@@ -54,14 +71,23 @@ def test_auc_ripl_ece_by_hand():
     assert metrics.brier(np.array([[1.0, 0.0], [0.5, 0.5]]), [0, 0]) == pytest.approx((0 + 0.5) / 2)
     assert metrics.wrong_confidence(probs, labels).tolist() == [0.9]
     stats = metrics.mean_std_ci([1.0, 3.0])
-    assert stats["mean"] == 2.0 and stats["std"] == pytest.approx(2 ** 0.5)
+    assert stats["mean"] == 2.0 and stats["std"] == pytest.approx(2**0.5)
 
 
 def test_run_writes_every_file_and_keeps_the_invariants(files, tmp_path):
     out = tmp_path / "run"
     summary = run(tiny_cfg(files), out)
-    for name in ("config.json", "rounds.jsonl", "summary.json", "base_scores.jsonl", "adapter/adapter_config.json",
-                 "scores/round_0.jsonl", "scores/round_1.jsonl", "probe/base.json", "probe/round_2.json"):
+    for name in (
+        "config.json",
+        "rounds.jsonl",
+        "summary.json",
+        "base_scores.jsonl",
+        "adapter/adapter_config.json",
+        "scores/round_0.jsonl",
+        "scores/round_1.jsonl",
+        "probe/base.json",
+        "probe/round_2.json",
+    ):
         assert (out / name).exists(), name
     rounds = read_jsonl(out / "rounds.jsonl")
     assert [r["round"] for r in rounds] == [0, 1, 2]
@@ -125,13 +151,21 @@ def test_report_on_tiny_runs(files, tmp_path):
     assert "| boolq | star-me | 2 |" in md and "| boolq | random | 2 |" in md
     star = next(r for r in rows if r["strategy"] == "star-me")
     rand = next(r for r in rows if r["strategy"] == "random")
-    expected = np.mean([metrics.ripl(a, rand["auc"]["mean"]) for a in
-                        [json.loads((tmp_path / f"star-me-{s}" / "summary.json").read_text())["auc"] for s in (0, 1)]])
+    expected = np.mean(
+        [
+            metrics.ripl(a, rand["auc"]["mean"])
+            for a in [json.loads((tmp_path / f"star-me-{s}" / "summary.json").read_text())["auc"] for s in (0, 1)]
+        ]
+    )
     assert star["ripl"]["mean"] == pytest.approx(expected)
     assert (tmp_path / "report" / "report.csv").read_text().startswith("task,strategy,seeds,final_accuracy_mean")
     pngs = {p.name for p in (tmp_path / "report").glob("*.png")}
-    assert {"learning_curves_boolq.png", "wrong_confidence_boolq.png", "probe_heatmap_boolq_star-me_seed0.png",
-            "probe_scatter_boolq_star-me_seed0.png"} <= pngs
+    assert {
+        "learning_curves_boolq.png",
+        "wrong_confidence_boolq.png",
+        "probe_heatmap_boolq_star-me_seed0.png",
+        "probe_scatter_boolq_star-me_seed0.png",
+    } <= pngs
     only_star = report([tmp_path / "star-me-0"], tmp_path / "r2")
     assert only_star[0]["ripl"] is None
     assert "n/a (no random runs)" in (tmp_path / "r2" / "report.md").read_text()
@@ -139,17 +173,38 @@ def test_report_on_tiny_runs(files, tmp_path):
 
 def test_cli_run_with_yaml_and_flags(files, tmp_path):
     train, test = files
-    (tmp_path / "c.yaml").write_text("strategy: me\ninit_size: 8\nquery_size: 8\nrounds: 2\nepochs: 1\nlora_r: 4\n"
-                                     "probe_size: 4\n")
-    cmd = [sys.executable, "-m", "starlora.cli", "run", "--config", str(tmp_path / "c.yaml"), "--model", "tiny-random",
-           "--task", "boolq", "--train-file", str(train), "--test-file", str(test), "--query-size", "4",
-           "--seed", "0", "1", "--out", str(tmp_path / "o")]
+    (tmp_path / "c.yaml").write_text(
+        "strategy: me\ninit_size: 8\nquery_size: 8\nrounds: 2\nepochs: 1\nlora_r: 4\nprobe_size: 4\n"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "starlora.cli",
+        "run",
+        "--config",
+        str(tmp_path / "c.yaml"),
+        "--model",
+        "tiny-random",
+        "--task",
+        "boolq",
+        "--train-file",
+        str(train),
+        "--test-file",
+        str(test),
+        "--query-size",
+        "4",
+        "--seed",
+        "0",
+        "1",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     config = json.loads((tmp_path / "o" / "seed1" / "config.json").read_text())["config"]
     assert (config["strategy"], config["query_size"], config["init_size"], config["seed"]) == ("me", 4, 8, 1)
     assert "round 1: 12 labeled" in done.stdout
-    other = cmd[:cmd.index("--seed")] + ["--query-size", "5", "--seed", "0", "--out", str(tmp_path / "o" / "seed0")]
+    other = cmd[: cmd.index("--seed")] + ["--query-size", "5", "--seed", "0", "--out", str(tmp_path / "o" / "seed0")]
     bad = subprocess.run(other, capture_output=True, text=True)
     assert bad.returncode == 2 and "another configuration" in bad.stderr
 
@@ -179,16 +234,26 @@ def test_a_failed_start_does_not_lock_the_folder(files, tmp_path):
     assert len(read_jsonl(out / "rounds.jsonl")) == 1
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(lr=-1.0), "--lr must be positive"), (dict(lr=float("nan")), "--lr must be a finite number"),
-    (dict(lora_dropout=1.0), r"--lora-dropout must be in \[0, 1\)"), (dict(b_decay=-0.1), "--b-decay must be at"),
-    (dict(max_new_tokens=0), "--max-new-tokens must be at least 1"), (dict(init_size="8"), "--init-size must be int"),
-    (dict(schedule="exp:2:0.5"), r"lambda\(0\) = 2, outside"), (dict(schedule="constant:x"), "parameters must be"),
-    (dict(candidate_subsample=4, query_size=8), "--candidate-subsample 4 is smaller than --query-size 8"),
-    (dict(strategy="bald", k=1), "bald needs MC dropout"), (dict(strategy="bald", lora_dropout=0.0), "bald needs"),
-    (dict(strategy="bald", mode="full"), "bald needs MC dropout"), (dict(probe_size=-1), "--probe-size must be at"),
-    (dict(normalisation="zscore"), "unknown --normalisation"), (dict(strategy="nope"), "unknown --strategy"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(lr=-1.0), "--lr must be positive"),
+        (dict(lr=float("nan")), "--lr must be a finite number"),
+        (dict(lora_dropout=1.0), r"--lora-dropout must be in \[0, 1\)"),
+        (dict(b_decay=-0.1), "--b-decay must be at"),
+        (dict(max_new_tokens=0), "--max-new-tokens must be at least 1"),
+        (dict(init_size="8"), "--init-size must be int"),
+        (dict(schedule="exp:2:0.5"), r"lambda\(0\) = 2, outside"),
+        (dict(schedule="constant:x"), "parameters must be"),
+        (dict(candidate_subsample=4, query_size=8), "--candidate-subsample 4 is smaller than --query-size 8"),
+        (dict(strategy="bald", k=1), "bald needs MC dropout"),
+        (dict(strategy="bald", lora_dropout=0.0), "bald needs"),
+        (dict(strategy="bald", mode="full"), "bald needs MC dropout"),
+        (dict(probe_size=-1), "--probe-size must be at"),
+        (dict(normalisation="zscore"), "unknown --normalisation"),
+        (dict(strategy="nope"), "unknown --strategy"),
+    ],
+)
 def test_bad_values_are_refused_naming_the_option(files, bad, message):
     with pytest.raises(StarloraError, match=message):
         tiny_cfg(files, **bad)
@@ -216,9 +281,14 @@ def test_bf16_frozen_weights_change_no_number(files, tmp_path, monkeypatch):
     monkeypatch.setattr(rounds, "bf16_frozen_linears", lambda model, precision: 0)
     plain = run(tiny_cfg(files, precision="bf16"), tmp_path / "plain")
     strip = lambda rs: [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rs]  # noqa: E731
-    assert strip(read_jsonl(tmp_path / "cast" / "rounds.jsonl")) == strip(read_jsonl(tmp_path / "plain" / "rounds.jsonl"))
+    assert strip(read_jsonl(tmp_path / "cast" / "rounds.jsonl")) == strip(
+        read_jsonl(tmp_path / "plain" / "rounds.jsonl")
+    )
     assert cast["auc"] == plain["auc"]
     for name in ("adapter_model.safetensors",):
-        assert (tmp_path / "cast" / "adapter" / name).read_bytes() == (tmp_path / "plain" / "adapter" / name).read_bytes()
-    assert (tmp_path / "cast" / "scores" / "round_1.jsonl").read_text() == \
-        (tmp_path / "plain" / "scores" / "round_1.jsonl").read_text()
+        assert (tmp_path / "cast" / "adapter" / name).read_bytes() == (
+            tmp_path / "plain" / "adapter" / name
+        ).read_bytes()
+    assert (tmp_path / "cast" / "scores" / "round_1.jsonl").read_text() == (
+        tmp_path / "plain" / "scores" / "round_1.jsonl"
+    ).read_text()

@@ -15,8 +15,13 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "gpu_check"
 @pytest.mark.ci  # ~130 s on 2 cores: seven fresh starlora processes, two of them 2-process launches
 def test_the_dry_run_runs_every_step_and_writes_its_figures(tmp_path):
     out = tmp_path / "check.json"
-    done = subprocess.run([sys.executable, str(SCRIPT), "--dry-run", "--out", str(out), "--work", str(tmp_path / "w")],
-                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--dry-run", "--out", str(out), "--work", str(tmp_path / "w")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     result = json.loads(out.read_text())
     checks = {c["name"]: c for c in result["checks"]}
@@ -42,7 +47,8 @@ def test_without_a_gpu_it_asks_for_the_dry_run(tmp_path):
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path / "x.json")], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 2 and "no CUDA GPU here; --dry-run" in done.stderr
     assert not (tmp_path / "x.json").exists()

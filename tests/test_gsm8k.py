@@ -14,21 +14,24 @@ from starlora.tasks import extract_number, final_answer_complete, get_task
 GSM8K = get_task("gsm8k")
 
 
-@pytest.mark.parametrize("text,finished", [
-    ("She has 13 eggs.\nThe final answer is 13\n", True),
-    ("The final answer is 13 ", True),
-    ("The final answer is 13.\n", True),
-    ("The final answer is 1,234 dollars", True),
-    ("the final answer is: -5\n", True),
-    ("The final answer is 13", False),  # may go on to 130
-    ("The final answer is 13.", False),  # may go on to 13.5
-    ("The final answer is 1,", False),  # may go on to 1,234
-    ("The final answer is -", False),
-    ("The final answer is $", False),
-    ("The final answer is \n", False),
-    ("She has 13 eggs.\n", False),
-    ("#### 13\n", False),  # the training targets end on the phrase, not on '####'
-])
+@pytest.mark.parametrize(
+    "text,finished",
+    [
+        ("She has 13 eggs.\nThe final answer is 13\n", True),
+        ("The final answer is 13 ", True),
+        ("The final answer is 13.\n", True),
+        ("The final answer is 1,234 dollars", True),
+        ("the final answer is: -5\n", True),
+        ("The final answer is 13", False),  # may go on to 130
+        ("The final answer is 13.", False),  # may go on to 13.5
+        ("The final answer is 1,", False),  # may go on to 1,234
+        ("The final answer is -", False),
+        ("The final answer is $", False),
+        ("The final answer is \n", False),
+        ("She has 13 eggs.\n", False),
+        ("#### 13\n", False),  # the training targets end on the phrase, not on '####'
+    ],
+)
 def test_final_answer_complete(text, finished):
     assert final_answer_complete(text) is finished
     assert GSM8K.stop is final_answer_complete and get_task("boolq").stop is None and get_task("open").stop is None
@@ -66,7 +69,7 @@ def test_text_stop_on_token_sequences():
         done = stop(ids, None).tolist()
         generated = tok.decode(rows[0][:n])
         assert done[0] == final_answer_complete(generated) and done[1] is False
-    assert tok.decode(rows[0][:stop.lengths[0]]) == " 2 + 2 = 4\nThe final answer is 42.\n"  # stops on the newline
+    assert tok.decode(rows[0][: stop.lengths[0]]) == " 2 + 2 = 4\nThe final answer is 42.\n"  # stops on the newline
     assert 1 not in stop.lengths
 
 
@@ -103,8 +106,9 @@ def test_greedy_answers_stop_eos_and_truncation(pad_is_eos):
     prompts = [tok("Question: q?\nAnswer:")["input_ids"]] * 3
     hook = scripted(model, tok, texts)
     try:
-        answers, truncated = greedy_answers(model, tok, prompts, max_new_tokens=40, batch_size=3,
-                                            stop=final_answer_complete)
+        answers, truncated = greedy_answers(
+            model, tok, prompts, max_new_tokens=40, batch_size=3, stop=final_answer_complete
+        )
     finally:
         hook.remove()
     assert tok.decode(answers[0]) == "3 + 4 = 7\nThe final answer is 7\n"  # no padding, nothing after the stop
@@ -115,8 +119,9 @@ def test_greedy_answers_stop_eos_and_truncation(pad_is_eos):
 
 
 def examples(n):
-    return [Example(f"q{i}", "Question: what is 3 + 4?\nAnswer:", "3 + 4 = 7\nThe final answer is 7", "7")
-            for i in range(n)]
+    return [
+        Example(f"q{i}", "Question: what is 3 + 4?\nAnswer:", "3 + 4 = 7\nThe final answer is 7", "7") for i in range(n)
+    ]
 
 
 def test_evaluate_reports_the_truncation_rate():
@@ -133,8 +138,10 @@ def test_evaluate_reports_the_truncation_rate():
 def test_a_model_that_never_finishes_is_all_truncated():
     model, tok = tiny_random()
     no_eos = model.get_output_embeddings().register_forward_hook(
-        lambda m, i, logits: logits.index_fill(-1, torch.tensor([tok.eos_token_id]), float("-inf"))
-        if logits.dim() == 3 else logits)
+        lambda m, i, logits: (
+            logits.index_fill(-1, torch.tensor([tok.eos_token_id]), float("-inf")) if logits.dim() == 3 else logits
+        )
+    )
     try:
         scores = score(model, tok, GSM8K, examples(5), settings=ScoringSettings(batch_size=2, max_new_tokens=4))
     finally:

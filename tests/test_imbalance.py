@@ -59,16 +59,22 @@ def test_the_imbalanced_pool_has_the_ratio_and_is_drawn_per_seed():
         imbalanced_pool(pool_of(20, 0), "positive", 0.5, seed=0)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(task="gsm8k", metric="macro_f1"), "--metric macro_f1 needs a closed task"),
-    (dict(task="open", metric="balanced_accuracy"), "--metric balanced_accuracy needs a closed task"),
-    (dict(task="gsm8k", pool_class_ratio="positive=0.1"), "--pool-class-ratio positive=0.1 needs a closed task"),
-    (dict(task="sst2", pool_class_ratio="neutral=0.1"), "'neutral' is not a class of task sst2: choose negative or"),
-    (dict(task="sst2", pool_class_ratio="positive=0"), r"must be in \(0, 1\)"),
-    (dict(task="sst2", pool_class_ratio="positive=1"), r"must be in \(0, 1\)"),
-    (dict(task="sst2", pool_class_ratio="positive"), "--pool-class-ratio must be CLASS=RATIO"),
-    (dict(task="sst2", metric="f1"), "unknown --metric 'f1'"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(task="gsm8k", metric="macro_f1"), "--metric macro_f1 needs a closed task"),
+        (dict(task="open", metric="balanced_accuracy"), "--metric balanced_accuracy needs a closed task"),
+        (dict(task="gsm8k", pool_class_ratio="positive=0.1"), "--pool-class-ratio positive=0.1 needs a closed task"),
+        (
+            dict(task="sst2", pool_class_ratio="neutral=0.1"),
+            "'neutral' is not a class of task sst2: choose negative or",
+        ),
+        (dict(task="sst2", pool_class_ratio="positive=0"), r"must be in \(0, 1\)"),
+        (dict(task="sst2", pool_class_ratio="positive=1"), r"must be in \(0, 1\)"),
+        (dict(task="sst2", pool_class_ratio="positive"), "--pool-class-ratio must be CLASS=RATIO"),
+        (dict(task="sst2", metric="f1"), "unknown --metric 'f1'"),
+    ],
+)
 def test_bad_imbalance_options_are_refused_naming_the_option(bad, message):
     with pytest.raises(StarloraError, match=message) as e:
         resolve("quick", model="tiny-random", **bad)
@@ -80,8 +86,16 @@ def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("imbalance")
 
     def rows(labels, offset):
-        return "".join(json.dumps({"question": f"Question: is item {i + offset} {'red' if y else 'blue'}?\nAnswer:",
-                                   "answer": str(y).lower()}) + "\n" for i, y in enumerate(labels))
+        return "".join(
+            json.dumps(
+                {
+                    "question": f"Question: is item {i + offset} {'red' if y else 'blue'}?\nAnswer:",
+                    "answer": str(y).lower(),
+                }
+            )
+            + "\n"
+            for i, y in enumerate(labels)
+        )
 
     labels = [True] * 20 + [False] * 32  # 8 of the 20 true answers are kept: 8 / (8 + 32) = 20%
     np.random.default_rng(0).shuffle(labels)
@@ -92,9 +106,24 @@ def files(tmp_path_factory):
 
 def test_an_imbalanced_macro_f1_run_records_classes_and_its_metric(files, tmp_path):
     train, test = files
-    cfg = resolve("paper", model="tiny-random", task="boolq", train_file=str(train), test_file=str(test),
-                  strategy="me", init_size=4, query_size=4, rounds=3, epochs=1, lora_r=4, probe_size=4, fewshot=0,
-                  score_batch_size=16, metric="macro_f1", pool_class_ratio="true=0.2")
+    cfg = resolve(
+        "paper",
+        model="tiny-random",
+        task="boolq",
+        train_file=str(train),
+        test_file=str(test),
+        strategy="me",
+        init_size=4,
+        query_size=4,
+        rounds=3,
+        epochs=1,
+        lora_r=4,
+        probe_size=4,
+        fewshot=0,
+        score_batch_size=16,
+        metric="macro_f1",
+        pool_class_ratio="true=0.2",
+    )
     summary = run(cfg, tmp_path / "run")
     rounds = read_jsonl(tmp_path / "run" / "rounds.jsonl")
     task = get_task("boolq", user_files=True)

@@ -25,8 +25,27 @@ def pool(tmp_path):
 
 
 def init(tmp_path, pool, *extra):
-    return main(["init", str(tmp_path / "proj"), "--task", "boolq", "--pool", str(pool), "--model", "tiny-random",
-                 "--rounds", "3", "--epochs", "1", "--lora-r", "4", "--score-batch-size", "8", *map(str, extra)])
+    return main(
+        [
+            "init",
+            str(tmp_path / "proj"),
+            "--task",
+            "boolq",
+            "--pool",
+            str(pool),
+            "--model",
+            "tiny-random",
+            "--rounds",
+            "3",
+            "--epochs",
+            "1",
+            "--lora-r",
+            "4",
+            "--score-batch-size",
+            "8",
+            *map(str, extra),
+        ]
+    )
 
 
 def labeled(tmp_path, records, name="labeled.jsonl"):
@@ -36,12 +55,16 @@ def labeled(tmp_path, records, name="labeled.jsonl"):
 
 
 def test_labels_given_at_init_train_round_0_and_its_adapter_chooses_the_first_query(tmp_path, pool, capsys):
-    given = labeled(tmp_path, [{"id": "q1", "answer": "yes"}, {"id": "q2", "answer": "true"},
-                               {"id": "q3", "answer": "False"}])
+    given = labeled(
+        tmp_path, [{"id": "q1", "answer": "yes"}, {"id": "q2", "answer": "true"}, {"id": "q3", "answer": "False"}]
+    )
     assert init(tmp_path, pool, "--labeled", given, "--stop-set-size", "2") == 0
     project = P.open_project(tmp_path / "proj")
-    assert [(r["id"], r["answer"], r["round"]) for r in project.labels()] == \
-        [("q1", "yes", 0), ("q2", "true", 0), ("q3", "False", 0)]
+    assert [(r["id"], r["answer"], r["round"]) for r in project.labels()] == [
+        ("q1", "yes", 0),
+        ("q2", "true", 0),
+        ("q3", "False", 0),
+    ]
     assert project.queries()[0]["ids"] == ["q1", "q2", "q3"] and project.queries()[0]["initial"]
     assert not {"q1", "q2", "q3"} & set(P.stop_set(project))  # never drawn for the stop set
     assert "next: starlora train" in P.status(project.folder)
@@ -57,9 +80,16 @@ def test_labels_given_at_init_train_round_0_and_its_adapter_chooses_the_first_qu
 
 
 def test_bad_labeled_rows_are_all_listed_and_no_project_is_made(tmp_path, pool, capsys):
-    bad = labeled(tmp_path, [{"id": "q1", "answer": "true"}, {"id": "zz", "answer": "true"},
-                             {"id": "q2", "answer": "perhaps"}, {"id": "q1", "answer": "true"},
-                             {"id": "q4", "answer": ""}])
+    bad = labeled(
+        tmp_path,
+        [
+            {"id": "q1", "answer": "true"},
+            {"id": "zz", "answer": "true"},
+            {"id": "q2", "answer": "perhaps"},
+            {"id": "q1", "answer": "true"},
+            {"id": "q4", "answer": ""},
+        ],
+    )
     assert init(tmp_path, pool, "--labeled", bad) == 2
     err = capsys.readouterr().err
     assert f"--labeled {bad}: 4 bad row(s), no project created" in err

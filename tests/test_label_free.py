@@ -17,10 +17,14 @@ from starlora.tasks import get_task
 SMALL = ScoringSettings(batch_size=3, max_new_tokens=4)
 BOOLQ = get_task("boolq", template="{question}")
 GSM = get_task("gsm8k", template="{question}")
-CLOSED = [Example(f"b{i}", f"Question: is {i} odd?" + " really" * (i % 3) + "\nAnswer:", t, t)
-          for i, t in enumerate(["true", "false"] * 3)]
-OPEN = [Example(f"g{i}", f"Question: what is {i} plus {i * 7}?\nAnswer:", f"The final answer is {8 * i}", str(8 * i))
-        for i in range(1, 6)]
+CLOSED = [
+    Example(f"b{i}", f"Question: is {i} odd?" + " really" * (i % 3) + "\nAnswer:", t, t)
+    for i, t in enumerate(["true", "false"] * 3)
+]
+OPEN = [
+    Example(f"g{i}", f"Question: what is {i} plus {i * 7}?\nAnswer:", f"The final answer is {8 * i}", str(8 * i))
+    for i in range(1, 6)
+]
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::starlora.errors.StarloraWarning")  # reference=True on purpose
@@ -28,6 +32,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::starlora.errors.StarloraWarning
 
 def flipped(examples):
     """Every answer changed: true <-> false on BoolQ, another number on GSM8K (target and gold alike)."""
+
     def flip(answer):
         if answer in ("true", "false"):
             return "false" if answer == "true" else "true"
@@ -45,8 +50,20 @@ def model():
 def scores(model, task, examples, strategy, reference=False):
     lora, tok = model
     cache = BaseScoreCache(None, "tiny", task, SMALL, reference=reference)  # fresh: nothing carried between calls
-    return acquisition_scores(get_strategy(strategy), lora, tok, task, examples, t=1, rounds=4, base_cache=cache,
-                              passes=2, reference=reference, seed=0, settings=SMALL)
+    return acquisition_scores(
+        get_strategy(strategy),
+        lora,
+        tok,
+        task,
+        examples,
+        t=1,
+        rounds=4,
+        base_cache=cache,
+        passes=2,
+        reference=reference,
+        seed=0,
+        settings=SMALL,
+    )
 
 
 def test_flipping_the_flip_helper_changes_every_answer():

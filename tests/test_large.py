@@ -20,13 +20,16 @@ TOL = 1e-5
 
 def examples(n=16):
     words = ["alpha", "beta gamma", "delta epsilon zeta", "eta", "theta iota kappa lambda mu"]
-    return [Example(f"e{i}", f"Q: {words[i % 5]} {i}\nA:", ["yes", "no"][i % 2], ["yes", "no"][i % 2]) for i in range(n)]
+    return [
+        Example(f"e{i}", f"Q: {words[i % 5]} {i}\nA:", ["yes", "no"][i % 2], ["yes", "no"][i % 2]) for i in range(n)
+    ]
 
 
 def trained(mode="lora", **kw):
     base, tok = tiny_random()
-    settings = TrainSettings(**{**dict(mode=mode, lora_r=4, lora_alpha=8, lora_dropout=0.1, lr=1e-2, epochs=2,
-                                       batch_size=8, seed=3), **kw})
+    settings = TrainSettings(
+        **{**dict(mode=mode, lora_r=4, lora_alpha=8, lora_dropout=0.1, lr=1e-2, epochs=2, batch_size=8, seed=3), **kw}
+    )
     model = attach_lora(base, settings) if mode == "lora" else base
     stats = train(model, tok, examples(), settings)
     return stats, {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
@@ -63,8 +66,9 @@ def test_checkpointing_gives_the_same_numbers(mode):
     # full mode has attention dropout on (the tiny model's 0.1): the recompute must replay the same random stream
     assert_same(trained(mode), trained(mode, gradient_checkpointing=True))
     if mode == "lora":  # full mode's own dropout draws per forward: micro-batches get other (equally random) masks
-        assert_same(trained(mode), trained(mode, gradient_checkpointing=True, batch_size=4,
-                                           gradient_accumulation_steps=2))
+        assert_same(
+            trained(mode), trained(mode, gradient_checkpointing=True, batch_size=4, gradient_accumulation_steps=2)
+        )
 
 
 def test_checkpointing_keeps_fewer_activations_for_backward():
@@ -85,8 +89,10 @@ def test_checkpointing_keeps_fewer_activations_for_backward():
 
         import contextlib
 
-        with (checkpointed(model) if checkpointing else contextlib.nullcontext()), \
-                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with (
+            checkpointed(model) if checkpointing else contextlib.nullcontext(),
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        ):
             model(input_ids=ids, attention_mask=mask, labels=labels, use_cache=False).loss.backward()
         return sum(sizes)
 
@@ -124,8 +130,11 @@ def test_dtype_resolves_per_device_and_is_stored_resolved(tmp_path):
 
 def test_runs_made_before_the_options_existed_still_resume(tmp_path):
     cfg = resolve("quick", model="tiny-random", precision="fp32")
-    stored = {k: v for k, v in dataclasses.asdict(cfg).items()
-              if k not in ("dtype", "gradient_accumulation_steps", "gradient_checkpointing")}
+    stored = {
+        k: v
+        for k, v in dataclasses.asdict(cfg).items()
+        if k not in ("dtype", "gradient_accumulation_steps", "gradient_checkpointing")
+    }
     (tmp_path / "config.json").write_text(json.dumps({"config": stored}))
     finished = {"round": 0, "n_labeled": 8, "accuracy": 50.0, "added": [], "selected": []}  # one finished round
     (tmp_path / "rounds.jsonl").write_text(json.dumps(finished) + "\n")
@@ -179,16 +188,51 @@ def test_a_run_that_will_not_fit_is_refused_before_loading_with_what_to_change(t
 
     out = tmp_path / "run"
     env = {**__import__("os").environ, "STARLORA_MEMORY_LIMIT_MB": "64"}
-    r = subprocess.run([sys.executable, "-m", "starlora", "run", "--model", "tiny-random", "--task", "sst2",
-                        "--protocol", "quick", "--out", str(out)], capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "starlora",
+            "run",
+            "--model",
+            "tiny-random",
+            "--task",
+            "sst2",
+            "--protocol",
+            "quick",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 2, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "will not fit" in lines[0] and "0.1 GiB are free" in lines[0]
     assert "--gradient-checkpointing" in lines[0] and "--score-batch-size 16" in lines[0]
     assert not out.exists()
     env["STARLORA_MEMORY_LIMIT_MB"] = "100000"
-    r = subprocess.run([sys.executable, "-m", "starlora", "run", "--model", "tiny-random", "--task", "sst2",
-                        "--protocol", "quick", "--out", str(out), "--dry-run"], capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "starlora",
+            "run",
+            "--model",
+            "tiny-random",
+            "--task",
+            "sst2",
+            "--protocol",
+            "quick",
+            "--out",
+            str(out),
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -196,8 +240,17 @@ def test_fsdp_refuses_full_fine_tuning_and_other_commands(tmp_path, monkeypatch)
     from starlora import cli, experiment, parallel
 
     monkeypatch.setattr(parallel, "sharded", lambda: True)
-    cfg = resolve(task="boolq", strategy="random", model="tiny-random", mode="full", rounds=2, init_size=4,
-                  query_size=4, probe_size=0, test_size=4)
+    cfg = resolve(
+        task="boolq",
+        strategy="random",
+        model="tiny-random",
+        mode="full",
+        rounds=2,
+        init_size=4,
+        query_size=4,
+        probe_size=0,
+        test_size=4,
+    )
     with pytest.raises(StarloraError, match="FSDP .* shards LoRA runs only"):
         experiment.run(cfg, tmp_path / "full")
     assert not (tmp_path / "full").exists()  # refused before anything is written

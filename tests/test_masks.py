@@ -32,4 +32,7 @@ def test_dropout_scales_kept_elements_and_zeroes_the_rest():
     module.train()
     torch.manual_seed(0)
     out = module(torch.ones(200, 300))
-    assert set(out.unique().tolist()) <= {0.0, torch.tensor(1 / 0.9).item()} and abs((out > 0).float().mean().item() - 0.9) < 0.01
+    assert (
+        set(out.unique().tolist()) <= {0.0, torch.tensor(1 / 0.9).item()}
+        and abs((out > 0).float().mean().item() - 0.9) < 0.01
+    )

@@ -29,7 +29,9 @@ def test_mc_dropout_only_in_lora_branch():
         attention = [m for n, m in model.named_modules() if n.endswith("self_attn")]
         assert attention and not any(m.training for m in attention)  # attention_dropout=0.1 stays off
     assert not any(m.training for m in model.modules())
-    pairs = [(tok(ex.prompt)["input_ids"], tok(" " + ex.target, add_special_tokens=False)["input_ids"]) for ex in EXAMPLES]
+    pairs = [
+        (tok(ex.prompt)["input_ids"], tok(" " + ex.target, add_special_tokens=False)["input_ids"]) for ex in EXAMPLES
+    ]
     torch.manual_seed(0)
     with lora_sampling(model, True):
         a, _, _ = answer_stats(model, pairs, 4)
@@ -84,8 +86,10 @@ def test_batched_scoring_equals_one_at_a_time():
 
 def test_open_task_scores_greedy_answer():
     model, tok = lora_model()
-    gsm = [Example("g1", "Question: 1+1?\nAnswer:", "2\nThe final answer is 2", "2"),
-           Example("g2", "Question: what is 10 times 3?\nAnswer:", "The final answer is 30", "30")]
+    gsm = [
+        Example("g1", "Question: 1+1?\nAnswer:", "2\nThe final answer is 2", "2"),
+        Example("g2", "Question: what is 10 times 3?\nAnswer:", "The final answer is 30", "30"),
+    ]
     s = score(model, tok, GSM, gsm, passes=2, mc_dropout=True, settings=SMALL)
     assert set(s.measures) == {"pe", "pe_norm", "me", "me_norm"} and np.isfinite(s.measures["me"]).all()
     ref = score(model, tok, GSM, gsm, reference=True, settings=SMALL)
@@ -135,15 +139,17 @@ def test_base_cache_scores_each_example_once(tmp_path):
     star, path = get_strategy("star-me"), tmp_path / "base.json"
 
     def mu_b(cache, examples, t=0):
-        return acquisition_scores(star, model, tok, BOOLQ, examples, t=t, rounds=4, base_cache=cache, passes=2,
-                                  settings=SMALL)["mu_b"]
+        return acquisition_scores(
+            star, model, tok, BOOLQ, examples, t=t, rounds=4, base_cache=cache, passes=2, settings=SMALL
+        )["mu_b"]
 
     cache = BaseScoreCache(path, "tiny", BOOLQ, SMALL)
     first = mu_b(cache, EXAMPLES[:6])
     assert cache.computed == 6  # every candidate on first use
     with adapter_disabled(model):  # ... under the base model (adapter disabled)
-        np.testing.assert_allclose(first, score(model, tok, BOOLQ, EXAMPLES[:6], settings=SMALL).measures["me"],
-                                   rtol=1e-9)
+        np.testing.assert_allclose(
+            first, score(model, tok, BOOLQ, EXAMPLES[:6], settings=SMALL).measures["me"], rtol=1e-9
+        )
     assert np.array_equal(mu_b(cache, EXAMPLES[:6], t=1), first) and cache.computed == 6  # a later round: none
     reopened = BaseScoreCache(path, "tiny", BOOLQ, SMALL)  # from disk: a resumed run recomputes nothing
     assert np.array_equal(mu_b(reopened, EXAMPLES[:6]), first) and reopened.computed == 0
@@ -157,8 +163,18 @@ def test_base_cache_scores_each_example_once(tmp_path):
 def test_reference_target_warns():
     model, tok = lora_model()
     with pytest.warns(StarloraWarning, match="GOLD answers"):
-        acquisition_scores(get_strategy("pe"), model, tok, BOOLQ, EXAMPLES, t=0, rounds=3, base_cache=None,
-                           reference=True, settings=SMALL)
+        acquisition_scores(
+            get_strategy("pe"),
+            model,
+            tok,
+            BOOLQ,
+            EXAMPLES,
+            t=0,
+            rounds=3,
+            base_cache=None,
+            reference=True,
+            settings=SMALL,
+        )
     assert "reads labels a real pool does not have" in REFERENCE_WARNING
 
 
@@ -168,8 +184,9 @@ def test_the_answer_position_loss_is_hf_causal_lm_loss_with_its_gradients():
     from starlora.training import causal_lm_loss, encode_examples, training_batch
 
     model, tok = lora_model(dropout=0.0)
-    examples = [Example(f"e{i}", f"Question: is {i} even?\nAnswer:", "true" if i % 2 == 0 else "false", "")
-                for i in range(5)]
+    examples = [
+        Example(f"e{i}", f"Question: is {i} even?\nAnswer:", "true" if i % 2 == 0 else "false", "") for i in range(5)
+    ]
     ids, mask, labels = training_batch(encode_examples(tok, examples, TrainSettings()), tok.pad_token_id)
     items = int((labels[:, 1:] != -100).sum())
     losses, grads = [], []

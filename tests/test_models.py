@@ -78,11 +78,15 @@ def test_embedded_model_converts_once_then_loads_from_cache(tmp_path, monkeypatc
 
     task = get_task("boolq")
     assert all(len(encode_answer(tok, c, 8)) == 1 for c in task.candidates)
-    examples = [Example(str(i), task.prompt({"question": q}), "true", "true")
-                for i, q in enumerate(["is the sky blue", "can a fish climb a tree", "is paris in france"])]
+    examples = [
+        Example(str(i), task.prompt({"question": q}), "true", "true")
+        for i, q in enumerate(["is the sky blue", "can a fish climb a tree", "is paris in france"])
+    ]
     fast = score(model, tok, task, examples)
-    naive = naive_answer_stats(model, [(encode_prompt(tok, ex.prompt, 128), encode_answer(tok, c, 8))
-                                       for ex in examples for c in task.candidates]).reshape(3, 2, 2)
+    naive = naive_answer_stats(
+        model,
+        [(encode_prompt(tok, ex.prompt, 128), encode_answer(tok, c, 8)) for ex in examples for c in task.candidates],
+    ).reshape(3, 2, 2)
     y_hat = naive[:, :, 0].argmax(1)
     assert fast.predictions == [task.candidates[j] for j in y_hat]
     np.testing.assert_allclose(fast.measures["me"], naive[range(3), y_hat, 1], rtol=1e-4)

@@ -28,14 +28,49 @@ def node_commands(launcher: str, port: int) -> list[list[str]]:
     """The command each of the two nodes runs (node 0 hosts the rendezvous store)."""
     bin_dir = os.path.dirname(sys.executable)
     if launcher == "torchrun":
-        return [[shutil.which("torchrun", path=bin_dir) or "torchrun", "--nnodes", "2", "--nproc-per-node", "1",
-                 "--node-rank", str(rank), "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
-                 "--rdzv-id", "starlora-test", "--rdzv-conf", f"is_host={int(rank == 0)}", "-m", "starlora"]
-                for rank in (0, 1)]
-    return [[shutil.which("accelerate", path=bin_dir) or "accelerate", "launch", "--config_file",
-             str(MULTINODE_CONFIG), "--num_processes", "2", "--machine_rank", str(rank), "--main_process_ip",
-             "127.0.0.1", "--main_process_port", str(port), "--rdzv_conf", f"is_host={int(rank == 0)}",
-             "-m", "starlora"] for rank in (0, 1)]
+        return [
+            [
+                shutil.which("torchrun", path=bin_dir) or "torchrun",
+                "--nnodes",
+                "2",
+                "--nproc-per-node",
+                "1",
+                "--node-rank",
+                str(rank),
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                f"127.0.0.1:{port}",
+                "--rdzv-id",
+                "starlora-test",
+                "--rdzv-conf",
+                f"is_host={int(rank == 0)}",
+                "-m",
+                "starlora",
+            ]
+            for rank in (0, 1)
+        ]
+    return [
+        [
+            shutil.which("accelerate", path=bin_dir) or "accelerate",
+            "launch",
+            "--config_file",
+            str(MULTINODE_CONFIG),
+            "--num_processes",
+            "2",
+            "--machine_rank",
+            str(rank),
+            "--main_process_ip",
+            "127.0.0.1",
+            "--main_process_port",
+            str(port),
+            "--rdzv_conf",
+            f"is_host={int(rank == 0)}",
+            "-m",
+            "starlora",
+        ]
+        for rank in (0, 1)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +78,13 @@ def one_process(tmp_path_factory):
     folder = tmp_path_factory.mktemp("one")
     data = separated_data(folder)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "STARLORA_NO_PROGRESS": "1"}
-    done = subprocess.run([sys.executable, "-m", "starlora", *ARGS, *data, "--out", str(folder / "run")],
-                          capture_output=True, text=True, env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "starlora", *ARGS, *data, "--out", str(folder / "run")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return data, folder / "run"
 
@@ -56,9 +96,16 @@ def test_two_nodes_over_tcp_shard_and_select_what_one_process_selects(tmp_path, 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "STARLORA_NO_PROGRESS": "1"}
     if launcher == "torchrun":
         env["ACCELERATE_USE_FSDP"] = "true"  # what `accelerate launch --use_fsdp` sets; starlora shards on it
-    nodes = [subprocess.Popen([*command, *ARGS, *data, "--out", str(out)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
-             for command in node_commands(launcher, free_port())]
+    nodes = [
+        subprocess.Popen(
+            [*command, *ARGS, *data, "--out", str(out)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for command in node_commands(launcher, free_port())
+    ]
     outputs = [node.communicate(timeout=300) for node in nodes]
     for node, (_, err) in zip(nodes, outputs):
         assert node.returncode == 0, err[-3000:]

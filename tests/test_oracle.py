@@ -24,10 +24,14 @@ pytestmark = pytest.mark.filterwarnings("ignore::starlora.errors.StarloraWarning
 def test_the_variant_names_the_oracle():
     assert variant({"strategy": "star-me", "target": "reference"}) == "star-me+oracle-reference"
     assert variant({"strategy": "star-me", "target": "own"}) == "star-me" == variant({"strategy": "star-me"})
-    assert variant({"strategy": "star-me", "diversity": "kmeans", "target": "reference"}) == \
-        "star-me+kmeans+oracle-reference"
-    cfgs = [resolve("paper", task="boolq", strategy=s, target=t)
-            for s, t in [("random", "own"), ("star-me", "own"), ("star-me", "reference")]]
+    assert (
+        variant({"strategy": "star-me", "diversity": "kmeans", "target": "reference"})
+        == "star-me+kmeans+oracle-reference"
+    )
+    cfgs = [
+        resolve("paper", task="boolq", strategy=s, target=t)
+        for s, t in [("random", "own"), ("star-me", "own"), ("star-me", "reference")]
+    ]
     assert S.folder_names(cfgs) == ["random", "star-me", "star-me+oracle-reference"]
 
 
@@ -83,15 +87,35 @@ def test_a_run_records_its_revision_and_an_oracle_run_says_what_it_is(tmp_path):
     rng = random.Random(0)
 
     def rows(n, offset):
-        return "".join(json.dumps({"question": f"Question: is item {i + offset} red?\nAnswer:",
-                                   "answer": f"the correct answer is {str(rng.random() < 0.5).lower()}"}) + "\n"
-                       for i in range(n))
+        return "".join(
+            json.dumps(
+                {
+                    "question": f"Question: is item {i + offset} red?\nAnswer:",
+                    "answer": f"the correct answer is {str(rng.random() < 0.5).lower()}",
+                }
+            )
+            + "\n"
+            for i in range(n)
+        )
 
     (tmp_path / "train.jsonl").write_text(rows(24, 0))
     (tmp_path / "test.jsonl").write_text(rows(8, 100))
-    base = dict(model="tiny-random", task="boolq", train_file=str(tmp_path / "train.jsonl"),
-                test_file=str(tmp_path / "test.jsonl"), init_size=4, query_size=4, rounds=2, epochs=1, seed=0,
-                probe_size=0, lora_r=2, score_batch_size=16, fewshot=0, k=2)
+    base = dict(
+        model="tiny-random",
+        task="boolq",
+        train_file=str(tmp_path / "train.jsonl"),
+        test_file=str(tmp_path / "test.jsonl"),
+        init_size=4,
+        query_size=4,
+        rounds=2,
+        epochs=1,
+        seed=0,
+        probe_size=0,
+        lora_r=2,
+        score_batch_size=16,
+        fewshot=0,
+        k=2,
+    )
     for name, target in [("own", "own"), ("oracle", "reference")]:
         run(resolve("paper", strategy="star-me", target=target, **base), tmp_path / name)
     for name in ("own", "oracle"):
@@ -100,8 +124,7 @@ def test_a_run_records_its_revision_and_an_oracle_run_says_what_it_is(tmp_path):
         assert config["versions"]["revision"] == summary["revision"] == code_revision()
     assert "oracle" not in json.loads((tmp_path / "own" / "summary.json").read_text())
     oracle = json.loads((tmp_path / "oracle" / "summary.json").read_text())
-    assert oracle["oracle"] == ("reads gold labels of the unlabeled pool (official STAR code); not a label-free "
-                                "method")
+    assert oracle["oracle"] == ("reads gold labels of the unlabeled pool (official STAR code); not a label-free method")
     rows_ = report([tmp_path / "oracle"], tmp_path / "r")
     assert rows_[0]["strategy"] == "star-me+oracle-reference" and rows_[0]["oracle"]
 

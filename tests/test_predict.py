@@ -31,8 +31,10 @@ TOL = 1e-5  # another batching sums in another order: probabilities agree to flo
 
 
 def rows(n, start=0):
-    return [{"id": f"r{i}", "question": f"Is item {i} {'red' if i % 2 else 'a long and winding road'}?\nAnswer:"}
-            for i in range(start, start + n)]
+    return [
+        {"id": f"r{i}", "question": f"Is item {i} {'red' if i % 2 else 'a long and winding road'}?\nAnswer:"}
+        for i in range(start, start + n)
+    ]
 
 
 def write_jsonl(path, records):
@@ -44,8 +46,30 @@ def project_with_adapter(tmp_path, *extra, task="boolq"):
     """A BoolQ project on the tiny model whose round 0 adapter has random B (so it changes the predictions),
     saved as `starlora train` would (without training: the numbers are what is tested)."""
     pool = write_jsonl(tmp_path / "pool.jsonl", rows(12))
-    assert main(["init", str(tmp_path / "proj"), "--task", task, "--pool", str(pool), "--model", "tiny-random",
-                 "--rounds", "3", "--lora-r", "4", "--score-batch-size", "4", "--precision", "fp32", *extra]) == 0
+    assert (
+        main(
+            [
+                "init",
+                str(tmp_path / "proj"),
+                "--task",
+                task,
+                "--pool",
+                str(pool),
+                "--model",
+                "tiny-random",
+                "--rounds",
+                "3",
+                "--lora-r",
+                "4",
+                "--score-batch-size",
+                "4",
+                "--precision",
+                "fp32",
+                *extra,
+            ]
+        )
+        == 0
+    )
     model, _ = lora_model(dropout=0.1)
     adapter = tmp_path / "proj" / "adapters" / "round_0"
     model.save_pretrained(adapter)
@@ -73,8 +97,9 @@ def test_closed_set_predictions_match_scoring_in_every_format(tmp_path):
     proj, adapter = project_with_adapter(tmp_path)
     data = rows(10, start=100)  # rows the project never saw
     src = write_jsonl(tmp_path / "new.jsonl", data)
-    assert main(["predict", str(proj), "--input", str(src), "--out", str(tmp_path / "p.jsonl"),
-                 "--chunk-size", "3"]) == 0
+    assert (
+        main(["predict", str(proj), "--input", str(src), "--out", str(tmp_path / "p.jsonl"), "--chunk-size", "3"]) == 0
+    )
     got = read_out(tmp_path / "p.jsonl")
     task = get_task("boolq", template="{question}")
     expected = reference(adapter, [Example(r["id"], r["question"], "", None) for r in data], task)
@@ -165,13 +190,30 @@ def test_sigkill_then_resume(tmp_path):
     src = write_jsonl(tmp_path / "in.jsonl", data)
     out = tmp_path / "p.jsonl"
     journal = tmp_path / "p.jsonl.partial.jsonl"
-    command = [sys.executable, "-m", "starlora", "predict", str(proj), "--input", str(src), "--out", str(out),
-               "--chunk-size", "10", "--batch-size", "2"]
-    child = subprocess.Popen(command, env={**os.environ, "STARLORA_NO_PROGRESS": "1"}, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
+    command = [
+        sys.executable,
+        "-m",
+        "starlora",
+        "predict",
+        str(proj),
+        "--input",
+        str(src),
+        "--out",
+        str(out),
+        "--chunk-size",
+        "10",
+        "--batch-size",
+        "2",
+    ]
+    child = subprocess.Popen(
+        command, env={**os.environ, "STARLORA_NO_PROGRESS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     end = time.time() + 120
-    while time.time() < end and child.poll() is None and \
-            (not journal.exists() or len(journal.read_bytes().splitlines()) < 30):
+    while (
+        time.time() < end
+        and child.poll() is None
+        and (not journal.exists() or len(journal.read_bytes().splitlines()) < 30)
+    ):
         time.sleep(0.02)
     assert child.poll() is None, child.stderr.read().decode()
     child.send_signal(signal.SIGKILL)

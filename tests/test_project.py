@@ -16,10 +16,13 @@ GOLD = {f"q{i}": ("true" if i % 3 else "false") for i in range(30)}
 
 @pytest.fixture
 def files(tmp_path):
-    pool = "".join(json.dumps({"id": i, "question": f"Is item {i[1:]} blue?\nAnswer:", "topic": "colour"}) + "\n"
-                   for i in GOLD)
-    test = "".join(json.dumps({"id": f"t{i}", "question": f"Is thing {i} blue?\nAnswer:", "answer": "true"}) + "\n"
-                   for i in range(6))
+    pool = "".join(
+        json.dumps({"id": i, "question": f"Is item {i[1:]} blue?\nAnswer:", "topic": "colour"}) + "\n" for i in GOLD
+    )
+    test = "".join(
+        json.dumps({"id": f"t{i}", "question": f"Is thing {i} blue?\nAnswer:", "answer": "true"}) + "\n"
+        for i in range(6)
+    )
     (tmp_path / "pool.jsonl").write_text(pool)
     (tmp_path / "test.jsonl").write_text(test)
     return tmp_path
@@ -30,9 +33,30 @@ def cli(*args):
 
 
 def init(files, *extra):
-    assert cli("init", files / "proj", "--task", "boolq", "--pool", files / "pool.jsonl", "--test",
-               files / "test.jsonl", "--model", "tiny-random", "--rounds", "3", "--epochs", "1", "--lora-r", "4",
-               "--score-batch-size", "8", *extra) == 0
+    assert (
+        cli(
+            "init",
+            files / "proj",
+            "--task",
+            "boolq",
+            "--pool",
+            files / "pool.jsonl",
+            "--test",
+            files / "test.jsonl",
+            "--model",
+            "tiny-random",
+            "--rounds",
+            "3",
+            "--epochs",
+            "1",
+            "--lora-r",
+            "4",
+            "--score-batch-size",
+            "8",
+            *extra,
+        )
+        == 0
+    )
     return files / "proj"
 
 
@@ -79,8 +103,13 @@ def test_csv_and_label_studio_round_trip(files):
     out = P.query(proj, 3, "csv")
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["answer"] for r in rows] == ["", "", ""] and set(rows[0]) == {"id", "question", "topic", "prompt",
-                                                                            "answer"}
+    assert [r["answer"] for r in rows] == ["", "", ""] and set(rows[0]) == {
+        "id",
+        "question",
+        "topic",
+        "prompt",
+        "answer",
+    }
     with open(files / "filled.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -95,14 +124,30 @@ def test_csv_and_label_studio_round_trip(files):
     for t in tasks:
         i, (guess,) = t["data"]["starlora_id"], t["predictions"]
         assert t["data"]["starlora_uncertainty"] == record["scores"][i]
-        assert guess["result"] == [{"from_name": "answer", "to_name": "prompt", "type": "choices",
-                                    "value": {"choices": [record["guesses"][i]]}}]
+        assert guess["result"] == [
+            {
+                "from_name": "answer",
+                "to_name": "prompt",
+                "type": "choices",
+                "value": {"choices": [record["guesses"][i]]},
+            }
+        ]
         assert 0.5 <= guess["score"] <= 1 and guess["model_version"] == record["how"]
     config = (out.parent / "labelstudio_config.xml").read_text()
     assert '<Choice value="true"/>' in config and 'value="$prompt"' in config
-    export = [{"id": 100 + n, "data": t["data"], "annotations": [
-        {"was_cancelled": False, "result": [{"type": "choices", "value": {"choices": [GOLD[t["data"]["starlora_id"]]]}}]}]}
-        for n, t in enumerate(tasks)]
+    export = [
+        {
+            "id": 100 + n,
+            "data": t["data"],
+            "annotations": [
+                {
+                    "was_cancelled": False,
+                    "result": [{"type": "choices", "value": {"choices": [GOLD[t["data"]["starlora_id"]]]}}],
+                }
+            ],
+        }
+        for n, t in enumerate(tasks)
+    ]
     (files / "export.json").write_text(json.dumps(export))
     assert P.label(proj, files / "export.json") == 2
 
@@ -117,15 +162,19 @@ def test_label_studio_flat_exports_json_min_and_csv(files):
     assert all("id" not in t["data"] for t in tasks)
     config = (proj / "queries" / "labelstudio_config.xml").read_text()
     assert '<Choices name="answer" toName="prompt"' in config
-    json_min = [{"id": n + 1, **tasks[n]["data"], "answer": GOLD[i], "annotator": 1, "annotation_id": n + 1,
-                 "lead_time": None} for n, i in enumerate(ids[:2])]
+    json_min = [
+        {"id": n + 1, **tasks[n]["data"], "answer": GOLD[i], "annotator": 1, "annotation_id": n + 1, "lead_time": None}
+        for n, i in enumerate(ids[:2])
+    ]
     (files / "min.json").write_text(json.dumps(json_min))
     assert P.label(proj, files / "min.json") == 2
     with open(files / "ls.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["annotation_id", "annotator", "answer", "id", "prompt", "starlora_id"])
         w.writeheader()
-        w.writerows({"annotation_id": n, "annotator": 1, "answer": GOLD[i], "id": 50 + n, "prompt": "p",
-                     "starlora_id": i} for n, i in enumerate(ids[2:]))
+        w.writerows(
+            {"annotation_id": n, "annotator": 1, "answer": GOLD[i], "id": 50 + n, "prompt": "p", "starlora_id": i}
+            for n, i in enumerate(ids[2:])
+        )
     assert P.label(proj, files / "ls.csv") == 2
     labels = {r["id"]: r["answer"] for r in map(json.loads, (proj / "labels.jsonl").read_text().splitlines())}
     assert all(labels[i] == GOLD[i] for i in ids)
@@ -144,14 +193,18 @@ def test_every_bad_label_row_is_listed_and_nothing_is_imported(files):
     proj = init(files)
     asked = [json.loads(line)["id"] for line in P.query(proj, 3).read_text().splitlines()]
     other = next(i for i in GOLD if i not in asked)
-    message = bad_label(proj, files / "bad.jsonl", [
-        {"id": asked[0], "answer": "true"},  # fine on its own
-        {"id": "nope", "answer": "true"},
-        {"id": other, "answer": "true"},
-        {"id": asked[1], "answer": ""},
-        {"id": asked[2], "answer": "maybe"},
-        {"id": asked[0], "answer": "false"},
-    ])
+    message = bad_label(
+        proj,
+        files / "bad.jsonl",
+        [
+            {"id": asked[0], "answer": "true"},  # fine on its own
+            {"id": "nope", "answer": "true"},
+            {"id": other, "answer": "true"},
+            {"id": asked[1], "answer": ""},
+            {"id": asked[2], "answer": "maybe"},
+            {"id": asked[0], "answer": "false"},
+        ],
+    )
     assert "5 bad row(s), nothing imported" in message
     assert "bad.jsonl:2: unknown id 'nope'" in message
     assert f"bad.jsonl:3: id '{other}' was not in the last query" in message
@@ -213,15 +266,33 @@ def test_init_refusals(files, capsys):
 
 def test_template_from_the_shell_turns_backslash_n_into_a_newline(files):
     (files / "raw.jsonl").write_text(json.dumps({"id": "a", "q": "is it"}) + "\n")
-    assert cli("init", files / "p", "--task", "boolq", "--pool", files / "raw.jsonl", "--template",
-               r"Question: {q}?\nAnswer:", "--model", "tiny-random") == 0
+    assert (
+        cli(
+            "init",
+            files / "p",
+            "--task",
+            "boolq",
+            "--pool",
+            files / "raw.jsonl",
+            "--template",
+            r"Question: {q}?\nAnswer:",
+            "--model",
+            "tiny-random",
+        )
+        == 0
+    )
     assert json.loads((files / "p" / "pool.jsonl").read_text())["prompt"] == "Question: is it?\nAnswer:"
 
 
-@pytest.mark.parametrize("strategy, extra, rule, how", [
-    ("star-me", [], "the base model's ME", "base-model me"), ("star-me", ["--random"], "the base model's ME", "random"),
-    ("bald", [], "random in effect", "random"), ("random", [], "random", "random"),
-])
+@pytest.mark.parametrize(
+    "strategy, extra, rule, how",
+    [
+        ("star-me", [], "the base model's ME", "base-model me"),
+        ("star-me", ["--random"], "the base model's ME", "random"),
+        ("bald", [], "random in effect", "random"),
+        ("random", [], "random", "random"),
+    ],
+)
 def test_the_first_query_rule_is_stated_and_followed(files, strategy, extra, rule, how):
     proj = init(files, "--strategy", strategy)
     assert f"first query: {rule}" in P.status(proj)
@@ -230,14 +301,19 @@ def test_the_first_query_rule_is_stated_and_followed(files, strategy, extra, rul
     assert f"round 0 query: {how}" in P.status(proj)
 
 
-@pytest.mark.parametrize("init_args, rule, how", [
-    (["--strategy", "random", "--diversity", "kmeans"],
-     "random (the strategy is random), spread over k-means clusters of the best 3 x query size",
-     "random, spread over k-means clusters (beta 3)"),
-    (["--strategy", "coreset"], "core-set from nothing", "coreset on the base model"),
-    (["--strategy", "badge"], "BADGE on the base model", "badge on the base model"),
-    (["--strategy", "me", "--cold-start", "kmeans"], "k-means over the pool embeddings", "k-means cold start"),
-])
+@pytest.mark.parametrize(
+    "init_args, rule, how",
+    [
+        (
+            ["--strategy", "random", "--diversity", "kmeans"],
+            "random (the strategy is random), spread over k-means clusters of the best 3 x query size",
+            "random, spread over k-means clusters (beta 3)",
+        ),
+        (["--strategy", "coreset"], "core-set from nothing", "coreset on the base model"),
+        (["--strategy", "badge"], "BADGE on the base model", "badge on the base model"),
+        (["--strategy", "me", "--cold-start", "kmeans"], "k-means over the pool embeddings", "k-means cold start"),
+    ],
+)
 def test_batch_aware_first_queries_are_stated_and_followed(files, init_args, rule, how):
     proj = init(files, *init_args)
     assert f"first query: {rule}" in P.status(proj)

@@ -71,12 +71,15 @@ def test_a_broken_queries_line_stops_query_and_status(files, capsys):
     assert snapshot(proj) == before
 
 
-@pytest.mark.parametrize("line, why", [
-    ('{"id": "q1", "round": 0}', "field 'answer' is missing"),
-    ('{"id": 5, "answer": "true", "round": 0}', "field 'id' is 5, expected text"),
-    ('["q1", "true"]', "expected a JSON object"),
-    ('{"id": "q1", "answer": "true", "round": true}', "field 'round' is True"),
-])
+@pytest.mark.parametrize(
+    "line, why",
+    [
+        ('{"id": "q1", "round": 0}', "field 'answer' is missing"),
+        ('{"id": 5, "answer": "true", "round": 0}', "field 'id' is 5, expected text"),
+        ('["q1", "true"]', "expected a JSON object"),
+        ('{"id": "q1", "answer": "true", "round": true}', "field 'round' is True"),
+    ],
+)
 def test_a_well_formed_line_without_its_fields_is_refused(files, capsys, line, why):
     proj, labels = labeled_project(files, n=4)
     break_line(labels, 2, how=lambda _: line)
@@ -107,11 +110,20 @@ def test_a_torn_last_line_is_skipped_with_a_warning_and_removed_by_the_next_writ
 def test_run_folder_files_are_read_strictly(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    rounds = [{"round": t, "n_labeled": 8 * (t + 1), "accuracy": 50.0 + t, "added": [], "selected": []}
-              for t in range(3)]
+    rounds = [
+        {"round": t, "n_labeled": 8 * (t + 1), "accuracy": 50.0 + t, "added": [], "selected": []} for t in range(3)
+    ]
     (run / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
-    summary = {"task": "sst2", "strategy": "random", "seed": 0, "model": "m", "auc": 51.0, "final_accuracy": 52.0,
-               "curve": [50.0, 51.0, 52.0], "n_labeled": [8, 16, 24]}
+    summary = {
+        "task": "sst2",
+        "strategy": "random",
+        "seed": 0,
+        "model": "m",
+        "auc": 51.0,
+        "final_accuracy": 52.0,
+        "curve": [50.0, 51.0, 52.0],
+        "n_labeled": [8, 16, 24],
+    }
     (run / "summary.json").write_text(json.dumps(summary))
     (run / "config.json").write_text(json.dumps({"config": {"task": "sst2", "strategy": "random", "seed": 0}}))
     assert cli("report", run, "--out", tmp_path / "rep") == 0
@@ -135,8 +147,19 @@ def test_run_refuses_a_damaged_rounds_file_instead_of_redoing_rounds(tmp_path, c
     from starlora.config import resolve
     from starlora.experiment import run
 
-    cfg = resolve("quick", task="sst2", model="tiny-random", strategy="random", rounds=2, epochs=1, lora_r=2,
-                  test_size=8, probe_size=0, candidate_subsample=16, precision="fp32")
+    cfg = resolve(
+        "quick",
+        task="sst2",
+        model="tiny-random",
+        strategy="random",
+        rounds=2,
+        epochs=1,
+        lora_r=2,
+        test_size=8,
+        probe_size=0,
+        candidate_subsample=16,
+        precision="fp32",
+    )
     run(cfg, tmp_path / "run")
     before = snapshot(tmp_path / "run")
     break_line(tmp_path / "run" / "rounds.jsonl", 1)
@@ -149,22 +172,51 @@ def test_run_refuses_a_damaged_rounds_file_instead_of_redoing_rounds(tmp_path, c
 # ---------------------------------------------------------------- answers are candidates, exactly
 
 
-@pytest.mark.parametrize("answer", ["not positive", "positive, negative", "I would not say negative", "pos",
-                                    "positive.", "the answer is positive maybe"])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "not positive",
+        "positive, negative",
+        "I would not say negative",
+        "pos",
+        "positive.",
+        "the answer is positive maybe",
+    ],
+)
 def test_an_answer_that_is_not_exactly_a_candidate_is_refused(tmp_path, capsys, answer):
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps({"id": i, "text": f"review {i}"}) + "\n" for i in SST))
     proj = tmp_path / "proj"
-    assert cli("init", proj, "--task", "closed", "--candidates", "negative,positive", "--template", "{text}",
-               "--pool", pool, "--model", "tiny-random", "--lora-r", "2") == 0
+    assert (
+        cli(
+            "init",
+            proj,
+            "--task",
+            "closed",
+            "--candidates",
+            "negative,positive",
+            "--template",
+            "{text}",
+            "--pool",
+            pool,
+            "--model",
+            "tiny-random",
+            "--lora-r",
+            "2",
+        )
+        == 0
+    )
     assert cli("query", proj, "-n", "2", "--random") == 0
     rows = [json.loads(line) for line in (proj / "queries" / "round_0.jsonl").read_text().splitlines()]
-    (tmp_path / "a.jsonl").write_text(json.dumps({**rows[0], "answer": " Positive "}) + "\n"
-                                      + json.dumps({**rows[1], "answer": answer}) + "\n")
+    (tmp_path / "a.jsonl").write_text(
+        json.dumps({**rows[0], "answer": " Positive "}) + "\n" + json.dumps({**rows[1], "answer": answer}) + "\n"
+    )
     capsys.readouterr()
     assert cli("label", proj, tmp_path / "a.jsonl") == 2
-    assert capsys.readouterr().err == (f"starlora: error: {tmp_path / 'a.jsonl'}:2: answer {answer!r} is not one of "
-                                       "['negative', 'positive'] (exactly, up to case); nothing imported\n")
+    assert capsys.readouterr().err == (
+        f"starlora: error: {tmp_path / 'a.jsonl'}:2: answer {answer!r} is not one of "
+        "['negative', 'positive'] (exactly, up to case); nothing imported\n"
+    )
     assert (proj / "labels.jsonl").read_text() == ""
     with pytest.raises(StarloraError, match=r"not one of \['negative', 'positive'\]"):
         P.label_one(proj, rows[1]["id"], answer)
@@ -188,8 +240,20 @@ def test_label_refusal_lists_the_candidates(tmp_path):
 def test_duplicate_candidates_are_refused_at_init(tmp_path, capsys):
     pool = tmp_path / "pool.jsonl"
     pool.write_text(json.dumps({"id": "a", "question": "q"}) + "\n" + json.dumps({"id": "b", "question": "r"}) + "\n")
-    refused(capsys, "init", tmp_path / "p", "--task", "closed", "--candidates", "positive, Positive", "--pool", pool,
-            "--model", "tiny-random", name="--candidates lists 'positive' more than once")
+    refused(
+        capsys,
+        "init",
+        tmp_path / "p",
+        "--task",
+        "closed",
+        "--candidates",
+        "positive, Positive",
+        "--pool",
+        pool,
+        "--model",
+        "tiny-random",
+        name="--candidates lists 'positive' more than once",
+    )
     assert not (tmp_path / "p").exists()
 
 
@@ -288,7 +352,8 @@ def base_project(tmp_path_factory):
         P.label(proj, answers)
         (proj / "adapters" / f"round_{len(queries) - 1}").mkdir(parents=True)  # counted as trained
         (proj / "adapters" / f"round_{len(queries) - 1}" / "train.json").write_text(
-            json.dumps({"round": len(queries) - 1, "n_labels": 5 * len(queries)}))
+            json.dumps({"round": len(queries) - 1, "n_labels": 5 * len(queries)})
+        )
     return proj
 
 
@@ -309,11 +374,16 @@ def test_a_random_corrupted_line_never_loses_a_label(base_project, tmp_path_fact
     before = {name: (proj / name).read_bytes() for name in ("labels.jsonl", "queries.jsonl")}
     torn = which == "labels.jsonl" and not before[which].endswith(b"\n")
     if torn:  # the one allowed exception: an appended file's unreadable last line without newline, as a kill leaves
-        before[which] = before[which][:before[which].rfind(b"\n") + 1]  # may be dropped; every other line stays
+        before[which] = before[which][: before[which].rfind(b"\n") + 1]  # may be dropped; every other line stays
     answers = proj.parent / "more.jsonl"
     answers.write_text(json.dumps({"id": "q0", "answer": "false"}) + "\n")
-    for step in (lambda: P.status(proj), lambda: P.label(proj, answers), lambda: P.query(proj, 3, random=True),
-                 lambda: P.label_one(proj, "q1", "true"), lambda: P.train(proj)):
+    for step in (
+        lambda: P.status(proj),
+        lambda: P.label(proj, answers),
+        lambda: P.query(proj, 3, random=True),
+        lambda: P.label_one(proj, "q1", "true"),
+        lambda: P.train(proj),
+    ):
         try:
             step()
         except StarloraError:
@@ -376,5 +446,17 @@ def test_the_web_page_refuses_a_damaged_project_in_one_line(files):
 def test_candidates_equal_up_to_a_final_dot_are_refused(tmp_path, capsys):
     pool = tmp_path / "pool.jsonl"
     pool.write_text(json.dumps({"id": "a", "question": "q"}) + "\n" + json.dumps({"id": "b", "question": "r"}) + "\n")
-    refused(capsys, "init", tmp_path / "p", "--task", "closed", "--candidates", "A,A.", "--pool", pool,
-            "--model", "tiny-random", name="--candidates lists 'A' more than once")
+    refused(
+        capsys,
+        "init",
+        tmp_path / "p",
+        "--task",
+        "closed",
+        "--candidates",
+        "A,A.",
+        "--pool",
+        pool,
+        "--model",
+        "tiny-random",
+        name="--candidates lists 'A' more than once",
+    )

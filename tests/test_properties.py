@@ -35,16 +35,25 @@ def load(content: bytes, suffix: str):
 
 
 value = st.one_of(st.text(max_size=12), st.integers(), st.none(), st.booleans(), st.sampled_from(["true", "false"]))
-json_rows = st.lists(st.one_of(
-    st.dictionaries(st.sampled_from(["id", "question", "answer", "x"]), value, max_size=4),
-    st.fixed_dictionaries({"question": st.text(min_size=1, max_size=12),
-                           "answer": st.sampled_from(["true", "false", "True", "the answer is false"])},
-                          optional={"id": st.one_of(st.integers(0, 3), st.text(max_size=3))})), max_size=5)
+json_rows = st.lists(
+    st.one_of(
+        st.dictionaries(st.sampled_from(["id", "question", "answer", "x"]), value, max_size=4),
+        st.fixed_dictionaries(
+            {
+                "question": st.text(min_size=1, max_size=12),
+                "answer": st.sampled_from(["true", "false", "True", "the answer is false"]),
+            },
+            optional={"id": st.one_of(st.integers(0, 3), st.text(max_size=3))},
+        ),
+    ),
+    max_size=5,
+)
 
 
 @FAST
-@given(st.one_of(st.binary(max_size=200),
-                 json_rows.map(lambda rows: "".join(json.dumps(r) + "\n" for r in rows).encode())))
+@given(
+    st.one_of(st.binary(max_size=200), json_rows.map(lambda rows: "".join(json.dumps(r) + "\n" for r in rows).encode()))
+)
 def test_jsonl_loader_returns_examples_or_a_one_line_error(content):
     examples = load(content, ".jsonl")
     if examples is not None:
@@ -68,21 +77,21 @@ def test_extract_number_never_raises_and_returns_a_number(text):
 
 
 @FAST
-@given(st.integers(-10**9, 10**9), st.text(alphabet="abc .\n", max_size=20))
+@given(st.integers(-(10**9), 10**9), st.text(alphabet="abc .\n", max_size=20))
 def test_numbers_round_trip_through_the_final_answer_phrase(n, noise):
     assert extract_number(f"{noise} 7 apples. The final answer is {n:,}") == str(n)
     assert numbers_equal(f"{n}.0", str(n))
 
 
-probabilities = arrays(np.float64, st.tuples(st.integers(1, 30), st.integers(2, 5)),
-                       elements=st.floats(0, 1)).map(lambda a: (a + 1e-9) / (a + 1e-9).sum(1, keepdims=True))
+probabilities = arrays(np.float64, st.tuples(st.integers(1, 30), st.integers(2, 5)), elements=st.floats(0, 1)).map(
+    lambda a: (a + 1e-9) / (a + 1e-9).sum(1, keepdims=True)
+)
 
 
 @FAST
 @given(probabilities, st.data())
 def test_calibration_metrics_stay_in_range(probs, data):
-    labels = np.array(data.draw(st.lists(st.integers(0, probs.shape[1] - 1), min_size=len(probs),
-                                         max_size=len(probs))))
+    labels = np.array(data.draw(st.lists(st.integers(0, probs.shape[1] - 1), min_size=len(probs), max_size=len(probs))))
     assert 0 <= metrics.ece(probs, labels) <= 1
     assert 0 <= metrics.brier(probs, labels) <= 2
     assert ((metrics.wrong_confidence(probs, labels) >= 0) & (metrics.wrong_confidence(probs, labels) <= 1)).all()
@@ -100,8 +109,11 @@ def test_auc_is_between_the_worst_and_best_round_and_ripl_has_the_sign_of_the_ga
     assert abs(metrics.ripl(100.0, random_auc) - 100.0) < 1e-9
 
 
-logliks = arrays(np.float64, st.tuples(st.integers(1, 8), st.integers(1, 4), st.integers(2, 4)),
-                 elements=st.one_of(st.floats(-1e6, 0), st.just(-np.inf)))
+logliks = arrays(
+    np.float64,
+    st.tuples(st.integers(1, 8), st.integers(1, 4), st.integers(2, 4)),
+    elements=st.one_of(st.floats(-1e6, 0), st.just(-np.inf)),
+)
 
 
 @FAST
@@ -110,14 +122,16 @@ def test_label_measures_are_finite_and_in_range(ll):
     p = U.label_distribution(ll)
     assert np.isfinite(p).all() and np.allclose(p.sum(-1), 1)
     c = ll.shape[-1]
-    for value, top in ((U.least_confidence(p), 1), (U.margin(p), 1), (U.entropy(p), np.log(c)),
-                       (U.bald(p), np.log(c))):
+    for value, top in ((U.least_confidence(p), 1), (U.margin(p), 1), (U.entropy(p), np.log(c)), (U.bald(p), np.log(c))):
         assert np.isfinite(value).all() and (value >= -1e-12).all() and (value <= top + 1e-9).all()
 
 
 @FAST
-@given(arrays(np.float64, st.integers(0, 20), elements=st.floats(-1e12, 1e12)), st.sampled_from(["minmax", "rank"]),
-       st.floats(0, 1))
+@given(
+    arrays(np.float64, st.integers(0, 20), elements=st.floats(-1e12, 1e12)),
+    st.sampled_from(["minmax", "rank"]),
+    st.floats(0, 1),
+)
 def test_normalised_and_mixed_scores_are_finite_and_in_the_unit_interval(x, method, lam):
     for values in (U.normalise(x, method), U.star_mix(x, x[::-1], lam, method)):
         assert np.isfinite(values).all() and (values >= 0).all() and (values <= 1 + 1e-12).all()
@@ -125,19 +139,65 @@ def test_normalised_and_mixed_scores_are_finite_and_in_the_unit_interval(x, meth
 
 # ---------------------------------------------------------------- the run command's options
 
-OPTIONS = ["--init-size", "--query-size", "--rounds", "--epochs", "--batch-size", "--lr", "--lora-r", "--lora-alpha",
-           "--lora-dropout", "--b-decay", "--k", "--schedule", "--normalisation", "--max-new-tokens",
-           "--max-prompt-tokens", "--candidate-subsample", "--probe-size", "--fewshot", "--test-size", "--precision",
-           "--strategy", "--mode", "--target", "--seed", "--protocol"]
+OPTIONS = [
+    "--init-size",
+    "--query-size",
+    "--rounds",
+    "--epochs",
+    "--batch-size",
+    "--lr",
+    "--lora-r",
+    "--lora-alpha",
+    "--lora-dropout",
+    "--b-decay",
+    "--k",
+    "--schedule",
+    "--normalisation",
+    "--max-new-tokens",
+    "--max-prompt-tokens",
+    "--candidate-subsample",
+    "--probe-size",
+    "--fewshot",
+    "--test-size",
+    "--precision",
+    "--strategy",
+    "--mode",
+    "--target",
+    "--seed",
+    "--protocol",
+]
 option_value = st.one_of(
-    st.integers(-3, 70).map(str), st.floats(allow_nan=True, allow_infinity=True).map(str),
-    st.sampled_from(["linear", "exp:2:0.5", "constant:1.5", "cosine", "rank", "bf16", "fp8", "bald", "star-me",
-                     "full", "reference", "quick", "cpu", "paper", "", "1e-3", "-0"]),
-    st.text(max_size=6))
+    st.integers(-3, 70).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+    st.sampled_from(
+        [
+            "linear",
+            "exp:2:0.5",
+            "constant:1.5",
+            "cosine",
+            "rank",
+            "bf16",
+            "fp8",
+            "bald",
+            "star-me",
+            "full",
+            "reference",
+            "quick",
+            "cpu",
+            "paper",
+            "",
+            "1e-3",
+            "-0",
+        ]
+    ),
+    st.text(max_size=6),
+)
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(OPTIONS), option_value), max_size=4), st.sampled_from(["new", "file", "proc"]))
+@given(
+    st.lists(st.tuples(st.sampled_from(OPTIONS), option_value), max_size=4), st.sampled_from(["new", "file", "proc"])
+)
 def test_run_options_exit_0_or_2_in_one_line_and_write_nothing(options, out_kind):
     """Arbitrary option values through the real parser, resolve and the dry run (data, model and folder checked):
     exit 0 or 2, a one-line message, never a traceback, and nothing written."""
@@ -151,9 +211,28 @@ def test_run_options_exit_0_or_2_in_one_line_and_write_nothing(options, out_kind
         (d / "file").write_text("x")
         out = {"new": str(d / "out"), "file": str(d / "file"), "proc": "/proc/starlora-no-such/out"}[out_kind]
         before = sorted(p.name for p in d.iterdir())
-        argv = ["run", "--model", "tiny-random", "--task", "boolq", "--train-file", str(d / "pool.jsonl"),
-                "--test-file", str(d / "test.jsonl"), "--init-size", "4", "--query-size", "4", "--rounds", "2",
-                "--probe-size", "4", "--dry-run", "--out", out]
+        argv = [
+            "run",
+            "--model",
+            "tiny-random",
+            "--task",
+            "boolq",
+            "--train-file",
+            str(d / "pool.jsonl"),
+            "--test-file",
+            str(d / "test.jsonl"),
+            "--init-size",
+            "4",
+            "--query-size",
+            "4",
+            "--rounds",
+            "2",
+            "--probe-size",
+            "4",
+            "--dry-run",
+            "--out",
+            out,
+        ]
         for flag, value in options:
             argv += [f"{flag}={value}"]  # '=' keeps values like '-3' from reading as flags
         err = io.StringIO()

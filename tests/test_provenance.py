@@ -15,8 +15,9 @@ from starlora.provenance import code_revision, revision_label, source_sha256
 
 
 def git(top, *args):
-    subprocess.run(["git", "-C", str(top), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(top), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True, capture_output=True
+    )
 
 
 @pytest.fixture
@@ -55,8 +56,11 @@ def test_a_checkout_records_its_commit_and_only_code_changes_make_it_dirty(check
     (checkout / ".gitignore").write_text("__pycache__/\n")
     code_revision.cache_clear()
     assert code_revision(checkout / "pkg") == clean
-    for path, text in [("pkg/__init__.py", "x = 2\n"), ("pyproject.toml", "[project]\nname = 'p'\n"),
-                       ("constraints.txt", "torch==2\n")]:
+    for path, text in [
+        ("pkg/__init__.py", "x = 2\n"),
+        ("pyproject.toml", "[project]\nname = 'p'\n"),
+        ("constraints.txt", "torch==2\n"),
+    ]:
         (checkout / path).write_text(text)
         code_revision.cache_clear()
         dirty = code_revision(checkout / "pkg")
@@ -96,11 +100,13 @@ def test_this_checkout_and_versions_record_the_revision():
 def test_a_sweep_resuming_on_other_code_says_so(tmp_path, caplog, monkeypatch):
     cfg = resolve("paper", task="boolq", strategy="random", rounds=3)
     jobs = {}
-    for name, stored, rounds, finished in [("old", {"commit": "a" * 40, "dirty": False}, 1, False),
-                                           ("same", code_revision(), 1, False),
-                                           ("unrecorded", None, 2, False),
-                                           ("finished", {"commit": "b" * 40, "dirty": False}, 3, True),
-                                           ("fresh", {"commit": "c" * 40, "dirty": False}, 0, False)]:
+    for name, stored, rounds, finished in [
+        ("old", {"commit": "a" * 40, "dirty": False}, 1, False),
+        ("same", code_revision(), 1, False),
+        ("unrecorded", None, 2, False),
+        ("finished", {"commit": "b" * 40, "dirty": False}, 3, True),
+        ("fresh", {"commit": "c" * 40, "dirty": False}, 0, False),
+    ]:
         folder = tmp_path / name
         folder.mkdir()
         versions = {"starlora": "x", **({"revision": stored} if stored else {})}
@@ -115,10 +121,12 @@ def test_a_sweep_resuming_on_other_code_says_so(tmp_path, caplog, monkeypatch):
         S.sweep(list(jobs.values()))
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     current = revision_label(code_revision())
-    assert warned == [f"{jobs['old'].folder}: resuming on code revision {current}; its finished rounds were made by "
-                      "aaaaaaa (the report will flag the mix)",
-                      f"{jobs['unrecorded'].folder}: resuming on code revision {current}; its finished rounds were "
-                      "made by unrecorded (the report will flag the mix)"]
+    assert warned == [
+        f"{jobs['old'].folder}: resuming on code revision {current}; its finished rounds were made by "
+        "aaaaaaa (the report will flag the mix)",
+        f"{jobs['unrecorded'].folder}: resuming on code revision {current}; its finished rounds were "
+        "made by unrecorded (the report will flag the mix)",
+    ]
     assert len(ran) == 5  # warned, not refused
 
 

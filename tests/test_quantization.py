@@ -14,8 +14,9 @@ from starlora.scoring import score  # noqa: E402
 from starlora.tasks import get_task  # noqa: E402
 from starlora.training import TrainSettings, attach_lora, encode_examples, training_batch  # noqa: E402
 
-EXAMPLES = [Example(f"e{i}", f"Question: is {i} even?\nAnswer:", ["no", "yes"][i % 2], ["no", "yes"][i % 2])
-            for i in range(8)]
+EXAMPLES = [
+    Example(f"e{i}", f"Question: is {i} even?\nAnswer:", ["no", "yes"][i % 2], ["no", "yes"][i % 2]) for i in range(8)
+]
 SETTINGS = TrainSettings(lora_r=4, lora_alpha=8, lora_dropout=0.0, seed=1)
 
 
@@ -71,7 +72,7 @@ def test_memory_estimate_counts_quantized_projections():
 
     seven_b = LlamaConfig()  # Llama-2-7B: 32 layers x (4 x 4096² + 3 x 4096 x 11008) projection weights
     projections = projection_parameters(seven_b)
-    assert projections == 32 * (4 * 4096 ** 2 + 3 * 4096 * 11008)
+    assert projections == 32 * (4 * 4096**2 + 3 * 4096 * 11008)
     bf16 = estimate(resolve(dtype="bf16"), seven_b)
     nf4 = estimate(resolve(dtype="bf16", quantization="4bit"), seven_b)
     assert bf16.weights - nf4.weights == int(projections * (2 - 0.5625))

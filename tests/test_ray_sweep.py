@@ -34,23 +34,43 @@ def ray_address():
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ray")
-    rows = [{"question": f"Question: is item {i} {'red' if i % 3 else 'blue'}?\nAnswer:",
-             "answer": "true" if i % 3 else "false"} for i in range(44)]
+    rows = [
+        {
+            "question": f"Question: is item {i} {'red' if i % 3 else 'blue'}?\nAnswer:",
+            "answer": "true" if i % 3 else "false",
+        }
+        for i in range(44)
+    ]
     (folder / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:32]))
     (folder / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[32:]))
-    config = dict(model="tiny-random", task="boolq", train_file=str(folder / "pool.jsonl"),
-                  test_file=str(folder / "test.jsonl"), init_size=4, query_size=4, rounds=ROUNDS, epochs=1, lora_r=4,
-                  probe_size=4, fewshot=0, score_batch_size=16, precision="fp32")
-    (folder / "grid.yaml").write_text(json.dumps(
-        {"tasks": ["boolq"], "strategies": ["random", "star-me"], "seeds": [0], "config": config}))
+    config = dict(
+        model="tiny-random",
+        task="boolq",
+        train_file=str(folder / "pool.jsonl"),
+        test_file=str(folder / "test.jsonl"),
+        init_size=4,
+        query_size=4,
+        rounds=ROUNDS,
+        epochs=1,
+        lora_r=4,
+        probe_size=4,
+        fewshot=0,
+        score_batch_size=16,
+        precision="fp32",
+    )
+    (folder / "grid.yaml").write_text(
+        json.dumps({"tasks": ["boolq"], "strategies": ["random", "star-me"], "seeds": [0], "config": config})
+    )
     return folder
 
 
 def results(folder):
     """Every run's rounds and summary, timings and the code revision aside (other work may change the source tree
     between two sweeps of a test; the revision is not a result)."""
-    return {name: (rounds, {k: v for k, v in summary.items() if k != "revision"})
-            for name, (rounds, summary) in run_results(folder).items()}
+    return {
+        name: (rounds, {k: v for k, v in summary.items() if k != "revision"})
+        for name, (rounds, summary) in run_results(folder).items()
+    }
 
 
 def jobs(grid, out):
@@ -76,8 +96,9 @@ def run_workers():
     return [p for p in psutil.Process().children(recursive=True) if p.name().startswith("ray::run_job")]
 
 
-def test_ray_runs_give_the_local_results_and_a_failed_run_is_retried_by_the_next_sweep(ray_address, grid, expected,
-                                                                                      caplog):
+def test_ray_runs_give_the_local_results_and_a_failed_run_is_retried_by_the_next_sweep(
+    ray_address, grid, expected, caplog
+):
     import dataclasses
 
     good = jobs(grid, "ray")
@@ -85,8 +106,7 @@ def test_ray_runs_give_the_local_results_and_a_failed_run_is_retried_by_the_next
     broken = S.Job(dataclasses.replace(good[0].cfg, seed=1, train_file=str(late)), grid / "ray/boolq/random/seed1")
     with pytest.raises(StarloraError, match=r"^1 of 3 run\(s\) failed: .*seed1.*late.jsonl"):
         S.sweep([*good, broken], backend="ray", cpus_per_run=1)
-    assert any("seed1: failed" in r.message and "re-running the sweep retries it" in r.message
-               for r in caplog.records)
+    assert any("seed1: failed" in r.message and "re-running the sweep retries it" in r.message for r in caplog.records)
     assert results(grid / "ray") == expected  # identical: rounds (selections, losses, accuracies) and summaries
     finished = {j.folder: (j.folder / "rounds.jsonl").stat().st_mtime_ns for j in good}
     late.write_text((grid / "pool.jsonl").read_text())
@@ -115,8 +135,22 @@ def test_a_killed_worker_is_re_run_and_its_run_resumes(ray_address, grid, expect
 @pytest.mark.ci  # ~60 s on 2 cores: two whole sweeps in fresh processes
 def test_a_killed_sweep_resumes_with_the_uninterrupted_results(ray_address, grid, expected):
     out = grid / "killed-sweep"
-    command = [sys.executable, "-m", "starlora", "sweep", "--grid", str(grid / "grid.yaml"), "--out", str(out),
-               "--backend", "ray", "--address", ray_address, "--cpus-per-run", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "starlora",
+        "sweep",
+        "--grid",
+        str(grid / "grid.yaml"),
+        "--out",
+        str(out),
+        "--backend",
+        "ray",
+        "--address",
+        ray_address,
+        "--cpus-per-run",
+        "1",
+    ]
     env = {**os.environ, "STARLORA_NO_PROGRESS": "1"}
     log = grid / "killed-sweep.log"
     first = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=log.open("w"))
@@ -156,6 +190,8 @@ def test_ray_options_are_checked_before_any_run(grid, monkeypatch, capsys):
 def test_a_folder_the_worker_cannot_see_is_named(tmp_path):
     from starlora.ray_backend import run_job
 
-    with pytest.raises(StarloraError, match="is not visible on node .*: the sweep folder must be on storage every "
-                                            "node mounts at the same path"):
+    with pytest.raises(
+        StarloraError,
+        match="is not visible on node .*: the sweep folder must be on storage every node mounts at the same path",
+    ):
         run_job(None, str(tmp_path / "out/boolq/random/seed0"), (), str(tmp_path), str(tmp_path / "out"), 1)

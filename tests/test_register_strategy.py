@@ -20,7 +20,7 @@ DOC = Path(__file__).parents[1] / "docs" / "architecture.md"
 
 def example_code() -> str:
     text = DOC.read_text(encoding="utf-8")
-    section = text[text.index("## Adding a strategy"):]
+    section = text[text.index("## Adding a strategy") :]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -37,10 +37,41 @@ def test_the_documented_strategy_runs_end_to_end(tmp_path, monkeypatch, capsys, 
     monkeypatch.setenv("STARLORA_PLUGINS", str(plugin))
     paths = separated_inputs(tmp_path, 40, 8)
     out = tmp_path / "run"
-    main(["run", "--task", "boolq", "--model", paths["model"], "--train-file", paths["train_file"], "--test-file",
-          paths["test_file"], "--strategy", "margin-diverse", "--init-size", "6", "--query-size", "5", "--rounds", "3",
-          "--epochs", "1", "--batch-size", "4", "--lora-r", "4", "--probe-size", "4", "--fewshot", "0",
-          "--precision", "fp32", "--out", str(out)])
+    main(
+        [
+            "run",
+            "--task",
+            "boolq",
+            "--model",
+            paths["model"],
+            "--train-file",
+            paths["train_file"],
+            "--test-file",
+            paths["test_file"],
+            "--strategy",
+            "margin-diverse",
+            "--init-size",
+            "6",
+            "--query-size",
+            "5",
+            "--rounds",
+            "3",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--lora-r",
+            "4",
+            "--probe-size",
+            "4",
+            "--fewshot",
+            "0",
+            "--precision",
+            "fp32",
+            "--out",
+            str(out),
+        ]
+    )
     rounds = read_jsonl(out / "rounds.jsonl")
     assert [len(r["selected"]) for r in rounds] == [5, 5, 0]
     labeled = [i for r in rounds for i in r["added"]]

@@ -25,9 +25,32 @@ from starlora.tokens import encode_prompt
 from starlora.tasks import get_task
 from starlora.training import TrainSettings, attach_lora
 
-RUN = ["--model", "tiny-random", "--task", "boolq", "--strategy", "star-me", "--init-size", "6", "--query-size", "6",
-       "--rounds", "4", "--epochs", "2", "--lora-r", "4", "--probe-size", "8", "--score-batch-size", "8",
-       "--batch-size", "4", "--fewshot", "2"]
+RUN = [
+    "--model",
+    "tiny-random",
+    "--task",
+    "boolq",
+    "--strategy",
+    "star-me",
+    "--init-size",
+    "6",
+    "--query-size",
+    "6",
+    "--rounds",
+    "4",
+    "--epochs",
+    "2",
+    "--lora-r",
+    "4",
+    "--probe-size",
+    "8",
+    "--score-batch-size",
+    "8",
+    "--batch-size",
+    "4",
+    "--fewshot",
+    "2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +58,20 @@ def data(tmp_path_factory):
     d = tmp_path_factory.mktemp("data")
     rng = random.Random(1)
     for name, n in (("train", 40), ("test", 10)):
-        (d / f"{name}.jsonl").write_text("".join(
-            json.dumps({"id": f"{name}{i}", "question": f"Is {rng.choice(['a cat', 'the sea', 'fire'])} number {i} "
-                        f"{rng.choice(['wet', 'hot'])}?\nAnswer:", "answer": rng.choice(["true", "false"])}) + "\n"
-            for i in range(n)))
+        (d / f"{name}.jsonl").write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "id": f"{name}{i}",
+                        "question": f"Is {rng.choice(['a cat', 'the sea', 'fire'])} number {i} "
+                        f"{rng.choice(['wet', 'hot'])}?\nAnswer:",
+                        "answer": rng.choice(["true", "false"]),
+                    }
+                )
+                + "\n"
+                for i in range(n)
+            )
+        )
     return d
 
 
@@ -83,9 +116,21 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(data,
 
 
 def test_same_seed_same_everything_run_after_run(data, tmp_path):
-    cfg = resolve("paper", model="tiny-random", task="boolq", train_file=str(data / "train.jsonl"),
-                  test_file=str(data / "test.jsonl"), init_size=6, query_size=6, rounds=3, epochs=1, lora_r=4,
-                  probe_size=8, fewshot=0, score_batch_size=8)
+    cfg = resolve(
+        "paper",
+        model="tiny-random",
+        task="boolq",
+        train_file=str(data / "train.jsonl"),
+        test_file=str(data / "test.jsonl"),
+        init_size=6,
+        query_size=6,
+        rounds=3,
+        epochs=1,
+        lora_r=4,
+        probe_size=8,
+        fewshot=0,
+        score_batch_size=8,
+    )
     a, b = run(cfg, tmp_path / "a"), run(cfg, tmp_path / "b")
     assert a == b
     assert strip(read_jsonl(tmp_path / "a" / "rounds.jsonl")) == strip(read_jsonl(tmp_path / "b" / "rounds.jsonl"))
@@ -94,14 +139,29 @@ def test_same_seed_same_everything_run_after_run(data, tmp_path):
     for name in ("scores/round_0.jsonl", "scores/round_1.jsonl", "probe/round_2.json", "base_scores.jsonl"):
         assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text(), name
     other = run(resolve("paper", **{**cfg.__dict__, "seed": 1}), tmp_path / "c")
-    assert read_jsonl(tmp_path / "c" / "rounds.jsonl")[0]["added"] != read_jsonl(tmp_path / "a" / "rounds.jsonl")[0]["added"]
+    assert (
+        read_jsonl(tmp_path / "c" / "rounds.jsonl")[0]["added"]
+        != read_jsonl(tmp_path / "a" / "rounds.jsonl")[0]["added"]
+    )
     assert other["seed"] == 1
 
 
 def test_a_full_disk_keeps_the_state_as_it_was_and_the_run_resumes(data, tmp_path, monkeypatch):
-    cfg = resolve("paper", model="tiny-random", task="boolq", train_file=str(data / "train.jsonl"),
-                  test_file=str(data / "test.jsonl"), init_size=6, query_size=6, rounds=3, epochs=1, lora_r=4,
-                  probe_size=8, fewshot=0, score_batch_size=8)
+    cfg = resolve(
+        "paper",
+        model="tiny-random",
+        task="boolq",
+        train_file=str(data / "train.jsonl"),
+        test_file=str(data / "test.jsonl"),
+        init_size=6,
+        query_size=6,
+        rounds=3,
+        epochs=1,
+        lora_r=4,
+        probe_size=8,
+        fewshot=0,
+        score_batch_size=8,
+    )
     real_fsync, writes = F.os.fsync, []
 
     def fsync(fd):  # the disk fills up while round 1's line is being written
@@ -129,8 +189,12 @@ def project_with_labels(data, folder):
     query_file = P.query(folder, 8)
     gold = {json.loads(line)["id"]: json.loads(line)["answer"] for line in (data / "train.jsonl").open()}
     answers = folder.parent / f"{folder.name}-answers.jsonl"
-    answers.write_text("".join(json.dumps({"id": json.loads(line)["id"], "answer": gold[json.loads(line)["id"]]})
-                               + "\n" for line in query_file.read_text().splitlines()))
+    answers.write_text(
+        "".join(
+            json.dumps({"id": json.loads(line)["id"], "answer": gold[json.loads(line)["id"]]}) + "\n"
+            for line in query_file.read_text().splitlines()
+        )
+    )
     return answers
 
 

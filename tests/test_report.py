@@ -12,18 +12,38 @@ from starlora.reporting import heatmap, report
 
 def fake_run(folder, strategy, seed, curve, config=True, probe=None, **settings):
     """A finished run folder as `starlora run` writes it: config.json, rounds.jsonl, summary.json (and probe/)."""
-    settings = {"task": "boolq", "model": "a", "data": "embedded", "train_file": None, "init_size": 4,
-                "query_size": 4, "rounds": len(curve), **settings}
+    settings = {
+        "task": "boolq",
+        "model": "a",
+        "data": "embedded",
+        "train_file": None,
+        "init_size": 4,
+        "query_size": 4,
+        "rounds": len(curve),
+        **settings,
+    }
     folder.mkdir(parents=True)
     if config:
         cfg = {**settings, "strategy": strategy, "seed": seed}
         (folder / "config.json").write_text(json.dumps({"config": cfg, "versions": {"starlora": "test"}}))
     n_labeled = [settings["init_size"] + settings["query_size"] * t for t in range(len(curve))]
-    (folder / "rounds.jsonl").write_text("".join(json.dumps({"round": t, "n_labeled": n, "accuracy": a}) + "\n"
-                                                 for t, (n, a) in enumerate(zip(n_labeled, curve))))
-    summary = {"task": settings["task"], "strategy": strategy, "seed": seed, "model": settings["model"],
-               "curve": curve, "n_labeled": n_labeled, "auc": metrics.auc(curve), "final_accuracy": curve[-1],
-               "probe_measure": "me"}
+    (folder / "rounds.jsonl").write_text(
+        "".join(
+            json.dumps({"round": t, "n_labeled": n, "accuracy": a}) + "\n"
+            for t, (n, a) in enumerate(zip(n_labeled, curve))
+        )
+    )
+    summary = {
+        "task": settings["task"],
+        "strategy": strategy,
+        "seed": seed,
+        "model": settings["model"],
+        "curve": curve,
+        "n_labeled": n_labeled,
+        "auc": metrics.auc(curve),
+        "final_accuracy": curve[-1],
+        "probe_measure": "me",
+    }
     (folder / "summary.json").write_text(json.dumps(summary))
     if probe:
         (folder / "probe").mkdir()
@@ -50,8 +70,11 @@ def test_ripl_is_against_the_random_runs_of_the_same_model(tmp_path):
     assert "| boolq | model=b | star-me | 1 | 82.00 ± 0.00 | 82.00 ± 0.00 | 10.00 ± 0.00 | +2.00 | 1/1 |" in md
     assert "random runs of the same group" in md
     pngs = {p.name for p in (tmp_path / "report").glob("*.png")}
-    assert {"learning_curves_boolq_model-a.png", "learning_curves_boolq_model-b.png",
-            "delta_auc_boolq_model-b.png"} <= pngs
+    assert {
+        "learning_curves_boolq_model-a.png",
+        "learning_curves_boolq_model-b.png",
+        "delta_auc_boolq_model-b.png",
+    } <= pngs
     assert "learning_curves_boolq.png" not in pngs and "delta_auc_boolq_model-a.png" not in pngs
 
 
@@ -63,8 +86,11 @@ def test_protocol_values_and_data_files_make_separate_groups(tmp_path):
     rows = report([tmp_path], tmp_path / "report")
     # same file name in two folders: the label keeps the whole path so the groups stay apart
     groups = {r["group"] for r in rows}
-    assert groups == {"init_size=4, train_file=/data/x/pool.jsonl", "init_size=8, train_file=/data/x/pool.jsonl",
-                      "init_size=8, train_file=/data/y/pool.jsonl"}
+    assert groups == {
+        "init_size=4, train_file=/data/x/pool.jsonl",
+        "init_size=8, train_file=/data/x/pool.jsonl",
+        "init_size=8, train_file=/data/y/pool.jsonl",
+    }
     small = row(rows, "pe", "init_size=4, train_file=/data/x/pool.jsonl")
     assert small["ripl"]["mean"] == pytest.approx(10.0)  # AUC 59.5 against 55
     assert row(rows, "pe", "init_size=8, train_file=/data/y/pool.jsonl")["ripl"] is None  # no random run there
@@ -77,8 +103,10 @@ def test_group_without_random_runs_shows_na_and_says_why(tmp_path):
     star = row(rows, "star-me")
     assert star["ripl"] is None and star["delta_auc"] is None
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "| boolq | model=c | star-me | 1 | 90.00 ± 0.00 | 90.00 ± 0.00 | n/a (no random runs) | " \
-           "n/a (no random runs) | — |" in md
+    assert (
+        "| boolq | model=c | star-me | 1 | 90.00 ± 0.00 | 90.00 ± 0.00 | n/a (no random runs) | "
+        "n/a (no random runs) | — |" in md
+    )
     assert "n/a (no random runs): the group has no random runs" in md
 
 
@@ -169,7 +197,17 @@ def test_runs_from_before_an_option_group_with_runs_that_store_its_old_value():
     from starlora.reporting import group_key
 
     old = {"config": {"task": "sst2", "strategy": "me", "seed": 0, "lr": 1e-3}}
-    new = {"config": {"task": "sst2", "strategy": "random", "seed": 0, "lr": 1e-3, "dtype": "fp32",
-                      "gradient_accumulation_steps": 1, "gradient_checkpointing": False, "quantization": "none"}}
+    new = {
+        "config": {
+            "task": "sst2",
+            "strategy": "random",
+            "seed": 0,
+            "lr": 1e-3,
+            "dtype": "fp32",
+            "gradient_accumulation_steps": 1,
+            "gradient_checkpointing": False,
+            "quantization": "none",
+        }
+    }
     assert group_key(old) == group_key(new)
     assert group_key(old) != group_key({"config": {**new["config"], "dtype": "bf16"}})

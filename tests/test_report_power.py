@@ -28,15 +28,20 @@ def stamp(folder, started=None, finished=None):
     (folder / "summary.json").write_text(json.dumps(summary))
 
 
-A, B = {"commit": "a" * 40, "dirty": False, "source_sha256": "1" * 64}, {"commit": "b" * 40, "dirty": True,
-                                                                         "source_sha256": "2" * 64}
+A, B = (
+    {"commit": "a" * 40, "dirty": False, "source_sha256": "1" * 64},
+    {"commit": "b" * 40, "dirty": True, "source_sha256": "2" * 64},
+)
 
 
 def study(tmp_path, revision=A):
     """Three seeds: random flat at 70; me +1, +2, +3 (flat curves: AUC = the level); pe gains only in round 1."""
     for seed, gain in enumerate([1.0, 2.0, 3.0]):
-        for strategy, curve in [("random", [70.0, 70.0, 70.0]), ("me", [70.0 + gain] * 3),
-                                ("pe", [70.0, 70.0 + 2 * gain, 70.0])]:
+        for strategy, curve in [
+            ("random", [70.0, 70.0, 70.0]),
+            ("me", [70.0 + gain] * 3),
+            ("pe", [70.0, 70.0 + 2 * gain, 70.0]),
+        ]:
             stamp(fake_run(tmp_path / strategy / f"seed{seed}", strategy, seed, curve), revision, revision)
     return tmp_path
 
@@ -56,11 +61,15 @@ def test_paired_tests_what_the_seeds_detect_and_holm(tmp_path):
         assert t["seeds_needed"] == {1.0: metrics.seeds_needed(1.0, 1.0), 2.0: metrics.seeds_needed(2.0, 1.0)}
     assert "tests" not in row(rows, "random") or not row(rows, "random").get("tests")
     md = (tmp_path / "r" / "report.md").read_text()
-    assert ("| task | strategy | pairs | ΔAUC vs random [95% CI] | p (t) | p (t, Holm) | p (sign) | sd of Δ | "
-            "MDE (80% power) | seeds for ΔAUC 1 | seeds for ΔAUC 2 |") in md
-    assert (f"| boolq | me | 3 | +2.00 [{me['delta_auc']['low']:+.2f}, {me['delta_auc']['high']:+.2f}] | "
-            f"{me['tests']['p_t']:.3f} | {me['tests']['p_holm']:.3f} | 0.250 | 1.00 | {me['tests']['mde']:.2f} | "
-            f"{metrics.seeds_needed(1.0, 1.0)} | {metrics.seeds_needed(2.0, 1.0)} |") in md
+    assert (
+        "| task | strategy | pairs | ΔAUC vs random [95% CI] | p (t) | p (t, Holm) | p (sign) | sd of Δ | "
+        "MDE (80% power) | seeds for ΔAUC 1 | seeds for ΔAUC 2 |"
+    ) in md
+    assert (
+        f"| boolq | me | 3 | +2.00 [{me['delta_auc']['low']:+.2f}, {me['delta_auc']['high']:+.2f}] | "
+        f"{me['tests']['p_t']:.3f} | {me['tests']['p_holm']:.3f} | 0.250 | 1.00 | {me['tests']['mde']:.2f} | "
+        f"{metrics.seeds_needed(1.0, 1.0)} | {metrics.seeds_needed(2.0, 1.0)} |"
+    ) in md
     with open(tmp_path / "r" / "tests.csv") as f:
         lines = {r["strategy"]: r for r in csv.DictReader(f)}
     assert float(lines["me"]["p_holm"]) == pytest.approx(me["tests"]["p_holm"])
@@ -93,8 +102,10 @@ def test_per_round_paired_differences_table_csv_and_plot(tmp_path):
     assert math.isnan(pe[0]["p_t"]) and pe[0]["wins"] == 0  # no difference at all in round 0: nothing to test
     md = (tmp_path / "r" / "report.md").read_text()
     assert "## Per-round paired differences" in md
-    assert (f"| boolq | pe | 1 | 8 | +4.00 [{pe[1]['low']:+.2f}, {pe[1]['high']:+.2f}] | {pe[1]['p_t']:.3f} | "
-            f"{pe[1]['p_holm']:.3f} | 3/3 |") in md
+    assert (
+        f"| boolq | pe | 1 | 8 | +4.00 [{pe[1]['low']:+.2f}, {pe[1]['high']:+.2f}] | {pe[1]['p_t']:.3f} | "
+        f"{pe[1]['p_holm']:.3f} | 3/3 |"
+    ) in md
     with open(tmp_path / "r" / "per_round.csv") as f:
         lines = [r for r in csv.DictReader(f) if r["strategy"] == "pe"]
     assert [float(r["delta_mean"]) for r in lines] == pytest.approx([0, 4, 0])
@@ -127,10 +138,13 @@ def test_report_shows_revisions_and_warns_when_a_group_mixes_them(tmp_path):
     stamp(tmp_path / "pe" / "seed2", A, B)  # one run resumed on other code
     fake_run(tmp_path / "old" / "me", "me", 3, [71.0] * 3)  # made before revisions were recorded
     fake_run(tmp_path / "old" / "random", "random", 3, [70.0] * 3)
-    with pytest.warns(StarloraWarning, match=r"boolq: the compared runs come from 4 code revisions \(aaaaaaa: 7 runs, "
-                                             r"unrecorded: 2 runs, aaaaaaa→bbbbbbb\+dirty:22222222: 1 run, "
-                                             r"bbbbbbb\+dirty:22222222: 1 run\): a difference between strategies "
-                                             r"may be a difference between code"):
+    with pytest.warns(
+        StarloraWarning,
+        match=r"boolq: the compared runs come from 4 code revisions \(aaaaaaa: 7 runs, "
+        r"unrecorded: 2 runs, aaaaaaa→bbbbbbb\+dirty:22222222: 1 run, "
+        r"bbbbbbb\+dirty:22222222: 1 run\): a difference between strategies "
+        r"may be a difference between code",
+    ):
         rows = report([tmp_path], tmp_path / "r")
     assert row(rows, "me")["revisions"] == {"aaaaaaa": 2, "bbbbbbb+dirty:22222222": 1, "unrecorded": 1}
     assert row(rows, "pe")["revisions"] == {"aaaaaaa": 2, "aaaaaaa→bbbbbbb+dirty:22222222": 1}

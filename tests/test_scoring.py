@@ -29,7 +29,7 @@ def explicit_pass(model, tok, prompt, candidates, seed):
     out = []
     for a in answers:
         ids = torch.zeros(1, width, dtype=torch.long)
-        ids[0, :len(p) + len(a)] = torch.tensor(p + a)
+        ids[0, : len(p) + len(a)] = torch.tensor(p + a)
         mask = (torch.arange(width) < len(p) + len(a)).long()[None]
         with lora_sampling(model, True), swap_lora_dropout(model, GroupDropout) as drops:
             for d in drops:
@@ -45,16 +45,22 @@ def test_one_mc_pass_is_one_network_for_all_candidates_of_an_example():
     model, tok = lora_model(dropout=0.3)
     assert any(len(encode_answer(tok, c, 128)) > 1 for c in WORDS.candidates)  # the pair path, not the one-token one
     k, seed = 3, 7
-    got = score(model, tok, WORDS, EXAMPLES, passes=k, mc_dropout=True, seed=seed, settings=ScoringSettings(batch_size=4))
+    got = score(
+        model, tok, WORDS, EXAMPLES, passes=k, mc_dropout=True, seed=seed, settings=ScoringSettings(batch_size=4)
+    )
     assert got.pass_probs.shape == (len(EXAMPLES), k, 3)
     for i, ex in enumerate(EXAMPLES):
         for m in range(k):
-            expected = U.label_distribution(explicit_pass(model, tok, ex.prompt, WORDS.candidates, group_seed(seed, i, m)))
+            expected = U.label_distribution(
+                explicit_pass(model, tok, ex.prompt, WORDS.candidates, group_seed(seed, i, m))
+            )
             np.testing.assert_allclose(got.pass_probs[i, m], expected, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(got.measures["bald"], U.bald(got.pass_probs), rtol=1e-12)
     assert (got.measures["bald"] > 0).all()  # the passes differ: dropout is active
     # the masks belong to (example, pass), not to the batching: another batch size gives the same distributions
-    other = score(model, tok, WORDS, EXAMPLES, passes=k, mc_dropout=True, seed=seed, settings=ScoringSettings(batch_size=7))
+    other = score(
+        model, tok, WORDS, EXAMPLES, passes=k, mc_dropout=True, seed=seed, settings=ScoringSettings(batch_size=7)
+    )
     np.testing.assert_allclose(other.pass_probs, got.pass_probs, rtol=1e-5, atol=1e-7)
 
 
@@ -64,10 +70,10 @@ def test_a_prompt_ending_in_a_space_is_joined_with_exactly_one_space():
     spaced = Example("s", "Which is hard? A. rock B. air\nThe correct answer is ", "A", "A")
     plain = Example("p", "Which is hard? A. rock B. air\nThe correct answer is", "A", "A")
     line = Example("n", "Which is hard?\nAnswer:\n", "A", "A")
-    (p, a), = encode_examples(tok, [spaced], TrainSettings())
+    ((p, a),) = encode_examples(tok, [spaced], TrainSettings())
     assert tok.decode(p + a, skip_special_tokens=True) == "Which is hard? A. rock B. air\nThe correct answer is A"
     assert encode_examples(tok, [spaced], TrainSettings()) == encode_examples(tok, [plain], TrainSettings())
-    (p, a), = encode_examples(tok, [line], TrainSettings())
+    ((p, a),) = encode_examples(tok, [line], TrainSettings())
     assert tok.decode(p + a, skip_special_tokens=True) == "Which is hard?\nAnswer:\nA"  # a line break joins alone
     # scoring reads the same tokens as training: both prompts get the same label distribution
     s = score(base, tok, obqa, [spaced, plain], settings=ScoringSettings())

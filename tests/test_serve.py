@@ -26,14 +26,41 @@ GOLD = {f"q{i}": ("true" if i % 3 else "false") for i in range(30)}
 def make_project(folder, *extra):
     """A BoolQ-style project on the tiny model: 30 pool questions (GOLD), 6 held-out."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "pool.jsonl").write_text("".join(
-        json.dumps({"id": i, "question": f"Is item {i[1:]} blue?\nAnswer:"}) + "\n" for i in GOLD))
-    (folder / "test.jsonl").write_text("".join(
-        json.dumps({"id": f"t{i}", "question": f"Is thing {i} blue?\nAnswer:", "answer": "true"}) + "\n"
-        for i in range(6)))
-    assert main(["init", str(folder / "proj"), "--task", "boolq", "--pool", str(folder / "pool.jsonl"), "--test",
-                 str(folder / "test.jsonl"), "--model", "tiny-random", "--rounds", "3", "--epochs", "1",
-                 "--lora-r", "4", "--score-batch-size", "8", *extra]) == 0
+    (folder / "pool.jsonl").write_text(
+        "".join(json.dumps({"id": i, "question": f"Is item {i[1:]} blue?\nAnswer:"}) + "\n" for i in GOLD)
+    )
+    (folder / "test.jsonl").write_text(
+        "".join(
+            json.dumps({"id": f"t{i}", "question": f"Is thing {i} blue?\nAnswer:", "answer": "true"}) + "\n"
+            for i in range(6)
+        )
+    )
+    assert (
+        main(
+            [
+                "init",
+                str(folder / "proj"),
+                "--task",
+                "boolq",
+                "--pool",
+                str(folder / "pool.jsonl"),
+                "--test",
+                str(folder / "test.jsonl"),
+                "--model",
+                "tiny-random",
+                "--rounds",
+                "3",
+                "--epochs",
+                "1",
+                "--lora-r",
+                "4",
+                "--score-batch-size",
+                "8",
+                *extra,
+            ]
+        )
+        == 0
+    )
     return folder / "proj"
 
 
@@ -77,8 +104,7 @@ def test_a_whole_round_through_the_api(client, proj, capsys):
     for k, i in enumerate(ids):
         r = client.post("/api/label", json={"id": i, "answer": GOLD[i]})
         assert r.status_code == 200 and r.json()["labeled"] == k + 1 and r.json()["new"]
-    assert [(r["id"], r["answer"], r["round"]) for r in P.open_project(proj).labels()] == \
-        [(i, GOLD[i], 0) for i in ids]
+    assert [(r["id"], r["answer"], r["round"]) for r in P.open_project(proj).labels()] == [(i, GOLD[i], 0) for i in ids]
     assert client.post("/api/train").status_code == 202
     state = wait_for_job(client)
     assert state["job"]["error"] is None and "adapter trained on 4 labels" in state["job"]["message"]
@@ -90,8 +116,7 @@ def test_a_whole_round_through_the_api(client, proj, capsys):
     assert not set(second) & set(ids)
     assert client.get("/api/state").json()["query"]["lambda"] == pytest.approx(2 / 3)
     # the commands take over where the page left off
-    (proj.parent / "answers.jsonl").write_text("".join(json.dumps({"id": i, "answer": GOLD[i]}) + "\n"
-                                                       for i in second))
+    (proj.parent / "answers.jsonl").write_text("".join(json.dumps({"id": i, "answer": GOLD[i]}) + "\n" for i in second))
     assert main(["label", str(proj), str(proj.parent / "answers.jsonl")]) == 0
     assert main(["status", str(proj)]) == 0
     assert "labeled 8, asked 8, awaiting labels 0" in capsys.readouterr().out
@@ -188,8 +213,10 @@ def test_another_address_needs_the_token(proj, monkeypatch):
     assert TestClient(local, base_url="http://localhost").get("/api/state").status_code == 200
     # serve() makes the token for any other address and prints the URL that carries it
     seen = {}
-    monkeypatch.setattr("starlora.serve.run_server",
-                        lambda app, sock: seen.update(app=app, host=sock.getsockname()[0], port=sock.getsockname()[1]))
+    monkeypatch.setattr(
+        "starlora.serve.run_server",
+        lambda app, sock: seen.update(app=app, host=sock.getsockname()[0], port=sock.getsockname()[1]),
+    )
     logs = []
     monkeypatch.setattr("starlora.serve.logger.info", logs.append)
     serve(proj, host="0.0.0.0", port=0)  # 0: any free port, the one printed
@@ -205,8 +232,11 @@ def test_another_address_needs_the_token(proj, monkeypatch):
 
 def test_another_site_cannot_make_changes(client, proj):
     # a page elsewhere can make the user's browser POST to localhost (CSRF); browsers name the sending site
-    for headers in ({"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"},
-                    {"Origin": "http://evil.example"}):
+    for headers in (
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+        {"Origin": "http://evil.example"},
+    ):
         r = client.post("/api/query", json={"n": 2}, headers=headers)
         assert r.status_code == 403 and "its own page" in r.text
     assert client.get("/api/state", headers={"Sec-Fetch-Site": "cross-site"}).status_code == 200  # reading is fine
@@ -261,8 +291,12 @@ def test_killing_the_server_mid_training_leaves_the_folder_as_the_commands_would
         P.label_one(proj, i, GOLD[i])
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    server = subprocess.Popen([sys.executable, "-m", "starlora", "serve", str(proj), "--port", str(port)], env=env,
-                              stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "starlora", "serve", str(proj), "--port", str(port)],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(600):
@@ -290,10 +324,30 @@ def test_killing_the_server_mid_training_leaves_the_folder_as_the_commands_would
 
 
 def test_an_open_task_takes_free_text_and_keeps_no_guess(tmp_path):
-    (tmp_path / "pool.jsonl").write_text("".join(
-        json.dumps({"id": f"m{i}", "question": f"What is {i} plus {i}?\nAnswer:"}) + "\n" for i in range(8)))
-    assert main(["init", str(tmp_path / "proj"), "--task", "open", "--pool", str(tmp_path / "pool.jsonl"),
-                 "--model", "tiny-random", "--epochs", "1", "--lora-r", "4", "--max-new-tokens", "4"]) == 0
+    (tmp_path / "pool.jsonl").write_text(
+        "".join(json.dumps({"id": f"m{i}", "question": f"What is {i} plus {i}?\nAnswer:"}) + "\n" for i in range(8))
+    )
+    assert (
+        main(
+            [
+                "init",
+                str(tmp_path / "proj"),
+                "--task",
+                "open",
+                "--pool",
+                str(tmp_path / "pool.jsonl"),
+                "--model",
+                "tiny-random",
+                "--epochs",
+                "1",
+                "--lora-r",
+                "4",
+                "--max-new-tokens",
+                "4",
+            ]
+        )
+        == 0
+    )
     client = TestClient(create_app(tmp_path / "proj"), base_url="http://127.0.0.1")
     assert not client.get("/api/state").json()["project"]["closed"]
     ids = queried(client, 2)

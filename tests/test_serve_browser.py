@@ -136,7 +136,9 @@ def test_a_whole_round_in_the_browser(browser, server, held_training, tmp_path):
     wait.until(lambda _: visible("job-card") and "round 0 training" in text("job-text"))
     bar = browser.find_element(By.ID, "job-bar")
     total = int(bar.get_attribute("max"))
-    assert total >= 4 and int(bar.get_attribute("value")) == total // 2 and f"{total // 2} of {total}" in text("job-text")
+    assert (
+        total >= 4 and int(bar.get_attribute("value")) == total // 2 and f"{total // 2} of {total}" in text("job-text")
+    )
     browser.save_screenshot(str(shots / "train.png"))
     browser.find_element(By.ID, "train").click()
     wait.until(lambda _: "training is already running" in text("round-message"))
@@ -181,6 +183,7 @@ def test_a_whole_round_in_the_browser(browser, server, held_training, tmp_path):
     assert main(["label", str(proj), str(answers)]) == 0
     wait.until(lambda _: "Every example of round 1's query is labeled" in text("label-empty"))
     logged = browser.get_log("browser")  # no script errors; the one refused request is the second train click
-    assert [e for e in logged if e["source"] != "network"] == [] and \
-        [e["message"].split(" - ")[0] for e in logged] == [url + "api/train"]
+    assert [e for e in logged if e["source"] != "network"] == [] and [e["message"].split(" - ")[0] for e in logged] == [
+        url + "api/train"
+    ]
     assert all((shots / f"{name}.png").stat().st_size > 10_000 for name in ("label", "train", "curve"))

@@ -28,8 +28,10 @@ from starlora.masks import BatchDropout
 from starlora.training import TrainSettings, attach_lora, batch_order
 
 BOOLQ = get_task("boolq", template="{question}")
-EXAMPLES = [Example(f"e{i}", f"Question: is {i} odd?" + " really" * (i % 3) + "\nAnswer:", t, t)
-            for i, t in enumerate(["true", "false"] * 4)]
+EXAMPLES = [
+    Example(f"e{i}", f"Question: is {i} odd?" + " really" * (i % 3) + "\nAnswer:", t, t)
+    for i, t in enumerate(["true", "false"] * 4)
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,9 @@ def lora():
 def test_batched_scoring_equals_the_official_one_at_a_time_full_logit_way(lora):
     model, tok = lora
     fast = score(model, tok, BOOLQ, EXAMPLES, settings=ScoringSettings(batch_size=16))
-    pairs = [(encode_prompt(tok, ex.prompt, 128), encode_answer(tok, c, 256)) for ex in EXAMPLES for c in ("true", "false")]
+    pairs = [
+        (encode_prompt(tok, ex.prompt, 128), encode_answer(tok, c, 256)) for ex in EXAMPLES for c in ("true", "false")
+    ]
     naive = B.naive_answer_stats(model, pairs).reshape(len(EXAMPLES), 2, 2)  # [example, candidate, (logp, entropy)]
     y_hat = naive[:, :, 0].argmax(1)
     assert [fast_p == ["true", "false"][j] for fast_p, j in zip(fast.predictions, y_hat)] == [True] * len(EXAMPLES)
@@ -120,9 +124,17 @@ def test_unknown_precision_is_refused_naming_it():
 def test_bench_reports_every_figure_on_the_tiny_model(write):
     rows = "".join(json.dumps({"question": ex.prompt, "answer": ex.target}) + "\n" for ex in EXAMPLES)
     result = B.bench("tiny-random", "boolq", write("pool.jsonl", rows), n=8, k=2, naive_n=4, batch_size=4)
-    for key in ("scoring_examples_per_s", "naive_scoring_examples_per_s", "scoring_speedup", "training_examples_per_s",
-                "naive_training_examples_per_s", "training_speedup", "matmul_gflops", "scoring_roofline_fraction",
-                "peak_rss_mb"):
+    for key in (
+        "scoring_examples_per_s",
+        "naive_scoring_examples_per_s",
+        "scoring_speedup",
+        "training_examples_per_s",
+        "naive_training_examples_per_s",
+        "training_speedup",
+        "matmul_gflops",
+        "scoring_roofline_fraction",
+        "peak_rss_mb",
+    ):
         assert result[key] > 0, key
     assert result["n"] == 8 and result["naive_n"] == 4 and result["precision"] in ("fp32", "bf16")
     assert result["naive_vs_fast_max_abs_diff"] < 1e-4
@@ -133,8 +145,27 @@ def test_bench_pool_sizes_reports_time_and_memory_per_size(write, capsys):
 
     rows = "".join(json.dumps({"question": ex.prompt, "answer": ex.target}) + "\n" for ex in EXAMPLES)
     pool = str(write("pool.jsonl", rows))
-    assert main(["bench", "--model", "tiny-random", "--train-file", pool, "--pool-sizes", "20,40", "--k", "2",
-                 "--score-batch-size", "8", "--precision", "fp32", "--json"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--model",
+                "tiny-random",
+                "--train-file",
+                pool,
+                "--pool-sizes",
+                "20,40",
+                "--k",
+                "2",
+                "--score-batch-size",
+                "8",
+                "--precision",
+                "fp32",
+                "--json",
+            ]
+        )
+        == 0
+    )
     result = json.loads(capsys.readouterr().out)
     assert result["strategy"] == "star-me" and result["k"] == 2 and result["examples_repeated"] == len(EXAMPLES)
     assert [r["n"] for r in result["pool_sizes"]] == [20, 40]
@@ -151,9 +182,33 @@ def test_synthetic_pool_repeats_the_examples_under_new_ids():
     assert [ex.prompt for ex in pool[8:16]] == [ex.prompt for ex in EXAMPLES]
 
 
-ARGS = ["run", "--task", "boolq", "--strategy", "star-me", "--init-size", "8", "--query-size", "8", "--rounds", "3",
-        "--epochs", "2", "--lora-r", "4", "--probe-size", "12", "--score-batch-size", "16", "--lr", "1e-2",
-        "--batch-size", "3", "--precision", "fp32"]
+ARGS = [
+    "run",
+    "--task",
+    "boolq",
+    "--strategy",
+    "star-me",
+    "--init-size",
+    "8",
+    "--query-size",
+    "8",
+    "--rounds",
+    "3",
+    "--epochs",
+    "2",
+    "--lora-r",
+    "4",
+    "--probe-size",
+    "12",
+    "--score-batch-size",
+    "16",
+    "--lr",
+    "1e-2",
+    "--batch-size",
+    "3",
+    "--precision",
+    "fp32",
+]
 # Scores of the two runs agree to about 1e-6 (fp32 weights equal to ~1e-7, summed in another order by DDP); these
 # tolerances leave an order of magnitude or more on each side.
 SCORE_RTOL, MU_TOL, LOSS_RTOL, ADAPTER_ATOL, BRIER_TOL = 1e-5, 1e-4, 1e-5, 1e-6, 1e-5
@@ -166,9 +221,20 @@ def separated_data(tmp_path):
 
 
 FSDP_CONFIG = Path(__file__).parent.parent / "configs" / "accelerate" / "fsdp.yaml"
-LAUNCH = {"ddp": ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                  "--dynamo_backend", "no"],
-          "fsdp": ["--config_file", str(FSDP_CONFIG)]}  # the shipped file: 2 processes, FSDP2
+LAUNCH = {
+    "ddp": [
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ],
+    "fsdp": ["--config_file", str(FSDP_CONFIG)],
+}  # the shipped file: 2 processes, FSDP2
 
 
 @pytest.mark.parametrize("how", ["ddp", "fsdp"])
@@ -179,12 +245,21 @@ def test_two_processes_select_what_one_process_selects(tmp_path, how):
     1e-3 level."""
     data = separated_data(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "starlora", *ARGS, *data, "--out", str(tmp_path / "one")],
-                         capture_output=True, text=True, env=env)
+    one = subprocess.run(
+        [sys.executable, "-m", "starlora", *ARGS, *data, "--out", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert one.returncode == 0, one.stderr
     launcher = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
-    two = subprocess.run([launcher, "launch", *LAUNCH[how], "-m", "starlora", *ARGS, *data,
-                          "--out", str(tmp_path / "two")], capture_output=True, text=True, env=env, timeout=300)
+    two = subprocess.run(
+        [launcher, "launch", *LAUNCH[how], "-m", "starlora", *ARGS, *data, "--out", str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     held = re.search(r"FSDP over 2 processes: this one holds ([\d,]+) of ([\d,]+) parameters", two.stdout)
     assert (held is not None) == (how == "fsdp")
@@ -232,17 +307,57 @@ def test_sharded_generation_and_accumulation_match_one_process(tmp_path):
     and spare batches even out the counts), with 2 micro-batches per optimiser step; the same selections, losses and
     scores as 1 process."""
     model = separated_inputs(tmp_path, 4, 4)["model"]
-    args = ["run", "--task", "gsm8k", "--strategy", "star-me", "--init-size", "4", "--query-size", "4", "--rounds",
-            "2", "--epochs", "1", "--lora-r", "4", "--probe-size", "4", "--test-size", "6", "--score-batch-size", "4",
-            "--batch-size", "2", "--gradient-accumulation-steps", "2", "--precision", "fp32", "--model", model,
-            "--candidate-subsample", "11", "--max-new-tokens", "8"]
+    args = [
+        "run",
+        "--task",
+        "gsm8k",
+        "--strategy",
+        "star-me",
+        "--init-size",
+        "4",
+        "--query-size",
+        "4",
+        "--rounds",
+        "2",
+        "--epochs",
+        "1",
+        "--lora-r",
+        "4",
+        "--probe-size",
+        "4",
+        "--test-size",
+        "6",
+        "--score-batch-size",
+        "4",
+        "--batch-size",
+        "2",
+        "--gradient-accumulation-steps",
+        "2",
+        "--precision",
+        "fp32",
+        "--model",
+        model,
+        "--candidate-subsample",
+        "11",
+        "--max-new-tokens",
+        "8",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "starlora", *args, "--out", str(tmp_path / "one")],
-                         capture_output=True, text=True, env=env)
+    one = subprocess.run(
+        [sys.executable, "-m", "starlora", *args, "--out", str(tmp_path / "one")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert one.returncode == 0, one.stderr
     launcher = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or "accelerate"
-    two = subprocess.run([launcher, "launch", *LAUNCH["fsdp"], "-m", "starlora", *args, "--out", str(tmp_path / "two")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    two = subprocess.run(
+        [launcher, "launch", *LAUNCH["fsdp"], "-m", "starlora", *args, "--out", str(tmp_path / "two")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     x, y = (read_jsonl(tmp_path / d / "rounds.jsonl") for d in ("one", "two"))
     assert [r["added"] for r in x] == [r["added"] for r in y] and len(x) == 2
@@ -254,15 +369,17 @@ def test_sharded_generation_and_accumulation_match_one_process(tmp_path):
 
 
 def test_round_bench_times_each_phase_of_a_protocol_round(capsys):
-    small = dict(init_size=4, query_size=4, rounds=3, candidate_subsample=8, test_size=6, epochs=1, lora_r=2,
-                 precision="fp32")
+    small = dict(
+        init_size=4, query_size=4, rounds=3, candidate_subsample=8, test_size=6, epochs=1, lora_r=2, precision="fp32"
+    )
     result = B.round_bench("sst2", ("random", "star-me"), "tiny-random", **small)
     assert (result["labeled"], result["candidates"], result["test"], result["round"]) == (4 + 4 * 2, 8, 6, 1)
     random_, star = result["strategies"]["random"], result["strategies"]["star-me"]
     assert "base" not in random_ and "base" in star  # only a strategy that mixes in the base model pays for it
     for phases in (random_, star):
-        assert phases["round_s"] == pytest.approx(sum(phases[p]["seconds"] for p in ("train", "evaluate", "score")),
-                                                  abs=1e-3)
+        assert phases["round_s"] == pytest.approx(
+            sum(phases[p]["seconds"] for p in ("train", "evaluate", "score")), abs=1e-3
+        )
         for name in ("train", "evaluate", "score"):
             p = phases[name]
             assert p["seconds"] > 0 and p["examples_per_s"] == pytest.approx(p["examples"] / p["seconds"], rel=1e-2)

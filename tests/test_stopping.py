@@ -19,8 +19,11 @@ def test_cohen_kappa_by_hand():
     assert cohen_kappa(["yes", "yes", "no", "no"], ["yes", "yes", "yes", "no"]) == pytest.approx(0.5)
     assert cohen_kappa(["yes"] * 4, ["yes"] * 4) == 1.0  # all one label: 0/0 by the formula, identical by sense
     figures = stop_figures({"predictions": ["a", "b"], "mean": 0.5}, ["a", "b"], [0.2, 0.4])
-    assert figures == {"stop_kappa": 1.0, "stop_uncertainty": pytest.approx(0.3),
-                       "stop_uncertainty_change": pytest.approx(-0.2)}
+    assert figures == {
+        "stop_kappa": 1.0,
+        "stop_uncertainty": pytest.approx(0.3),
+        "stop_uncertainty_change": pytest.approx(-0.2),
+    }
     assert stop_figures(None, ["a"], [1.0])["stop_kappa"] is None
     # predictions are compared as the labels scikit-learn sees (None is ""): no 0/0 NaN for "different" constants
     assert cohen_kappa([None] * 3, [""] * 3) == 1.0
@@ -39,9 +42,14 @@ def test_one_pass_uncertainty_is_the_strategys_own_or_me():
 def test_rules():
     rule = parse_stop_rule("kappa:0.9:2")
     assert rule == StopRule("kappa", 0.9, 2) and str(rule) == "kappa:0.9:2"
-    rounds = [{"round": 0, "stop_kappa": None}, {"round": 1, "stop_kappa": 0.95}, {"round": 2, "stop_kappa": 0.8},
-              {"round": 3, "stop_kappa": 0.91}, {"round": 4, "stop_kappa": 0.99}]
-    assert [rule.holds(rounds[:i + 1]) for i in range(5)] == [False, False, False, False, True]
+    rounds = [
+        {"round": 0, "stop_kappa": None},
+        {"round": 1, "stop_kappa": 0.95},
+        {"round": 2, "stop_kappa": 0.8},
+        {"round": 3, "stop_kappa": 0.91},
+        {"round": 4, "stop_kappa": 0.99},
+    ]
+    assert [rule.holds(rounds[: i + 1]) for i in range(5)] == [False, False, False, False, True]
     assert rule.first_round(rounds) == 4
     change = parse_stop_rule("uncertainty:0.01:1")
     assert change.holds([{"stop_uncertainty_change": -0.005}]) and not change.holds([{"stop_uncertainty_change": 0.02}])
@@ -59,9 +67,24 @@ def test_rules():
 
 def test_a_run_records_the_criteria_stops_early_and_stays_stopped(tmp_path):
     paths = separated_inputs(tmp_path, 48, 8)
-    base = dict(model=paths["model"], task="boolq", train_file=paths["train_file"], test_file=paths["test_file"],
-                strategy="me", init_size=4, query_size=4, rounds=5, epochs=1, batch_size=4, seed=0, probe_size=4,
-                lora_r=4, score_batch_size=16, precision="fp32", stop_set_size=10)
+    base = dict(
+        model=paths["model"],
+        task="boolq",
+        train_file=paths["train_file"],
+        test_file=paths["test_file"],
+        strategy="me",
+        init_size=4,
+        query_size=4,
+        rounds=5,
+        epochs=1,
+        batch_size=4,
+        seed=0,
+        probe_size=4,
+        lora_r=4,
+        score_batch_size=16,
+        precision="fp32",
+        stop_set_size=10,
+    )
     out = tmp_path / "run"
     run(resolve("paper", **base, stop_when="kappa:0:1"), out)  # kappa >= 0 from round 1 on: stops after round 1
     rounds = read_jsonl(out / "rounds.jsonl")
@@ -104,10 +127,29 @@ def test_report_says_where_each_rule_would_have_stopped(tmp_path):
 
     paths = separated_inputs(tmp_path, 48, 8)
     for strategy in ("random", "me"):
-        run(resolve("paper", model=paths["model"], task="boolq", train_file=paths["train_file"],
-                    test_file=paths["test_file"], strategy=strategy, init_size=4, query_size=4, rounds=4, epochs=1,
-                    batch_size=4, seed=0, probe_size=0, lora_r=4, score_batch_size=16, precision="fp32",
-                    stop_set_size=8, fewshot=0), tmp_path / strategy)
+        run(
+            resolve(
+                "paper",
+                model=paths["model"],
+                task="boolq",
+                train_file=paths["train_file"],
+                test_file=paths["test_file"],
+                strategy=strategy,
+                init_size=4,
+                query_size=4,
+                rounds=4,
+                epochs=1,
+                batch_size=4,
+                seed=0,
+                probe_size=0,
+                lora_r=4,
+                score_batch_size=16,
+                precision="fp32",
+                stop_set_size=8,
+                fewshot=0,
+            ),
+            tmp_path / strategy,
+        )
     # known criteria and accuracies, written into the records: me's kappa:0.95:2 first holds after round 2 (rounds 1
     # and 2 >= 0.95), leaving 75 - 70 = 5 points; random's would hold only after round 3, the last planned round,
     # which ends the run anyway; no uncertainty change is <= 0.01 twice in a row
@@ -130,13 +172,27 @@ def test_human_loop_status_says_when_you_can_stop(tmp_path):
     from starlora import project as P
 
     pool = tmp_path / "pool.jsonl"
-    pool.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Is {i} big?", "passage": "p"}) + "\n"
-                            for i in range(14)))
-    cfg = resolve("paper", P.MethodConfig, model="tiny-random", task="boolq", strategy="random", epochs=1,
-                  batch_size=2, lora_r=2, stop_set_size=4, stop_when="kappa:0:1")
+    pool.write_text(
+        "".join(json.dumps({"id": f"q{i}", "question": f"Is {i} big?", "passage": "p"}) + "\n" for i in range(14))
+    )
+    cfg = resolve(
+        "paper",
+        P.MethodConfig,
+        model="tiny-random",
+        task="boolq",
+        strategy="random",
+        epochs=1,
+        batch_size=2,
+        lora_r=2,
+        stop_set_size=4,
+        stop_when="kappa:0:1",
+    )
     with pytest.raises(StarloraError, match="--stop-set-size 14 leaves nothing to label"):
-        P.init(tmp_path / "whole", resolve("paper", P.MethodConfig, model="tiny-random", task="boolq",
-                                           stop_set_size=14), pool)
+        P.init(
+            tmp_path / "whole",
+            resolve("paper", P.MethodConfig, model="tiny-random", task="boolq", stop_set_size=14),
+            pool,
+        )
     assert not (tmp_path / "whole").exists()
     proj = P.init(tmp_path / "proj", cfg, pool).folder
     stop = set(P.stop_set(P.open_project(proj)))

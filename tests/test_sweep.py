@@ -12,16 +12,37 @@ from starlora.files import read_jsonl
 
 @pytest.fixture
 def grid(tmp_path):
-    rows = [{"question": f"Question: is item {i} {'red' if i % 3 else 'blue'}?\nAnswer:",
-             "answer": "true" if i % 3 else "false"} for i in range(44)]
+    rows = [
+        {
+            "question": f"Question: is item {i} {'red' if i % 3 else 'blue'}?\nAnswer:",
+            "answer": "true" if i % 3 else "false",
+        }
+        for i in range(44)
+    ]
     (tmp_path / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:32]))
     (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[32:]))
-    config = dict(model="tiny-random", task="boolq", train_file=str(tmp_path / "pool.jsonl"),
-                  test_file=str(tmp_path / "test.jsonl"), init_size=4, query_size=4, rounds=2, epochs=1, lora_r=4,
-                  probe_size=4, fewshot=0, score_batch_size=16)
-    (tmp_path / "grid.yaml").write_text(json.dumps([  # YAML is a superset of JSON
-        {"tasks": ["boolq"], "strategies": ["random", "star-me"], "seeds": [0, 1], "config": config},
-        {"tasks": ["boolq"], "strategies": ["star-me-no-mcd"], "seeds": [0], "config": config}]))
+    config = dict(
+        model="tiny-random",
+        task="boolq",
+        train_file=str(tmp_path / "pool.jsonl"),
+        test_file=str(tmp_path / "test.jsonl"),
+        init_size=4,
+        query_size=4,
+        rounds=2,
+        epochs=1,
+        lora_r=4,
+        probe_size=4,
+        fewshot=0,
+        score_batch_size=16,
+    )
+    (tmp_path / "grid.yaml").write_text(
+        json.dumps(
+            [  # YAML is a superset of JSON
+                {"tasks": ["boolq"], "strategies": ["random", "star-me"], "seeds": [0, 1], "config": config},
+                {"tasks": ["boolq"], "strategies": ["star-me-no-mcd"], "seeds": [0], "config": config},
+            ]
+        )
+    )
     return tmp_path
 
 
@@ -37,8 +58,13 @@ def results(folder):
 def test_a_grid_runs_every_cell_into_its_folder_and_reports(grid, capsys):
     assert main(["sweep", "--grid", str(grid / "grid.yaml"), "--out", str(grid / "a")]) == 0
     done = results(grid / "a")
-    assert sorted(done) == ["boolq/random/seed0", "boolq/random/seed1", "boolq/star-me-no-mcd/seed0",
-                            "boolq/star-me/seed0", "boolq/star-me/seed1"]
+    assert sorted(done) == [
+        "boolq/random/seed0",
+        "boolq/random/seed1",
+        "boolq/star-me-no-mcd/seed0",
+        "boolq/star-me/seed0",
+        "boolq/star-me/seed1",
+    ]
     assert all(len(rounds) == 2 and summary["strategy"] in name for name, (rounds, summary) in done.items())
     md = (grid / "a" / "report" / "report.md").read_text()
     assert "| star-me | 2 |" in md and "| star-me-no-mcd | 1 |" in md
@@ -130,12 +156,17 @@ def test_blocks_that_differ_only_in_config_run_in_folders_of_their_own(grid):
     """A block repeating another with lr 0.001 is a run of its own, named by the value that differs; a block listed
     twice still runs once, and a grid without such differences keeps the plain names."""
     config = S.read_grid(grid / "grid.yaml")[0]["config"]
-    blocks = [{"tasks": ["boolq"], "strategies": ["random", "star-me"], "seeds": [0], "config": config},
-              {"tasks": ["boolq"], "strategies": ["random"], "seeds": [0], "config": {**config, "lr": 0.001}},
-              {"tasks": ["boolq"], "strategies": ["random", "star-me"], "seeds": [0], "config": config}]
+    blocks = [
+        {"tasks": ["boolq"], "strategies": ["random", "star-me"], "seeds": [0], "config": config},
+        {"tasks": ["boolq"], "strategies": ["random"], "seeds": [0], "config": {**config, "lr": 0.001}},
+        {"tasks": ["boolq"], "strategies": ["random", "star-me"], "seeds": [0], "config": config},
+    ]
     jobs = S.plan(blocks, grid / "o")
     assert [str(j.folder.relative_to(grid / "o")) for j in jobs] == [
-        "boolq/random[lr=0.00015]/seed0", "boolq/star-me/seed0", "boolq/random[lr=0.001]/seed0"]
+        "boolq/random[lr=0.00015]/seed0",
+        "boolq/star-me/seed0",
+        "boolq/random[lr=0.001]/seed0",
+    ]
     assert [j.cfg.lr for j in jobs] == [1.5e-4, 1.5e-4, 0.001]
     plain = S.plan([blocks[0], blocks[2]], grid / "o")
     assert [str(j.folder.relative_to(grid / "o")) for j in plain] == ["boolq/random/seed0", "boolq/star-me/seed0"]
@@ -174,8 +205,9 @@ def test_devices_the_machine_lacks_are_refused(grid, monkeypatch, capsys):
     with pytest.raises(StarloraError, match=r"--devices cuda:0,cuda:1 needs 2 CUDA GPU\(s\); this machine has 1"):
         S.sweep([], devices=["cuda:0", "cuda:1"])
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    assert main(["sweep", "--grid", str(grid / "grid.yaml"), "--out", str(grid / "d"), "--devices",
-                 "cuda:0,cuda:1"]) == 2
+    assert (
+        main(["sweep", "--grid", str(grid / "grid.yaml"), "--out", str(grid / "d"), "--devices", "cuda:0,cuda:1"]) == 2
+    )
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "needs 2 CUDA GPU(s); this machine has 0" in err
     assert not (grid / "d").exists()
@@ -184,14 +216,23 @@ def test_devices_the_machine_lacks_are_refused(grid, monkeypatch, capsys):
 def test_blocks_differing_in_metric_or_pool_class_ratio_get_folders_of_their_own(grid):
     """The imbalance study's blocks beside the balanced ones: each metric and pool ratio runs in a folder named by it."""
     config = S.read_grid(grid / "grid.yaml")[0]["config"]
-    blocks = [{"tasks": ["boolq"], "strategies": ["random"], "seeds": [0], "config": config},
-              {"tasks": ["boolq"], "strategies": ["random"], "seeds": [0], "config": {**config, "metric": "macro_f1"}},
-              {"tasks": ["boolq"], "strategies": ["random"], "seeds": [0],
-               "config": {**config, "metric": "macro_f1", "pool_class_ratio": "false=0.25"}}]
+    blocks = [
+        {"tasks": ["boolq"], "strategies": ["random"], "seeds": [0], "config": config},
+        {"tasks": ["boolq"], "strategies": ["random"], "seeds": [0], "config": {**config, "metric": "macro_f1"}},
+        {
+            "tasks": ["boolq"],
+            "strategies": ["random"],
+            "seeds": [0],
+            "config": {**config, "metric": "macro_f1", "pool_class_ratio": "false=0.25"},
+        },
+    ]
     cfgs = [S.resolve("paper", **{**b["config"], "task": "boolq", "strategy": "random", "seed": 0}) for b in blocks]
     names = S.folder_names(cfgs)
-    assert names == ["random[metric=accuracy,pool_class_ratio=None]", "random[metric=macro_f1,pool_class_ratio=None]",
-                     "random[metric=macro_f1,pool_class_ratio=false_0.25]"]
+    assert names == [
+        "random[metric=accuracy,pool_class_ratio=None]",
+        "random[metric=macro_f1,pool_class_ratio=None]",
+        "random[metric=macro_f1,pool_class_ratio=false_0.25]",
+    ]
     assert [j.cfg.metric for j in S.plan(blocks, grid / "o")] == ["accuracy", "macro_f1", "macro_f1"]
 
 
@@ -199,18 +240,39 @@ def test_configs_is_an_axis_of_variants_and_the_grid_runs_seed_by_seed(grid):
     """`configs` merges each variant over the block's config (flags win over both); the plan orders the whole grid by
     seed, blocks kept in their order within a seed."""
     config = S.read_grid(grid / "grid.yaml")[0]["config"]
-    (grid / "v.yaml").write_text(json.dumps([
-        {"tasks": ["boolq"], "strategies": ["random"], "seeds": [0, 1], "config": config},
-        {"tasks": ["boolq"], "strategies": ["star-me"], "seeds": [0, 1], "config": config,
-         "configs": [{}, {"diversity": "kmeans"}, {"diversity": "kmeans", "diversity_beta": 10}]}]))
+    (grid / "v.yaml").write_text(
+        json.dumps(
+            [
+                {"tasks": ["boolq"], "strategies": ["random"], "seeds": [0, 1], "config": config},
+                {
+                    "tasks": ["boolq"],
+                    "strategies": ["star-me"],
+                    "seeds": [0, 1],
+                    "config": config,
+                    "configs": [{}, {"diversity": "kmeans"}, {"diversity": "kmeans", "diversity_beta": 10}],
+                },
+            ]
+        )
+    )
     jobs = S.plan(S.read_grid(grid / "v.yaml"), grid / "v", overrides={"epochs": 2})
     assert [str(j.folder.relative_to(grid / "v")) for j in jobs] == [
-        "boolq/random/seed0", "boolq/star-me/seed0", "boolq/star-me+kmeans/seed0", "boolq/star-me+kmeans(beta 10)/seed0",
-        "boolq/random/seed1", "boolq/star-me/seed1", "boolq/star-me+kmeans/seed1", "boolq/star-me+kmeans(beta 10)/seed1"]
+        "boolq/random/seed0",
+        "boolq/star-me/seed0",
+        "boolq/star-me+kmeans/seed0",
+        "boolq/star-me+kmeans(beta 10)/seed0",
+        "boolq/random/seed1",
+        "boolq/star-me/seed1",
+        "boolq/star-me+kmeans/seed1",
+        "boolq/star-me+kmeans(beta 10)/seed1",
+    ]
     assert [(j.cfg.diversity, j.cfg.diversity_beta, j.cfg.epochs) for j in jobs[1:4]] == [
-        ("none", 3.0, 2), ("kmeans", 3.0, 2), ("kmeans", 10.0, 2)]
+        ("none", 3.0, 2),
+        ("kmeans", 3.0, 2),
+        ("kmeans", 10.0, 2),
+    ]
     for bad in ([], {"diversity": "kmeans"}, ["kmeans"]):
-        (grid / "bad.yaml").write_text(json.dumps({"tasks": ["boolq"], "strategies": ["random"], "seeds": [0],
-                                                   "configs": bad}))
+        (grid / "bad.yaml").write_text(
+            json.dumps({"tasks": ["boolq"], "strategies": ["random"], "seeds": [0], "configs": bad})
+        )
         with pytest.raises(StarloraError, match=r"bad.yaml: block 1: 'configs' must be a non-empty list of mappings"):
             S.read_grid(grid / "bad.yaml")

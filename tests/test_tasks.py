@@ -31,33 +31,39 @@ def test_obqa_letters():
         task.gold("E")
 
 
-@pytest.mark.parametrize("text,number", [
-    ("Janet sells 9 eggs.\n#### 18", "18"),
-    ("So the answer is 5. The final answer is 1,234", "1234"),
-    ("The final answer is -3.5.", "-3.5"),
-    ("it costs $1,000 and then 7 more", "7"),
-    ("#### $2,125.50", "2125.50"),
-    ("no digits here", None),
-])
+@pytest.mark.parametrize(
+    "text,number",
+    [
+        ("Janet sells 9 eggs.\n#### 18", "18"),
+        ("So the answer is 5. The final answer is 1,234", "1234"),
+        ("The final answer is -3.5.", "-3.5"),
+        ("it costs $1,000 and then 7 more", "7"),
+        ("#### $2,125.50", "2125.50"),
+        ("no digits here", None),
+    ],
+)
 def test_extract_number(text, number):
     assert extract_number(text) == number
 
 
-@pytest.mark.parametrize("text,number", [
-    ("She has 8 - 5", "5"),  # a cut-off "8 - 5 = 3": the last number is 5, never -5
-    ("10-3", "3"),
-    ("10 -3", "3"),
-    ("(2 + 6) - 5", "5"),
-    ("[4] - 1", "1"),
-    ("8 - $5", "5"),
-    ("The final answer is -5", "-5"),
-    ("#### -5", "-5"),
-    ("3 + 4 = 8 - 5\nThe final answer is -5.", "-5"),
-    ("so the change in price is -3.", "-3"),
-    ("-4 degrees", "-4"),
-    ("it fell by -$4", "-4"),
-    ("3 - -5", "-5"),  # a sign after a binary minus
-])
+@pytest.mark.parametrize(
+    "text,number",
+    [
+        ("She has 8 - 5", "5"),  # a cut-off "8 - 5 = 3": the last number is 5, never -5
+        ("10-3", "3"),
+        ("10 -3", "3"),
+        ("(2 + 6) - 5", "5"),
+        ("[4] - 1", "1"),
+        ("8 - $5", "5"),
+        ("The final answer is -5", "-5"),
+        ("#### -5", "-5"),
+        ("3 + 4 = 8 - 5\nThe final answer is -5.", "-5"),
+        ("so the change in price is -3.", "-3"),
+        ("-4 degrees", "-4"),
+        ("it fell by -$4", "-4"),
+        ("3 - -5", "-5"),  # a sign after a binary minus
+    ],
+)
 def test_last_number_minus_is_a_sign_only_when_not_a_subtraction(text, number):
     assert extract_number(text) == number
 

@@ -28,9 +28,24 @@ def offline_trackers(tmp_path, monkeypatch):
 
 def tiny_run(tmp_path, names):
     paths = separated_inputs(tmp_path, 40, 8)
-    cfg = resolve("paper", model=paths["model"], task="boolq", train_file=paths["train_file"],
-                  test_file=paths["test_file"], strategy="star-me", init_size=6, query_size=6, rounds=3, epochs=2,
-                  batch_size=4, seed=0, probe_size=4, lora_r=4, score_batch_size=16, precision="fp32")
+    cfg = resolve(
+        "paper",
+        model=paths["model"],
+        task="boolq",
+        train_file=paths["train_file"],
+        test_file=paths["test_file"],
+        strategy="star-me",
+        init_size=6,
+        query_size=6,
+        rounds=3,
+        epochs=2,
+        batch_size=4,
+        seed=0,
+        probe_size=4,
+        lora_r=4,
+        score_batch_size=16,
+        precision="fp32",
+    )
     out = tmp_path / "run"
     summary = run(cfg, out, report_to=tracking.parse_report_to(names))
     return out, read_jsonl(out / "rounds.jsonl"), summary
@@ -48,8 +63,8 @@ def wandb_records(path, block=32768):
         if block - pos % block < 7:  # a block's tail too short for a header is padding
             pos += block - pos % block
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        chunks += data[pos + 7:pos + 7 + length]
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        chunks += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # FULL or LAST
             record = pb.Record()
@@ -76,7 +91,7 @@ def test_three_trackers_log_what_rounds_jsonl_holds(tmp_path, offline_trackers):
         assert [e.value for e in logged] == pytest.approx([r[figure] for r in rounds], rel=TOL)
     assert events.Scalars("summary/auc")[0].value == pytest.approx(summary["auc"], rel=TOL)
     # the last epoch's mean of the per-step losses is the round's train_loss
-    last_epoch = [e.value for e in loss][steps - 5:]  # round 2: 5 steps per epoch
+    last_epoch = [e.value for e in loss][steps - 5 :]  # round 2: 5 steps per epoch
     assert sum(last_epoch) / 5 == pytest.approx(rounds[2]["train_loss"], rel=1e-5)
 
     import mlflow
@@ -93,11 +108,18 @@ def test_three_trackers_log_what_rounds_jsonl_holds(tmp_path, offline_trackers):
     (path,) = glob.glob(str(out / "wandb" / "offline-run-*" / "run-*.wandb"))
     records = list(wandb_records(path))
     assert [r.run.display_name for r in records if r.WhichOneof("record_type") == "run"][0] == name
-    config = {u.key: json.loads(u.value_json) for r in records if r.WhichOneof("record_type") == "config"
-              for u in r.config.update}
+    config = {
+        u.key: json.loads(u.value_json)
+        for r in records
+        if r.WhichOneof("record_type") == "config"
+        for u in r.config.update
+    }
     assert config["strategy"] == "star-me" and config["query_size"] == 6
-    history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item} for r in records
-               if r.WhichOneof("record_type") == "history"]  # W&B stores "a/b" as the nested key [a, b]
+    history = [
+        {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]  # W&B stores "a/b" as the nested key [a, b]
     logged_rounds = [h for h in history if "round/accuracy" in h]
     assert [(h["round"], h["round/accuracy"]) for h in logged_rounds] == [(r["round"], r["accuracy"]) for r in rounds]
     assert [h["optimizer_step"] for h in history if "train/loss" in h] == list(range(1, steps + 1))
@@ -119,15 +141,18 @@ def test_human_loop_train_logs_one_tracker_run_per_round(tmp_path):
     from starlora import project as P
 
     pool = tmp_path / "pool.jsonl"
-    pool.write_text("".join(json.dumps({"id": f"q{i}", "question": f"Q{i}?", "passage": "p"}) + "\n"
-                            for i in range(12)))
-    cfg = resolve("paper", P.MethodConfig, model="tiny-random", task="boolq", strategy="random", epochs=1,
-                  batch_size=2, lora_r=4)
+    pool.write_text(
+        "".join(json.dumps({"id": f"q{i}", "question": f"Q{i}?", "passage": "p"}) + "\n" for i in range(12))
+    )
+    cfg = resolve(
+        "paper", P.MethodConfig, model="tiny-random", task="boolq", strategy="random", epochs=1, batch_size=2, lora_r=4
+    )
     proj = P.init(tmp_path / "proj", cfg, pool)
     asked = read_jsonl(P.query(proj.folder, 4, "jsonl", random=True))
     labels = tmp_path / "labels.jsonl"
-    labels.write_text("".join(json.dumps({"id": r["id"], "answer": ["no", "yes"][i % 2]}) + "\n"
-                              for i, r in enumerate(asked)))
+    labels.write_text(
+        "".join(json.dumps({"id": r["id"], "answer": ["no", "yes"][i % 2]}) + "\n" for i, r in enumerate(asked))
+    )
     P.label(proj.folder, labels)
     P.train(proj.folder, report_to=("tensorboard",))
     events = EventAccumulator(str(proj.folder / "tensorboard" / "proj" / "round0"))

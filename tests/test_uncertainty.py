@@ -31,8 +31,9 @@ def test_label_measures_by_hand():
     p = np.array([[0.7, 0.2, 0.1], [0.5, 0.5, 0.0]])
     assert U.least_confidence(p) == pytest.approx([0.3, 0.5])
     assert U.margin(p) == pytest.approx([1 - 0.5, 1.0])
-    assert U.entropy(p) == pytest.approx([-(0.7 * math.log(0.7) + 0.2 * math.log(0.2) + 0.1 * math.log(0.1)),
-                                          math.log(2)])
+    assert U.entropy(p) == pytest.approx(
+        [-(0.7 * math.log(0.7) + 0.2 * math.log(0.2) + 0.1 * math.log(0.1)), math.log(2)]
+    )
     assert U.label_distribution([math.log(1), math.log(3)]) == pytest.approx([0.25, 0.75])
 
 

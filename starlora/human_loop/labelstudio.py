@@ -15,8 +15,9 @@ from ..errors import StarloraError
 FORMATS = {"jsonl": ".jsonl", "csv": ".csv", "labelstudio": ".json"}
 
 
-def export(task, rows: list[dict], fmt: str, answer_field: str, shown: dict | None = None,
-           model_version: str = "starlora") -> str:
+def export(
+    task, rows: list[dict], fmt: str, answer_field: str, shown: dict | None = None, model_version: str = "starlora"
+) -> str:
     """The file a person fills in: id, the row's own fields, the prompt, and an empty answer. For Label Studio,
     `shown` (project.guesses: the score that chose each row, the model's guess and its confidence) adds the score as
     the task field starlora_uncertainty and the guess as a pre-annotation whose score is its confidence."""
@@ -28,13 +29,20 @@ def export(task, rows: list[dict], fmt: str, answer_field: str, shown: dict | No
         columns = list(dict.fromkeys(k for rec in records for k in rec))
         writer = csv.DictWriter(buf, fieldnames=columns)
         writer.writeheader()
-        writer.writerows({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in rec.items()}
-                         for rec in records)
+        writer.writerows(
+            {k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in rec.items()} for rec in records
+        )
         return buf.getvalue()
     # Label Studio: a list of tasks, each with a "data" object; the labeling config names $prompt. Our id goes in as
     # LS_ID: Label Studio's JSON-MIN export puts its own task id in "id".
-    return json.dumps([labelstudio_task(task, rec, answer_field, shown or {}, model_version) for rec in records],
-                      indent=2, ensure_ascii=False) + "\n"
+    return (
+        json.dumps(
+            [labelstudio_task(task, rec, answer_field, shown or {}, model_version) for rec in records],
+            indent=2,
+            ensure_ascii=False,
+        )
+        + "\n"
+    )
 
 
 LS_UNCERTAINTY = "starlora_uncertainty"
@@ -51,9 +59,15 @@ def labelstudio_task(task, record: dict, answer_field: str, shown: dict, model_v
     item = {"data": data}
     guess = shown.get("guesses", {}).get(id_)
     if guess is not None and task.closed:
-        item["predictions"] = [{"model_version": model_version, "score": shown.get("confidence", {}).get(id_),
-                                "result": [{"from_name": answer_field, "to_name": "prompt", "type": "choices",
-                                            "value": {"choices": [guess]}}]}]
+        item["predictions"] = [
+            {
+                "model_version": model_version,
+                "score": shown.get("confidence", {}).get(id_),
+                "result": [
+                    {"from_name": answer_field, "to_name": "prompt", "type": "choices", "value": {"choices": [guess]}}
+                ],
+            }
+        ]
     return item
 
 
@@ -66,8 +80,9 @@ def labelstudio_config(task, answer_field: str = "answer") -> str:
     give the answer."""
     if task.closed:
         choices = "".join(f'\n    <Choice value="{c}"/>' for c in task.candidates)
-        answer = (f'  <Choices name="{answer_field}" toName="prompt" choice="single" required="true">{choices}'
-                  '\n  </Choices>')
+        answer = (
+            f'  <Choices name="{answer_field}" toName="prompt" choice="single" required="true">{choices}\n  </Choices>'
+        )
     else:
         answer = f'  <TextArea name="{answer_field}" toName="prompt" maxSubmissions="1" required="true"/>'
     return f'<View>\n  <Text name="prompt" value="$prompt"/>\n{answer}\n</View>\n'
@@ -78,8 +93,10 @@ def read_answers(path, answer_field: str) -> list[tuple[str, str | None, str | N
     JSON list of flat rows) or CSV. Label Studio rows carry our id as starlora_id (its own id is the task's)."""
     path = Path(path)
     if path.suffix.lower() != ".json":
-        return [(where, cleaned(row.get(LS_ID, row.get("id"))), cleaned(_first(row.get(answer_field))))
-                for where, row in read_rows(path, (LS_ID, "id"))]
+        return [
+            (where, cleaned(row.get(LS_ID, row.get("id"))), cleaned(_first(row.get(answer_field))))
+            for where, row in read_rows(path, (LS_ID, "id"))
+        ]
     try:
         tasks = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:

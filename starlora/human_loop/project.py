@@ -76,11 +76,13 @@ class Project:
         seen, task, pool = set(), self.task, self.pool_ids()
         for n, r in enumerate(records, 1):
             if r["id"] not in pool:
-                raise StarloraError(f"{path}: label {n}: id {r['id']!r} is not in the project's pool; nothing was "
-                                    "changed")
+                raise StarloraError(
+                    f"{path}: label {n}: id {r['id']!r} is not in the project's pool; nothing was changed"
+                )
             if r["id"] in seen:
-                raise StarloraError(f"{path}: id {r['id']!r} is labeled twice; nothing was changed: keep one of its "
-                                    "lines")
+                raise StarloraError(
+                    f"{path}: id {r['id']!r} is labeled twice; nothing was changed: keep one of its lines"
+                )
             seen.add(r["id"])
             try:
                 task.gold(r["answer"])
@@ -94,8 +96,10 @@ class Project:
         pool = self.pool_ids() if records else set()
         for t, r in enumerate(records):
             if r["round"] != t or not all(isinstance(i, str) and i in pool for i in r["ids"]):
-                raise StarloraError(f"{path}: query {t + 1} is damaged (round {r['round']!r}, expected {t}; every id "
-                                    "must be a pool id); nothing was changed")
+                raise StarloraError(
+                    f"{path}: query {t + 1} is damaged (round {r['round']!r}, expected {t}; every id "
+                    "must be a pool id); nothing was changed"
+                )
         return records
 
     def pool_ids(self) -> set[str]:
@@ -141,9 +145,11 @@ def refuse_target(target) -> None:
     """The human loop scores the model's own answers; --target reference (the official code's uncertainty, which
     reads the gold answer of every pool example) is a simulation-only oracle and has no labels to read here."""
     if target not in (None, "own"):
-        raise StarloraError(f"--target {target}: a project cannot use it: it scores the gold labels of the unlabeled "
-                            "pool (the official STAR code's oracle, simulation only: starlora run/sweep), and a "
-                            "project's pool has none; the human loop always scores the model's own answers")
+        raise StarloraError(
+            f"--target {target}: a project cannot use it: it scores the gold labels of the unlabeled "
+            "pool (the official STAR code's oracle, simulation only: starlora run/sweep), and a "
+            "project's pool has none; the human loop always scores the model's own answers"
+        )
 
 
 def init(folder, cfg: MethodConfig, pool_file, test_file=None, labeled_file=None, adapter=None) -> Project:
@@ -163,42 +169,66 @@ def init(folder, cfg: MethodConfig, pool_file, test_file=None, labeled_file=None
     examples = make_examples(rows, task, str(pool_file), cfg.id_field, cfg.answer_field, labeled=False)
     labels = initial_labels(task, cfg, labeled_file, {ex.id for ex in examples}) if labeled_file else []
     if cfg.stop_set_size >= len(examples) - len(labels):
-        raise StarloraError(f"--stop-set-size {cfg.stop_set_size} leaves nothing to label: {pool_file} has "
-                            f"{len(examples)} example(s)" + (f", {len(labels)} labeled already" if labels else "")
-                            + ", and the stop set is never queried")
+        raise StarloraError(
+            f"--stop-set-size {cfg.stop_set_size} leaves nothing to label: {pool_file} has "
+            f"{len(examples)} example(s)"
+            + (f", {len(labels)} labeled already" if labels else "")
+            + ", and the stop set is never queried"
+        )
     if adapter is not None:
         check_adapter(adapter, cfg, task)
     fields = {}
     for _, row in rows:  # the row behind each example, for the files handed out to label
-        fields.setdefault(row_id(row, cfg.id_field, task.prompt(row), ""),
-                          {k: v for k, v in row.items() if k not in (cfg.id_field, cfg.answer_field)})
-    test = make_examples(read_rows(test_file), task, str(test_file), cfg.id_field, cfg.answer_field) \
-        if test_file else []
+        fields.setdefault(
+            row_id(row, cfg.id_field, task.prompt(row), ""),
+            {k: v for k, v in row.items() if k not in (cfg.id_field, cfg.answer_field)},
+        )
+    test = (
+        make_examples(read_rows(test_file), task, str(test_file), cfg.id_field, cfg.answer_field) if test_file else []
+    )
     tmp = folder.with_name(folder.name + ".init-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    write_json(tmp / "project.json", {"config": dataclasses.asdict(cfg), "versions": versions(),
-                                      "pool_file": str(pool_file), "test_file": str(test_file) if test_file else None})
-    write_jsonl(tmp / "pool.jsonl", [{"id": ex.id, "prompt": ex.prompt, "fields": fields.get(ex.id, {})}
-                                     for ex in examples])
+    write_json(
+        tmp / "project.json",
+        {
+            "config": dataclasses.asdict(cfg),
+            "versions": versions(),
+            "pool_file": str(pool_file),
+            "test_file": str(test_file) if test_file else None,
+        },
+    )
+    write_jsonl(
+        tmp / "pool.jsonl", [{"id": ex.id, "prompt": ex.prompt, "fields": fields.get(ex.id, {})} for ex in examples]
+    )
     write_jsonl(tmp / "test.jsonl", [dataclasses.asdict(ex) for ex in test])
     write_jsonl(tmp / "labels.jsonl", labels)
     given = labeled_file is not None or adapter is not None  # round 0 happened before the project: its record
-    how = " and ".join(([f"labeled before the project (init --labeled {labeled_file})"] if labeled_file else []) +
-                       ([f"an existing adapter (init --adapter {adapter})"] if adapter else []))
-    write_jsonl(tmp / "queries.jsonl", [{"round": 0, "ids": [r["id"] for r in labels], "file": "labels.jsonl",
-                                         "how": how, "initial": True}] if given else [])
+    how = " and ".join(
+        ([f"labeled before the project (init --labeled {labeled_file})"] if labeled_file else [])
+        + ([f"an existing adapter (init --adapter {adapter})"] if adapter else [])
+    )
+    write_jsonl(
+        tmp / "queries.jsonl",
+        [{"round": 0, "ids": [r["id"] for r in labels], "file": "labels.jsonl", "how": how, "initial": True}]
+        if given
+        else [],
+    )
     if adapter is not None:
         shutil.copytree(adapter, tmp / "adapters" / "round_0", ignore=shutil.ignore_patterns("train.json", "stop.json"))
-        write_json(tmp / "adapters" / "round_0" / "train.json",
-                   {"round": 0, "n_labels": len(labels), "imported": str(adapter)})
+        write_json(
+            tmp / "adapters" / "round_0" / "train.json", {"round": 0, "n_labels": len(labels), "imported": str(adapter)}
+        )
     (tmp / LOCK).touch()  # the lock file is part of the project: taking the lock never leaves a new file behind
     if folder.exists():
         folder.rmdir()
     tmp.rename(folder)  # the project exists whole or not at all
-    logger.info(f"{folder}: project created: {len(examples)} unlabeled examples, {len(test)} held-out, task {task.name}, "
-        f"strategy {cfg.strategy}, model {cfg.model}" + (f"; {len(labels)} labeled already" if labels else "")
-        + ("; round 0's adapter imported" if adapter else ""))
+    logger.info(
+        f"{folder}: project created: {len(examples)} unlabeled examples, {len(test)} held-out, task {task.name}, "
+        f"strategy {cfg.strategy}, model {cfg.model}"
+        + (f"; {len(labels)} labeled already" if labels else "")
+        + ("; round 0's adapter imported" if adapter else "")
+    )
     return Project(folder, cfg)
 
 
@@ -247,8 +277,10 @@ def check_adapter(adapter, cfg, task) -> None:
         raise StarloraError(f"--adapter {adapter}: not a PEFT adapter folder (no adapter_config.json)")
     kind = read_json(config).get("peft_type")
     if kind != "LORA":
-        raise StarloraError(f"--adapter {adapter}: a {kind} adapter; starlora's MC dropout and B decay act on LoRA "
-                            "layers, so it takes a LoRA adapter")
+        raise StarloraError(
+            f"--adapter {adapter}: a {kind} adapter; starlora's MC dropout and B decay act on LoRA "
+            "layers, so it takes a LoRA adapter"
+        )
     from peft import PeftModel
 
     preflight(cfg, task)
@@ -256,8 +288,9 @@ def check_adapter(adapter, cfg, task) -> None:
     try:
         PeftModel.from_pretrained(model, str(adapter))
     except (OSError, ValueError, RuntimeError, KeyError) as e:
-        raise StarloraError(f"--adapter {adapter}: does not load onto {cfg.model} "
-                            f"({str(e).splitlines()[0][:200]})") from None
+        raise StarloraError(
+            f"--adapter {adapter}: does not load onto {cfg.model} ({str(e).splitlines()[0][:200]})"
+        ) from None
 
 
 # ---------------------------------------------------------------- query
@@ -298,8 +331,15 @@ def query(folder, n: int, fmt: str = "jsonl", random: bool = False) -> Path:
     return out
 
 
-def choose(project, candidates: list[Example], labeled: list[Example], adapters: list[Path], n: int, t: int,
-           random: bool = False) -> tuple[list[str], str, dict]:
+def choose(
+    project,
+    candidates: list[Example],
+    labeled: list[Example],
+    adapters: list[Path],
+    n: int,
+    t: int,
+    random: bool = False,
+) -> tuple[list[str], str, dict]:
     """Query t: the n ids chosen from the candidates (all unasked), how they were chosen, and what the page shows
     beside them (the scores, the model's guesses, lambda). The policy (query_policy) decides what scores them."""
     cfg, task, strategy = project.cfg, project.task, project.strategy
@@ -308,8 +348,11 @@ def choose(project, candidates: list[Example], labeled: list[Example], adapters:
     acquisition = Acquisition(strategy, cfg, settings, None)
     policy = query_policy(strategy, cfg, acquisition, bool(labeled), bool(adapters), random)
     if policy == "random":  # BALD of the base model alone is 0 everywhere: say it is random
-        return select(ids, random_scores(len(ids), cfg.seed, t), n, (), seed=RoundSeeds(cfg.seed, t).round_seed), \
-            "random", {}
+        return (
+            select(ids, random_scores(len(ids), cfg.seed, t), n, (), seed=RoundSeeds(cfg.seed, t).round_seed),
+            "random",
+            {},
+        )
     preflight(cfg, task)
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, quantization=cfg.quantization)
     acquisition.base_cache = BaseScoreCache(project.folder / "base_scores.jsonl", cfg.model, task, settings)
@@ -347,8 +390,12 @@ def base_model_scores(policy: str, acquisition, task, model, tokenizer, candidat
         key = strategy.measure_key(cfg.length_norm)
         return {"mu": acquisition.base_cache.get(model, tokenizer, candidates)[key]}, f"base-model {key}"
     mu = acquisition.scores(model, tokenizer, task, candidates, t)
-    return mu, "random" if not strategy.reads_model and not strategy.pick.needs_embeddings \
-        else f"{strategy.name} on the base model"
+    return (
+        mu,
+        "random"
+        if not strategy.reads_model and not strategy.pick.needs_embeddings
+        else f"{strategy.name} on the base model",
+    )
 
 
 def query_policy(strategy, cfg, acquisition, labeled: bool, trained: bool, random: bool = False) -> str:
@@ -371,11 +418,14 @@ def query_policy(strategy, cfg, acquisition, labeled: bool, trained: bool, rando
 def check_can_query(project, labels, adapters, queries) -> None:
     waiting = pending(queries, labels, adapters)
     if waiting:
-        raise StarloraError(f"{len(waiting)} example(s) of the last query ({project.query_file(queries[-1])}) have no "
-                            f"label yet; import them with starlora label {project.folder} FILE first")
+        raise StarloraError(
+            f"{len(waiting)} example(s) of the last query ({project.query_file(queries[-1])}) have no "
+            f"label yet; import them with starlora label {project.folder} FILE first"
+        )
     if labels and len(adapters) < len(queries):
-        raise StarloraError(f"the labels of round {len(queries) - 1} are not trained on yet; "
-                            f"run starlora train {project.folder} first")
+        raise StarloraError(
+            f"the labels of round {len(queries) - 1} are not trained on yet; run starlora train {project.folder} first"
+        )
 
 
 def scoring_round(cfg, t: int) -> int:
@@ -422,9 +472,12 @@ def label(folder, path) -> int:
             raise StarloraError(f"{path}: {len(problems)} bad row(s), nothing imported:\n  {shown}")
         append_jsonl(project.folder / "labels.jsonl", new)  # checked whole first; the lines there stay untouched
     left = len(pending(project.queries(), labels + new, project.adapters()))
-    logger.info(f"{len(new)} label(s) imported" + (f", {repeated} already there" if repeated else "") +
-        (f"; {left} example(s) of the query still unlabeled" if left else "; the query is fully labeled") +
-        f"; {len(labels) + len(new)} labels in all")
+    logger.info(
+        f"{len(new)} label(s) imported"
+        + (f", {repeated} already there" if repeated else "")
+        + (f"; {left} example(s) of the query still unlabeled" if left else "; the query is fully labeled")
+        + f"; {len(labels) + len(new)} labels in all"
+    )
     return len(new)
 
 
@@ -482,8 +535,11 @@ def check_answers(project, labels, answers) -> tuple[list[dict], int, list[str]]
         elif id_ in seen:
             problems.append(f"{where}: duplicate id {id_!r} (appears earlier in this file)")
         elif id_ not in last:
-            problems.append(f"{where}: id {id_!r} was not in the last query (round {len(queries) - 1})"
-                            if queries else f"{where}: nothing has been queried yet")
+            problems.append(
+                f"{where}: id {id_!r} was not in the last query (round {len(queries) - 1})"
+                if queries
+                else f"{where}: nothing has been queried yet"
+            )
         elif not answer:
             problems.append(f"{where}: empty answer for id {id_!r}")
         else:
@@ -500,8 +556,10 @@ def check_answers(project, labels, answers) -> tuple[list[dict], int, list[str]]
                     repeated += 1  # the same answer imported again (e.g. after a crash): nothing to do
                 continue
             if closed_round:
-                problems.append(f"{where}: round {len(queries) - 1} is trained already (train --partial left its "
-                                f"unlabeled examples out); label the next query instead")
+                problems.append(
+                    f"{where}: round {len(queries) - 1} is trained already (train --partial left its "
+                    f"unlabeled examples out); label the next query instead"
+                )
                 continue
             new.append({"id": id_, "answer": answer, "round": len(queries) - 1})
     return new, repeated, problems
@@ -510,8 +568,9 @@ def check_answers(project, labels, answers) -> tuple[list[dict], int, list[str]]
 # ---------------------------------------------------------------- train
 
 
-def train(folder, report_to=(), push_to_hub: str | None = None, command: str | None = None,
-          partial: bool = False) -> Path:
+def train(
+    folder, report_to=(), push_to_hub: str | None = None, command: str | None = None, partial: bool = False
+) -> Path:
     """Train a fresh adapter (STAR's regulariser when the strategy has it) on every label so far. report_to: tracker
     names (one tracker run per training, named after the project and the round). The adapter gets a model card
     (`command`: what made it) and goes to the Hub repo `push_to_hub`. partial: train although the last query is
@@ -562,8 +621,10 @@ def train(folder, report_to=(), push_to_hub: str | None = None, command: str | N
         now = {r["id"]: r["answer"] for r in project.labels()}
         if any(now.get(r["id"]) != r["answer"] for r in labels):
             shutil.rmtree(tmp, ignore_errors=True)
-            raise StarloraError(f"{project.folder}: labels were undone or changed while round {t} trained; nothing "
-                                f"saved: starlora train again")
+            raise StarloraError(
+                f"{project.folder}: labels were undone or changed while round {t} trained; nothing "
+                f"saved: starlora train again"
+            )
         shutil.rmtree(final, ignore_errors=True)  # a half-renamed leftover without train.json
         tmp.rename(final)  # the round exists once this rename lands
     extra = f", held-out accuracy {record['accuracy']:.1f}%" if "accuracy" in record else ""
@@ -581,9 +642,11 @@ def check_can_train(project, labels, adapters, queries, partial: bool = False) -
         raise StarloraError(f"no new labels since round {len(adapters) - 1}'s adapter ({trained} labels)")
     missing = pending(queries, labels, adapters)
     if missing and not partial:
-        raise StarloraError(f"{len(missing)} of the {len(queries[-1]['ids'])} examples of round {len(queries) - 1}'s "
-                            f"query have no label yet: label them first, or train with --partial to leave them out "
-                            f"of the loop (recorded in the round's train.json)")
+        raise StarloraError(
+            f"{len(missing)} of the {len(queries[-1]['ids'])} examples of round {len(queries) - 1}'s "
+            f"query have no label yet: label them first, or train with --partial to leave them out "
+            f"of the loop (recorded in the round's train.json)"
+        )
 
 
 # ---------------------------------------------------------------- status
@@ -593,17 +656,21 @@ def status(folder) -> str:
     project = open_project(folder)
     cfg = project.cfg
     labels, queries, adapters, pool = project.labels(), project.queries(), project.adapters(), project.pool()
-    lines = [f"project {project.folder}: task {cfg.task}, strategy {cfg.strategy}, model {cfg.model}",
-             f"pool {len(pool)}, labeled {len(labels)}, asked {sum(len(q['ids']) for q in queries)}, "
-             f"awaiting labels {len(pending(queries, labels, adapters))}, held-out {len(project.test())}",
-             "round  queried  labels  trained-on  held-out accuracy"]
+    lines = [
+        f"project {project.folder}: task {cfg.task}, strategy {cfg.strategy}, model {cfg.model}",
+        f"pool {len(pool)}, labeled {len(labels)}, asked {sum(len(q['ids']) for q in queries)}, "
+        f"awaiting labels {len(pending(queries, labels, adapters))}, held-out {len(project.test())}",
+        "round  queried  labels  trained-on  held-out accuracy",
+    ]
     by_round = {r: sum(1 for x in labels if x["round"] == r) for r in range(len(queries))}
     for t in range(max(len(queries), len(adapters))):
         info = project.trained(adapters[t]) if t < len(adapters) else {}
         acc = f"{info['accuracy']:.1f}%" if "accuracy" in info else ("n/a" if info else "-")
         partial = f"  (trained with {info['partial']['unlabeled']} unlabeled, left out)" if "partial" in info else ""
-        lines.append(f"{t:>5}  {len(queries[t]['ids']) if t < len(queries) else 0:>7}  {by_round.get(t, 0):>6}  "
-                     f"{info.get('n_labels', '-'):>10}  {acc}{partial}")
+        lines.append(
+            f"{t:>5}  {len(queries[t]['ids']) if t < len(queries) else 0:>7}  {by_round.get(t, 0):>6}  "
+            f"{info.get('n_labels', '-'):>10}  {acc}{partial}"
+        )
     lines += [f"round {t} query: {q.get('how', '?')}" for t, q in enumerate(queries)]
     if not queries:
         lines.append(f"first query: {first_query_rule(project.strategy, project.cfg)}")
@@ -619,8 +686,10 @@ def stopping_advice(project, records: list[dict]) -> list[str]:
         return []
     last, rule = records[-1], parse_stop_rule(project.cfg.stop_when)
     kappa = "n/a (first round)" if last["stop_kappa"] is None else f"{last['stop_kappa']:.3f}"
-    lines = [f"stopping ({len(stop_set(project))}-example stop set): kappa with the previous round {kappa}, "
-             f"mean uncertainty {last['stop_uncertainty']:.4f}"]
+    lines = [
+        f"stopping ({len(stop_set(project))}-example stop set): kappa with the previous round {kappa}, "
+        f"mean uncertainty {last['stop_uncertainty']:.4f}"
+    ]
     if rule:
         lines.append(f"you can stop: {rule} holds" if rule.holds(records) else f"{rule} does not hold yet")
     return lines
@@ -641,15 +710,22 @@ def first_query_rule(strategy, cfg) -> str:
         return "k-means over the pool embeddings (--cold-start kmeans), the example nearest each centroid"
     if strategy.pick.first_query:
         return strategy.pick.first_query
-    spread = "" if cfg.diversity == "none" else \
-        f", spread over k-means clusters of the best {cfg.diversity_beta:g} x query size"
+    spread = (
+        ""
+        if cfg.diversity == "none"
+        else f", spread over k-means clusters of the best {cfg.diversity_beta:g} x query size"
+    )
     if not strategy.reads_model:
         return "random (the strategy is random)" + spread
     name = strategy.measure.name.upper()
     if strategy.measure.needs_passes:
-        return f"random in effect: {name} needs MC dropout on a trained adapter, so the base model's {name} is 0 for all"
-    return (f"the base model's {name} (a fresh adapter is the base model){spread}; "
-            f"add --random to choose at random, as starlora run's round 0 does")
+        return (
+            f"random in effect: {name} needs MC dropout on a trained adapter, so the base model's {name} is 0 for all"
+        )
+    return (
+        f"the base model's {name} (a fresh adapter is the base model){spread}; "
+        f"add --random to choose at random, as starlora run's round 0 does"
+    )
 
 
 def next_step(project, labels, queries, adapters) -> str:

@@ -62,10 +62,16 @@ class BackgroundJob:
 
     def view(self) -> dict:
         bar = self.bar
-        return {"kind": self.kind, "running": self.finished is None, "error": self.error, "message": " ".join(self.messages),
-                "step": bar.desc if bar is not None else "loading the model",
-                "done": bar.n if bar is not None else 0, "total": bar.total if bar is not None else None,
-                "seconds": round((self.finished or time.time()) - self.started, 1)}
+        return {
+            "kind": self.kind,
+            "running": self.finished is None,
+            "error": self.error,
+            "message": " ".join(self.messages),
+            "step": bar.desc if bar is not None else "loading the model",
+            "done": bar.n if bar is not None else 0,
+            "total": bar.total if bar is not None else None,
+            "seconds": round((self.finished or time.time()) - self.started, 1),
+        }
 
 
 class Jobs:
@@ -186,24 +192,48 @@ def state(folder) -> dict:
     labels, queries, adapters, pool = project.labels(), project.queries(), project.adapters(), project.pool()
     records = [project.trained(a) for a in adapters]
     per_round = Counter(r["round"] for r in labels)
-    rounds = [{"round": t, "queried": len(queries[t]["ids"]) if t < len(queries) else 0,
-               "labeled": per_round.get(t, 0),
-               "trained_on": records[t]["n_labels"] if t < len(records) else None,
-               "accuracy": records[t].get("accuracy") if t < len(records) else None}
-              for t in range(max(len(queries), len(records)))]
+    rounds = [
+        {
+            "round": t,
+            "queried": len(queries[t]["ids"]) if t < len(queries) else 0,
+            "labeled": per_round.get(t, 0),
+            "trained_on": records[t]["n_labels"] if t < len(records) else None,
+            "accuracy": records[t].get("accuracy") if t < len(records) else None,
+        }
+        for t in range(max(len(queries), len(records)))
+    ]
     last = queries[-1] if queries else None
     waiting = P.pending(queries, labels, adapters)
     return {
-        "project": {"name": project.folder.name, "task": cfg.task, "strategy": cfg.strategy, "model": cfg.model,
-                    "closed": task.closed, "candidates": list(task.candidates or []), "rounds_planned": cfg.rounds},
-        "counts": {"pool": len(pool), "labeled": len(labels), "asked": sum(len(q["ids"]) for q in queries),
-                   "awaiting": len(waiting), "held_out": len(project.test())},
+        "project": {
+            "name": project.folder.name,
+            "task": cfg.task,
+            "strategy": cfg.strategy,
+            "model": cfg.model,
+            "closed": task.closed,
+            "candidates": list(task.candidates or []),
+            "rounds_planned": cfg.rounds,
+        },
+        "counts": {
+            "pool": len(pool),
+            "labeled": len(labels),
+            "asked": sum(len(q["ids"]) for q in queries),
+            "awaiting": len(waiting),
+            "held_out": len(project.test()),
+        },
         "answers": dict(Counter(task.gold(r["answer"]) for r in labels)) if task.closed else {},
         "rounds": rounds,
-        "query": None if last is None else {
-            "round": len(queries) - 1, "size": len(last["ids"]), "labeled": len(last["ids"]) - len(waiting),
-            "how": last.get("how", "?"), "lambda": last.get("lambda"), "file": last["file"],
-            "trained": len(adapters) >= len(queries)},
+        "query": None
+        if last is None
+        else {
+            "round": len(queries) - 1,
+            "size": len(last["ids"]),
+            "labeled": len(last["ids"]) - len(waiting),
+            "how": last.get("how", "?"),
+            "lambda": last.get("lambda"),
+            "file": last["file"],
+            "trained": len(adapters) >= len(queries),
+        },
         "next_lambda": P.query_lambda(project, len(queries)),
         "mixes": project.strategy.combine.mixes,
         "can_train": not waiting and bool(labels) and (not records or records[-1]["n_labels"] < len(labels)),
@@ -238,9 +268,19 @@ def query_items(folder) -> dict:
     rows = {r["id"]: r for r in project.pool()}
     answers = {r["id"]: r["answer"] for r in project.labels()}
     guesses, scores = last.get("guesses", {}), last.get("scores", {})
-    return {"round": len(queries) - 1, "items": [
-        {"id": i, "prompt": rows[i]["prompt"], "answer": answers.get(i),
-         "guess": guesses.get(i), "score": scores.get(i)} for i in last["ids"]]}
+    return {
+        "round": len(queries) - 1,
+        "items": [
+            {
+                "id": i,
+                "prompt": rows[i]["prompt"],
+                "answer": answers.get(i),
+                "guess": guesses.get(i),
+                "score": scores.get(i),
+            }
+            for i in last["ids"]
+        ],
+    }
 
 
 # ---------------------------------------------------------------- the application
@@ -276,9 +316,14 @@ def serve(folder, host: str = "127.0.0.1", port: int = 8765) -> None:
     logger.info(f"starlora serve: {folder} at {url}  (Ctrl+C stops)")
     if everywhere:
         found = shown != "THIS-MACHINE"
-        logger.info(f"listening on every address of this machine ({host or '0.0.0.0'}): "
-                    + ("the URL names the one found; the labelers may need another of its addresses" if found
-                       else "replace THIS-MACHINE in the URL with an address the labelers reach this machine at"))
+        logger.info(
+            f"listening on every address of this machine ({host or '0.0.0.0'}): "
+            + (
+                "the URL names the one found; the labelers may need another of its addresses"
+                if found
+                else "replace THIS-MACHINE in the URL with an address the labelers reach this machine at"
+            )
+        )
     if token:
         logger.info("every request needs this token; share the URL only with the people who label")
     try:
@@ -293,8 +338,9 @@ def bind(host: str, port: int) -> socket.socket:
     if not 0 <= port <= 65535:
         raise StarloraError(f"--port {port}: a port is 1 to 65535 (0: any free port)")
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
     except (socket.gaierror, UnicodeError, ValueError) as e:
         reason = e.strerror if isinstance(e, socket.gaierror) else str(e)
         raise StarloraError(f"--host {host}: not an address, nor a name that resolves ({reason})") from None
@@ -308,11 +354,13 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         if e.errno == errno.EADDRINUSE:
-            raise StarloraError(f"--port {port}: already in use on {host} (another starlora serve?); choose another "
-                                f"--port") from None
+            raise StarloraError(
+                f"--port {port}: already in use on {host} (another starlora serve?); choose another --port"
+            ) from None
         if e.errno == errno.EACCES:
-            raise StarloraError(f"--port {port}: not allowed for this user (ports below 1024 need root); choose "
-                                f"another --port") from None
+            raise StarloraError(
+                f"--port {port}: not allowed for this user (ports below 1024 need root); choose another --port"
+            ) from None
         if e.errno == errno.EADDRNOTAVAIL:
             raise StarloraError(f"--host {host}: not an address of this machine") from None
         raise StarloraError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from None

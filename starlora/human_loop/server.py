@@ -80,9 +80,11 @@ def post_undo(item: UndoIn, request: Request):
 def post_train(request: Request, item: TrainIn | None = None):
     item, folder = item or TrainIn(), _folder(request)
     project = P.open_project(folder)
-    job = _jobs(request).start("train", lambda: P.check_can_train(project, project.labels(), project.adapters(),
-                                                                   project.queries(), item.partial),
-                               lambda: P.train(folder, command=f"starlora serve {folder}", partial=item.partial))
+    job = _jobs(request).start(
+        "train",
+        lambda: P.check_can_train(project, project.labels(), project.adapters(), project.queries(), item.partial),
+        lambda: P.train(folder, command=f"starlora serve {folder}", partial=item.partial),
+    )
     return job.view()
 
 
@@ -90,9 +92,11 @@ def post_train(request: Request, item: TrainIn | None = None):
 def post_query(item: QueryIn, request: Request):
     folder = _folder(request)
     project = P.open_project(folder)
-    job = _jobs(request).start("query", lambda: P.check_can_query(project, project.labels(), project.adapters(),
-                                                                   project.queries()),
-                               lambda: P.query(folder, item.n, random=item.random))
+    job = _jobs(request).start(
+        "query",
+        lambda: P.check_can_query(project, project.labels(), project.adapters(), project.queries()),
+        lambda: P.query(folder, item.n, random=item.random),
+    )
     return job.view()
 
 
@@ -115,8 +119,11 @@ def get_predictions(suffix: str, request: Request):
     if made is None:
         raise StarloraError("no predictions yet: run Predict first")
     name = f"{folder.name}-round{made['round']}-predictions.{suffix}"
-    return FileResponse(folder / "predictions" / f"unlabeled.{suffix}", filename=name,
-                        media_type="text/csv" if suffix == "csv" else "application/jsonl")
+    return FileResponse(
+        folder / "predictions" / f"unlabeled.{suffix}",
+        filename=name,
+        media_type="text/csv" if suffix == "csv" else "application/jsonl",
+    )
 
 
 async def one_line(request: Request, e: StarloraError):
@@ -133,11 +140,18 @@ async def guard(request: Request, call_next):
     if request.method != "GET" and cross_site(request.headers):
         return PlainTextResponse("starlora serve: changes come from its own page only", status_code=403)
     if token is not None:
-        given = (request.query_params.get("token") or request.headers.get("x-starlora-token")
-                 or request.cookies.get(TOKEN_COOKIE) or "")
+        given = (
+            request.query_params.get("token")
+            or request.headers.get("x-starlora-token")
+            or request.cookies.get(TOKEN_COOKIE)
+            or ""
+        )
         if not secrets.compare_digest(given.encode(), token.encode()):
-            return PlainTextResponse("starlora serve: this address needs the token printed when the server "
-                                     "started (open the URL it printed)", status_code=403)
+            return PlainTextResponse(
+                "starlora serve: this address needs the token printed when the server "
+                "started (open the URL it printed)",
+                status_code=403,
+            )
     response = await call_next(request)
     if token is not None and request.query_params.get("token"):
         response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict")
