@@ -4,9 +4,9 @@ Installs Label Studio in its own environment (.labelstudio-venv, once), starts i
 folder, and for a closed-set task (BoolQ: choices) and an open one (GSM8K: a text box): `starlora init`, `starlora
 query --format labelstudio` (the model's guesses as pre-annotations, the uncertainty that chose each task as its
 starlora_uncertainty field, both checked as Label Studio holds them), a Label Studio project with the labeling config
-starlora wrote, the query file imported through its API, one annotation per task submitted through its API as an annotator would, the project exported as
-JSON, JSON-MIN and CSV, and each export fed to `starlora label` in a fresh copy of the project, whose labels must be
-exactly the answers given. Exits non-zero on the first difference.
+starlora wrote, the query file imported through its API, one annotation per task submitted through its API as an
+annotator would, the project exported as JSON, JSON-MIN and CSV, and each export fed to `starlora label` in a fresh
+copy of the project, whose labels must be exactly the answers given. Exits non-zero on the first difference.
 
     .venv/bin/python scripts/labelstudio_check.py          # about 3 minutes once Label Studio is installed
 """

@@ -25,8 +25,8 @@ from starlora.bench import FlopCount
 from starlora.data import load_data
 from starlora.models import load_model
 from starlora.scoring import ScoringSettings, score
-from starlora.tokens import answer_prefix, encode_answer, encode_prompt
 from starlora.tasks import get_task
+from starlora.tokens import answer_prefix, encode_answer, encode_prompt
 
 HUB_SIZES = {"gsm8k": (7473, 1319), "boolq": (9427, 3270), "obqa": (4957, 500)}  # (train pool, test)
 STRATEGIES = {"random": 0, "pe": 1, "me": 1, "star-pe": 1, "star-me": 1}  # 1: scores the pool every round

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .cache import ExampleCache, digest
 from .config import MethodConfig, uses_mc_dropout
 from .errors import StarloraWarning
-from .cache import ExampleCache, digest
 from .scoring import ScoringSettings, score
 from .strategies import Pick, Strategy
 

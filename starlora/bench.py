@@ -28,12 +28,12 @@ from .data import load_data, make_examples, read_rows
 from .evaluation import evaluate
 from .experiment import write_scores
 from .hardware import autocast, bf16_frozen_linears, device, resolve_dtype, resolve_precision
+from .masks import adapter_disabled, lora_sampling
 from .models import load_model
 from .scoring import ScoringSettings
-from .masks import adapter_disabled, lora_sampling
-from .tokens import answer_prefix, encode_answer, encode_prompt
 from .strategies import get_strategy, select
 from .tasks import get_task
+from .tokens import answer_prefix, encode_answer, encode_prompt
 from .training import TrainSettings, attach_lora, encode_examples, make_optimizer, train
 
 logger = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from . import parallel
 from .config import PROTOCOLS, MethodConfig, RunConfig, resolve
-from .errors import StarloraError, StarloraWarning
 from .data import HUB_PREFIX, delimiter_option
+from .errors import StarloraError, StarloraWarning
 from .files import check_out_folder
 from .tasks import BUILTIN, GENERIC
 from .tracking import parse_report_to

@@ -1,6 +1,6 @@
 """Pool embeddings for the diversity strategies: the frozen base model's last hidden state averaged over each prompt's
-tokens. Computed once per example and kept on disk like mu_b (EmbeddingCache is a cache.ExampleCache: keyed by model, token
-limit, precision, id and prompt; appended as computed; an interrupted run keeps what it embedded)."""
+tokens. Computed once per example and kept on disk like mu_b (EmbeddingCache is a cache.ExampleCache: keyed by model,
+token limit, precision, id and prompt; appended as computed; an interrupted run keeps what it embedded)."""
 
 from __future__ import annotations
 

@@ -16,6 +16,7 @@ import torch
 
 from . import metrics, parallel
 from .acquisition import Acquisition, BaseScoreCache, subsample
+from .card import push, write_card
 from .config import (
     LEGACY,
     PROTOCOLS,
@@ -27,25 +28,23 @@ from .config import (
     variant,
 )
 from .data import Example, imbalanced_pool, load_data
-from .card import push, write_card
 from .diversity import kmeans_representatives
 from .embeddings import EmbeddingCache
 from .errors import StarloraError
 from .evaluation import evaluate
 from .files import RESUMED_ROUND, check_out_folder, read_json, read_rounds, write_json, write_jsonl
+from .masks import adapter_disabled
 from .memory import preflight
 from .models import load_model
 from .provenance import ORACLE_NOTE, code_revision, versions
+from .rounds import Round, fresh_adapter, method_settings
 from .scoring import ScoringSettings, score
-from .masks import adapter_disabled
-from .tokens import join
 from .stopping import draw_stop_set, parse_stop_rule
 from .strategies import Strategy, get_strategy
 from .tasks import Task, get_task
+from .tokens import join
 from .tracking import Tracking, run_name
-from .rounds import Round, fresh_adapter, method_settings
 from .training import TrainSettings, attach_lora
-
 
 logger = logging.getLogger(__name__)
 __all__ = ["PROTOCOLS", "RunConfig", "resolve", "run", "run_seeds", "method_settings", "uses_mc_dropout"]

@@ -1,4 +1,5 @@
-"""Models by name: the embedded SmolLM2 (GGUF in a PyPI package, converted once), a tiny random LLaMA, or any HF model."""
+"""Models by name: the embedded SmolLM2 (GGUF in a PyPI package, converted once), a tiny random LLaMA, or any HF
+model."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 def cache_dir(override: str | os.PathLike | None = None) -> Path:
-    """Where converted models live: --cache-dir, else $STARLORA_CACHE, else $XDG_CACHE_HOME/starlora (~/.cache/starlora)."""
+    """Where converted models live: --cache-dir, else $STARLORA_CACHE, else $XDG_CACHE_HOME/starlora
+    (~/.cache/starlora)."""
     if override:
         return Path(override)
     if os.environ.get("STARLORA_CACHE"):
@@ -191,7 +193,8 @@ def tiny_tokenizer():
 
 
 def tiny_random(seed: int = 0, dtype: str = "fp32"):
-    """A seeded 2-layer LLaMA with the seven projection names; attention dropout > 0 so eval-mode leaks show in tests."""
+    """A seeded 2-layer LLaMA with the seven projection names; attention dropout > 0, so eval-mode leaks show in
+    tests."""
     from transformers import LlamaForCausalLM
 
     tokenizer = tiny_tokenizer()

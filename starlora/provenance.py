@@ -42,7 +42,7 @@ def _git(top: Path, *args) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def code_revision(package: Path = PACKAGE) -> dict:
     """{"commit", "dirty", "source_sha256"} when `package` sits at the top of a git checkout that tracks it;
     otherwise {"version", "source_sha256"}. Computed once per process (the code a process runs is what it

@@ -27,11 +27,11 @@ from .data import load_data
 from .errors import StarloraError
 from .experiment import run, run_pool
 from .files import read_json, read_jsonl
+from .progress import progress
 from .provenance import code_revision, revision_label
 from .ray_backend import check_options, sweep_on_ray
 from .strategies import get_strategy
 from .tasks import get_task
-from .progress import progress
 
 GRID_KEYS = {"tasks", "strategies", "seeds", "protocol", "config", "configs"}
 logger = logging.getLogger(__name__)

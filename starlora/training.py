@@ -3,9 +3,10 @@
 STAR's regulariser is decoupled weight decay on the lora_B parameters only (AdamW parameter groups). The linear LR
 schedule is sized from the real number of optimiser steps, so the last round trains as hard as the first. Batches
 group similar lengths and pad to their own longest. Under `accelerate launch` the model is wrapped in torch's
-DistributedDataParallel (or is sharded, parallel.shard) and each process takes rows of every batch, and gradient accumulation cuts a process's rows
-into micro-batches; either way the loss is normalised by the whole batch's token count and the dropout masks are
-drawn for the whole batch, so N processes or N micro-batches compute what one batch does.
+DistributedDataParallel (or is sharded, parallel.shard) and each process takes rows of every batch, and gradient
+accumulation cuts a process's rows into micro-batches; either way the loss is normalised by the whole batch's token
+count and the dropout masks are drawn for the whole batch, so N processes or N micro-batches compute what one batch
+does.
 """
 
 from __future__ import annotations

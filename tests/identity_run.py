@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from helpers import separated_inputs
+
 from starlora.experiment import resolve, run
 
 

@@ -4,8 +4,8 @@ star-*'s mixing with lambda(t), and --mode full."""
 import numpy as np
 import pytest
 import torch
-
 from helpers import lora_model
+
 from starlora.acquisition import BaseScoreCache, acquisition_scores
 from starlora.data import Example
 from starlora.experiment import method_settings, resolve, uses_mc_dropout

@@ -59,6 +59,7 @@ def test_the_human_loop_is_a_package_that_imports_nothing_from_the_simulation():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     from starlora import project, serve
-    from starlora.human_loop import project as moved_project, serve as moved_serve
+    from starlora.human_loop import project as moved_project
+    from starlora.human_loop import serve as moved_serve
 
     assert project is moved_project and serve is moved_serve  # the old import paths are the same modules

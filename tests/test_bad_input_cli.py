@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from test_report import fake_run
 
 from starlora.cli import main
 from starlora.config import PROTOCOLS
 from starlora.tasks import BUILTIN
-from test_report import fake_run
 
 
 def one_line_error(capsys, code, *names):

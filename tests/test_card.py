@@ -3,11 +3,11 @@
 import json
 
 import pytest
+from helpers import separated_inputs
 from huggingface_hub import ModelCard
 
 from starlora import card, cli
 from starlora.files import read_jsonl
-from helpers import separated_inputs
 
 
 class FakeHub:

@@ -3,6 +3,7 @@ deterministic per seed), the embedding cache, and whole runs with coreset, badge
 
 import numpy as np
 import pytest
+from helpers import separated_inputs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,7 +12,6 @@ from starlora.config import resolve
 from starlora.errors import StarloraError
 from starlora.experiment import run
 from starlora.files import read_jsonl
-from helpers import separated_inputs
 
 
 def test_kcenter_greedy_by_hand():
@@ -209,11 +209,10 @@ def test_kmeans_representatives_by_hand():
 
 
 def test_cold_start_by_kmeans_in_a_run_and_the_human_loop(tmp_path):
+    import base64
     import json
 
     from starlora import project as P
-
-    import base64
 
     out, rounds = small_run(tmp_path, strategy="random", cold_start="kmeans", stop_set_size=5)
     random_out, random_rounds = small_run(tmp_path / "r", strategy="random", stop_set_size=5)

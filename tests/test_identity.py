@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
-
 sys.path.insert(0, str(Path(__file__).parent))
 import identity_run  # noqa: E402  (tests/ is on the path for helpers too)
-
 
 # keys a record gained after the recording (new information, no changed value)
 ADDED_SINCE = {"train_steps", "macro_f1", "balanced_accuracy", "labeled_classes", "metric", "revision"}

@@ -6,8 +6,8 @@ import dataclasses
 
 import numpy as np
 import pytest
-
 from helpers import lora_model
+
 from starlora.acquisition import BaseScoreCache, acquisition_scores
 from starlora.data import Example
 from starlora.scoring import ScoringSettings

@@ -3,14 +3,14 @@
 import numpy as np
 import pytest
 import torch
-
 from helpers import lora_model
+
 from starlora.acquisition import REFERENCE_WARNING, BaseScoreCache, acquisition_scores
 from starlora.data import Example
 from starlora.errors import StarloraWarning
+from starlora.masks import adapter_disabled, lora_sampling
 from starlora.models import tiny_random
 from starlora.scoring import ScoringSettings, answer_stats, score
-from starlora.masks import adapter_disabled, lora_sampling
 from starlora.strategies import get_strategy
 from starlora.tasks import get_task
 from starlora.training import TrainSettings, attach_lora, make_optimizer, train

@@ -73,8 +73,8 @@ def test_embedded_model_converts_once_then_loads_from_cache(tmp_path, monkeypatc
     from starlora.bench import naive_answer_stats
     from starlora.data import Example
     from starlora.scoring import score
-    from starlora.tokens import encode_answer, encode_prompt
     from starlora.tasks import get_task
+    from starlora.tokens import encode_answer, encode_prompt
 
     task = get_task("boolq")
     assert all(len(encode_answer(tok, c, 8)) == 1 for c in task.candidates)

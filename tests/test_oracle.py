@@ -7,6 +7,7 @@ import json
 import random
 
 import pytest
+from test_report import fake_run, row
 
 from starlora import sweep as S
 from starlora.cli import main
@@ -16,7 +17,6 @@ from starlora.experiment import folder_resumes, run
 from starlora.project import init
 from starlora.provenance import ORACLE_NOTE, code_revision
 from starlora.reporting import report
-from test_report import fake_run, row
 
 pytestmark = pytest.mark.filterwarnings("ignore::starlora.errors.StarloraWarning")  # the oracle warns on purpose
 

@@ -14,8 +14,8 @@ from starlora.models import tiny_random
 GOLD = {f"q{i}": ("true" if i % 3 else "false") for i in range(30)}
 
 
-@pytest.fixture
-def files(tmp_path):
+def write_project_files(folder):
+    """The pool (GOLD's examples, unlabeled) and test files a project is made from; returns the folder."""
     pool = "".join(
         json.dumps({"id": i, "question": f"Is item {i[1:]} blue?\nAnswer:", "topic": "colour"}) + "\n" for i in GOLD
     )
@@ -23,9 +23,14 @@ def files(tmp_path):
         json.dumps({"id": f"t{i}", "question": f"Is thing {i} blue?\nAnswer:", "answer": "true"}) + "\n"
         for i in range(6)
     )
-    (tmp_path / "pool.jsonl").write_text(pool)
-    (tmp_path / "test.jsonl").write_text(test)
-    return tmp_path
+    (folder / "pool.jsonl").write_text(pool)
+    (folder / "test.jsonl").write_text(test)
+    return folder
+
+
+@pytest.fixture
+def files(tmp_path):
+    return write_project_files(tmp_path)
 
 
 def cli(*args):

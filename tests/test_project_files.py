@@ -9,12 +9,17 @@ import random
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_project import GOLD, answer_jsonl, cli, init, write_project_files
 
 from starlora import files as F
 from starlora import project as P
 from starlora.errors import StarloraError
 
-from test_project import GOLD, answer_jsonl, cli, files, init  # noqa: F401 - files is a fixture
+
+@pytest.fixture
+def files(tmp_path):
+    return write_project_files(tmp_path)
+
 
 SST = {f"r{i}": ("positive" if i % 2 else "negative") for i in range(24)}
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import separated_inputs
+
 from starlora import strategies
 from starlora.cli import main
 from starlora.errors import StarloraError

@@ -21,8 +21,8 @@ from starlora.errors import StarloraError
 from starlora.experiment import resolve, run
 from starlora.files import read_jsonl
 from starlora.scoring import answer_stats, score
-from starlora.tokens import encode_prompt
 from starlora.tasks import get_task
+from starlora.tokens import encode_prompt
 from starlora.training import TrainSettings, attach_lora
 
 RUN = [

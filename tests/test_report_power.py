@@ -8,12 +8,12 @@ import math
 import warnings
 
 import pytest
+from test_report import fake_run, row
 
 from starlora import metrics
 from starlora.cli import main
 from starlora.errors import StarloraWarning
 from starlora.reporting import report
-from test_report import fake_run, row
 
 
 def stamp(folder, started=None, finished=None):

@@ -3,16 +3,16 @@ prompt with its answer."""
 
 import numpy as np
 import torch
-
 from helpers import lora_model
+
 from starlora import uncertainty as U
 from starlora.data import Example
 from starlora.experiment import fewshot_examples
 from starlora.masks import GroupDropout, group_seed, lora_sampling, swap_lora_dropout
 from starlora.models import tiny_random
 from starlora.scoring import ScoringSettings, score
-from starlora.tokens import encode_answer, encode_prompt
 from starlora.tasks import get_task
+from starlora.tokens import encode_answer, encode_prompt
 from starlora.training import TrainSettings, encode_examples
 
 WORDS = get_task("closed", ["yes", "no", "maybe"], "{question}")  # byte-level tokenizer: 2-5 tokens each

@@ -20,11 +20,11 @@ webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from test_serve import GOLD, free_port, make_project  # noqa: E402
 
 from starlora import project as P  # noqa: E402
 from starlora.cli import main  # noqa: E402
 from starlora.serve import create_app  # noqa: E402
-from test_serve import GOLD, free_port, make_project  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")

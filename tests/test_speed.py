@@ -2,8 +2,8 @@
 dropout masks, bf16 autocast, 2 processes; and `starlora bench` reports every figure."""
 
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -12,19 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import separated_inputs
 from safetensors.torch import load_file
 
-from helpers import separated_inputs
 from starlora import bench as B
 from starlora.data import Example
 from starlora.errors import StarloraError
 from starlora.files import read_jsonl
 from starlora.hardware import resolve_precision
+from starlora.masks import BatchDropout
 from starlora.models import tiny_random
 from starlora.scoring import ScoringSettings, answer_stats, score
-from starlora.tokens import encode_answer, encode_prompt
 from starlora.tasks import get_task
-from starlora.masks import BatchDropout
+from starlora.tokens import encode_answer, encode_prompt
 from starlora.training import TrainSettings, attach_lora, batch_order
 
 BOOLQ = get_task("boolq", template="{question}")

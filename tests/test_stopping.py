@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from helpers import separated_inputs
 
 from starlora.config import resolve
 from starlora.errors import StarloraError
@@ -10,7 +11,6 @@ from starlora.experiment import run
 from starlora.files import read_jsonl
 from starlora.stopping import StopRule, cohen_kappa, parse_stop_rule, stop_figures
 from starlora.strategies import get_strategy, one_pass_measure
-from helpers import separated_inputs
 
 
 def test_cohen_kappa_by_hand():

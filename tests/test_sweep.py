@@ -214,7 +214,8 @@ def test_devices_the_machine_lacks_are_refused(grid, monkeypatch, capsys):
 
 
 def test_blocks_differing_in_metric_or_pool_class_ratio_get_folders_of_their_own(grid):
-    """The imbalance study's blocks beside the balanced ones: each metric and pool ratio runs in a folder named by it."""
+    """The imbalance study's blocks beside the balanced ones: each metric and pool ratio runs in a folder named by
+    it."""
     config = S.read_grid(grid / "grid.yaml")[0]["config"]
     blocks = [
         {"tasks": ["boolq"], "strategies": ["random"], "seeds": [0], "config": config},

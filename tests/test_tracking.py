@@ -6,13 +6,13 @@ import json
 import struct
 
 import pytest
+from helpers import separated_inputs
 
 from starlora import tracking
 from starlora.config import resolve
 from starlora.errors import StarloraError
 from starlora.experiment import run
 from starlora.files import read_jsonl
-from helpers import separated_inputs
 
 TOL = 1e-6  # TensorBoard stores float32
 

@@ -29,7 +29,6 @@ from ..acquisition import Acquisition, BaseScoreCache, RoundSeeds, random_scores
 from ..card import push, write_card
 from ..config import MethodConfig, stored_config
 from ..data import Example, make_examples, read_rows, row_id
-from .labelstudio import FORMATS, cleaned, export, labelstudio_config, read_answers
 from ..diversity import kmeans_representatives
 from ..embeddings import EmbeddingCache
 from ..errors import StarloraError
@@ -44,6 +43,7 @@ from ..stopping import draw_stop_set, parse_stop_rule
 from ..strategies import get_strategy, select
 from ..tasks import get_task
 from ..tracking import Tracking
+from .labelstudio import FORMATS, cleaned, export, labelstudio_config, read_answers
 
 logger = logging.getLogger(__name__)
 
