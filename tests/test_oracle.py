@@ -49,6 +49,26 @@ def test_the_committed_studies_plan_to_their_existing_folders(study):
         assert folder_resumes(folder, planned[folder].cfg) is True, folder
 
 
+def test_study_ii_runs_share_the_frozen_commit_and_plan_to_their_folders():
+    """Study II (results/PLAN.md): every finished run was made by the one commit results/run-study-ii checks out, from
+    a clean tree, and its grid still plans it into its folder as the same configuration (so the driver resumes it)."""
+    import re
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parent.parent / "results"
+    frozen = re.search(r"^COMMIT=([0-9a-f]{40})", (results / "run-study-ii").read_text(), re.M).group(1)
+    revisions = []
+    for grid in sorted(results.glob("ii-*/grid.yaml")):
+        planned = {job.folder.resolve(): job for job in S.plan(S.read_grid(grid), grid.parent)}
+        for summary in grid.parent.rglob("summary.json"):
+            folder = summary.parent.resolve()
+            revisions.append(json.loads(summary.read_text())["revision"])
+            assert revisions[-1]["commit"] == frozen and revisions[-1]["dirty"] is False, folder
+            assert folder in planned and folder_resumes(folder, planned[folder].cfg) is True, folder
+    assert revisions  # the study has begun: its first runs are committed
+    assert len({r["source_sha256"] for r in revisions}) == 1  # one source tree made them all
+
+
 def test_report_marks_every_oracle_row_and_pairs_it_with_random(tmp_path):
     for seed in (0, 1):
         fake_run(tmp_path / f"random{seed}", "random", seed, [60.0, 70.0], target="own")
