@@ -1,0 +1,170 @@
+"""Study II's write-up numbers that `starlora report` does not give (results/PLAN.md, "Metric and tests"): B's
+learning-rate choice on random runs and its interaction (ΔAUC with full fine-tuning against ΔAUC with LoRA, paired by
+seed), D's oracle against random and against label-free star-me (one Holm family of two), and C's rare class (seeds
+that start without one, rare examples labeled per round). The same functions as the report: metrics.paired_delta,
+paired_t_p, sign_test_p, holm. Written before B, C and D had runs; a question without runs yet says so.
+
+    .venv/bin/python results/study_ii.py      # writes results/study-ii-analysis.md
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from starlora import metrics
+from starlora.reporting import load_runs
+
+RESULTS = Path(__file__).resolve().parent
+RARE = "positive"  # question C makes positives 10% of the pool
+
+
+def runs_under(folder: Path) -> list[dict]:
+    """The finished runs under a study folder (none when it has no finished run yet)."""
+    return load_runs([folder]) if any(folder.rglob("summary.json")) else []
+
+
+def by_seed(runs, strategy: str, **config) -> dict[int, float]:
+    """AUC per seed of one strategy (the report's variant name) whose configuration has the given values."""
+    out = {}
+    for r in runs:
+        if r["strategy"] == strategy and all(r["config"].get(k) == v for k, v in config.items()):
+            if r["seed"] in out:
+                raise ValueError(f"{r['folder']}: seed {r['seed']} of {strategy} {config} twice")
+            out[r["seed"]] = r["auc"]
+    return out
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> dict:
+    """a − b over the seeds both have: mean, 95% interval, pairs, wins, paired t and sign-test p."""
+    seeds = sorted(a.keys() & b.keys())
+    d = metrics.paired_delta([a[s] for s in seeds], [b[s] for s in seeds])
+    return {**d, "seeds": seeds, "p_t": metrics.paired_t_p(d["deltas"]), "p_sign": metrics.sign_test_p(d["deltas"])}
+
+
+def lr_choice(runs) -> tuple[list[dict], float | None]:
+    """B's learning rate: mean AUC of the random full fine-tuning runs per lr; the highest mean wins (None before
+    every lr has its seeds)."""
+    lrs = sorted({r["config"]["lr"] for r in runs if r["strategy"] == "random"})
+    rows = [{"lr": lr, **metrics.mean_std_ci(list(by_seed(runs, "random", lr=lr).values()))} for lr in lrs]
+    complete = rows and len({row["n"] for row in rows}) == 1
+    return rows, (max(rows, key=lambda row: row["mean"])["lr"] if complete else None)
+
+
+def interaction(full, lora, strategy: str = "me") -> dict:
+    """B's own question: per seed, ΔAUC(strategy − random) with full fine-tuning minus the same with LoRA."""
+    mine = {"full": by_seed(full, strategy, mode="full"), "lora": by_seed(lora, strategy, mode="lora")}
+    random = {"full": by_seed(full, "random", mode="full"), "lora": by_seed(lora, "random", mode="lora")}
+    delta = {
+        mode: {s: mine[mode][s] - random[mode][s] for s in mine[mode].keys() & random[mode].keys()} for mode in mine
+    }
+    return {
+        **{mode: paired(mine[mode], random[mode]) for mode in mine},
+        "interaction": paired(delta["full"], delta["lora"]),
+    }
+
+
+def oracle(runs, name: str = "star-me+oracle-reference") -> dict:
+    """D: the oracle against random and against star-me, Holm-adjusted as one family of two."""
+    tests = {
+        "vs random": paired(by_seed(runs, name), by_seed(runs, "random")),
+        "vs star-me": paired(by_seed(runs, name), by_seed(runs, "star-me")),
+    }
+    for test, p in zip(tests.values(), metrics.holm([t["p_t"] for t in tests.values()])):
+        test["p_holm"] = p
+    return tests
+
+
+def rare_class(runs, rare: str = RARE) -> list[dict]:
+    """C, per strategy: seeds whose initial labeled set holds no rare example, and the mean rare examples labeled
+    after each round (rounds.jsonl's labeled_classes)."""
+    out = []
+    for strategy in sorted({r["strategy"] for r in runs}):
+        mine = sorted((r for r in runs if r["strategy"] == strategy), key=lambda r: r["seed"])
+        counts = [[rnd["labeled_classes"][rare] for rnd in r["rounds"]] for r in mine]
+        rounds = min(map(len, counts))
+        out.append(
+            {
+                "strategy": strategy,
+                "seeds": len(mine),
+                "none_at_start": sum(c[0] == 0 for c in counts),
+                "rare_per_round": [sum(c[t] for c in counts) / len(counts) for t in range(rounds)],
+            }
+        )
+    return out
+
+
+def _p(p: float) -> str:
+    return "—" if math.isnan(p) else f"{p:.3f}"
+
+
+def _delta(t: dict) -> str:
+    interval = "" if math.isnan(t["low"]) else f" [{t['low']:+.2f}, {t['high']:+.2f}]"
+    return f"{t['mean']:+.2f}{interval}"
+
+
+def _test_row(name: str, t: dict) -> str:
+    holm = f" | {_p(t['p_holm'])}" if "p_holm" in t else ""
+    return f"| {name} | {t['n']} | {_delta(t)} | {_p(t['p_t'])}{holm} | {_p(t['p_sign'])} | {t['wins']}/{t['n']} |"
+
+
+def markdown(results: Path = RESULTS) -> str:
+    lines = [
+        "# Study II: the numbers `starlora report` does not give",
+        "",
+        "Written by `results/study_ii.py` from the finished runs; ΔAUC in AUC points, mean [95% paired "
+        "t-interval]; p (t) two-sided paired t, p (sign) exact sign test; wins = seeds with a positive "
+        "difference.",
+        "",
+    ]
+    lr_rows, chosen = lr_choice(runs_under(results / "ii-full-lr"))
+    lines += ["## B: full fine-tuning's learning rate (random runs only)", ""]
+    if lr_rows:
+        lines += ["| lr | seeds | AUC mean ± sd |", "|---|---|---|"]
+        lines += [f"| {r['lr']:g} | {r['n']} | {r['mean']:.2f} ± {r['std']:.2f} |" for r in lr_rows]
+        lines += ["", f"Chosen: lr {chosen:g} (highest mean AUC)." if chosen else "Not chosen yet: seeds missing."]
+    else:
+        lines += ["No run yet."]
+    full, lora = runs_under(results / "ii-full"), runs_under(results / "ii-sst2")
+    lines += ["", "## B: does me gain more over random with full fine-tuning than with LoRA?", ""]
+    if full and lora:
+        b = interaction(full, lora)
+        lines += [
+            "| comparison | pairs | Δ [95% CI] | p (t) | p (sign) | wins |",
+            "|---|---|---|---|---|---|",
+            _test_row("ΔAUC me − random, full", b["full"]),
+            _test_row("ΔAUC me − random, LoRA", b["lora"]),
+            _test_row("interaction: full − LoRA", b["interaction"]),
+        ]
+    else:
+        lines += ["No full fine-tuning run of the 10-seed grid yet."]
+    lines += ["", "## D: the official code's gold-reading uncertainty (an oracle)", ""]
+    if lora and by_seed(lora, "star-me+oracle-reference"):
+        d = oracle(lora)
+        lines += [
+            "| star-me+oracle-reference | pairs | ΔAUC [95% CI] | p (t) | p (t, Holm) | p (sign) | wins |",
+            "|---|---|---|---|---|---|---|",
+        ] + [_test_row(k, t) for k, t in d.items()]
+    else:
+        lines += ["No oracle run yet."]
+    lines += ["", f"## C: the rare class ({RARE}, 10% of the pool)", ""]
+    imbalance = runs_under(results / "ii-imbalance")
+    if imbalance:
+        lines += [
+            "| strategy | seeds | seeds starting without one | mean labeled after each round |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['strategy']} | {r['seeds']} | {r['none_at_start']} | "
+            f"{', '.join(f'{x:.1f}' for x in r['rare_per_round'])} |"
+            for r in rare_class(imbalance)
+        ]
+    else:
+        lines += ["No run yet."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    out = RESULTS / "study-ii-analysis.md"
+    out.write_text(markdown())
+    print(f"written {out}")

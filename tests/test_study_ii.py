@@ -1,0 +1,81 @@
+"""results/study_ii.py, the study II write-up's own numbers (B's lr choice and interaction, D's oracle family, C's rare
+class), on hand-made run folders with hand-computed answers."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from test_report import fake_run
+
+spec = importlib.util.spec_from_file_location(
+    "study_ii", Path(__file__).resolve().parent.parent / "results" / "study_ii.py"
+)
+study = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(study)
+
+
+def runs(top, rows, **settings):
+    """rows: (folder name, strategy, seed, flat AUC, extra settings); a flat curve has AUC equal to its value."""
+    for name, strategy, seed, auc, extra in rows:
+        fake_run(top / name / f"seed{seed}", strategy, seed, [auc, auc], **{**settings, **extra})
+    return study.runs_under(top)
+
+
+def test_b_chooses_the_lr_with_the_highest_mean_auc_once_every_lr_has_its_seeds(tmp_path):
+    aucs = {1e-5: [60, 62, 64], 3e-5: [70, 71, 72], 1e-4: [50, 50, 53]}
+    rows = [
+        (f"random-{lr}", "random", s, a, {"lr": lr, "mode": "full"}) for lr, v in aucs.items() for s, a in enumerate(v)
+    ]
+    table, chosen = study.lr_choice(runs(tmp_path / "all", rows))
+    assert chosen == 3e-5
+    assert [(r["lr"], r["n"], r["mean"]) for r in table] == [(1e-5, 3, 62.0), (3e-5, 3, 71.0), (1e-4, 3, 51.0)]
+    assert study.lr_choice(runs(tmp_path / "part", rows[:-1]))[1] is None  # lr 1e-4 lacks seed 2
+
+
+def test_b_interaction_pairs_the_two_deltas_by_seed(tmp_path):
+    full = runs(
+        tmp_path / "full",
+        [("random", "random", s, 60, {"mode": "full"}) for s in range(3)]
+        + [("me", "me", s, a, {"mode": "full"}) for s, a in enumerate([65, 63, 64])],
+    )
+    lora = runs(
+        tmp_path / "lora",
+        [("random", "random", s, 70, {"mode": "lora"}) for s in range(3)]
+        + [("me", "me", s, a, {"mode": "lora"}) for s, a in enumerate([71, 70, 69])],
+    )
+    b = study.interaction(full, lora)
+    assert b["full"]["deltas"] == pytest.approx([5, 3, 4]) and b["lora"]["deltas"] == pytest.approx([1, 0, -1])
+    inter = b["interaction"]  # [4, 3, 5]: mean 4, sd 1, half-width t(0.975, 2) / sqrt(3) = 4.3027 / 1.7321
+    assert inter["deltas"] == pytest.approx([4, 3, 5]) and inter["mean"] == pytest.approx(4.0)
+    assert (inter["low"], inter["high"]) == pytest.approx((4 - 2.4841, 4 + 2.4841), abs=1e-4)
+    assert inter["wins"] == 3 and inter["p_sign"] == pytest.approx(0.25)
+    assert inter["p_t"] == pytest.approx(0.0202, abs=1e-4)  # t = 4 / (1 / sqrt 3) = 6.93 with 2 degrees of freedom
+
+
+def test_d_tests_the_oracle_against_random_and_star_me_as_one_holm_family(tmp_path):
+    rows = [("random", "random", s, 70, {}) for s in range(3)]
+    rows += [("star-me", "star-me", s, a, {}) for s, a in enumerate([71, 72, 70])]
+    rows += [("oracle", "star-me", s, a, {"target": "reference"}) for s, a in enumerate([75, 74, 76])]
+    d = study.oracle(runs(tmp_path, rows))
+    assert d["vs random"]["deltas"] == pytest.approx([5, 4, 6]) and d["vs star-me"]["deltas"] == pytest.approx(
+        [4, 2, 6]
+    )
+    p = sorted([d["vs random"]["p_t"], d["vs star-me"]["p_t"]])
+    assert sorted([d["vs random"]["p_holm"], d["vs star-me"]["p_holm"]]) == pytest.approx(
+        [2 * p[0], max(2 * p[0], p[1])]
+    )
+    md = study.markdown(tmp_path / "none")
+    assert "No oracle run yet." in md and "No run yet." in md
+
+
+def test_c_counts_seeds_starting_without_the_rare_class_and_rare_labels_per_round(tmp_path):
+    rare = {0: [0, 1, 1], 1: [2, 2, 3]}
+    for seed, counts in rare.items():
+        folder = fake_run(tmp_path / "random" / f"seed{seed}", "random", seed, [50.0, 55.0, 60.0])
+        rounds = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
+        for r, n in zip(rounds, counts):
+            r["labeled_classes"] = {"negative": r["n_labeled"] - n, "positive": n}
+        (folder / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    (row,) = study.rare_class(study.runs_under(tmp_path))
+    assert row == {"strategy": "random", "seeds": 2, "none_at_start": 1, "rare_per_round": [1.0, 1.5, 2.0]}
