@@ -1,6 +1,7 @@
 """Study II's write-up numbers that `starlora report` does not give (results/PLAN.md, "Metric and tests"): B's
 learning-rate choice on random runs and its interaction (ΔAUC with full fine-tuning against ΔAUC with LoRA, paired by
-seed), D's oracle against random and against label-free star-me (one Holm family of two), and C's rare class (seeds
+seed), D's oracles (star-me's as registered, star-pe's from the plan's amendment 1) against random and against
+their label-free twin (one Holm family of two each), and C's rare class (seeds
 that start without one, rare examples labeled per round). The same functions as the report: metrics.paired_delta,
 paired_t_p, sign_test_p, holm. Written before B, C and D had runs; a question without runs yet says so.
 
@@ -64,15 +65,29 @@ def interaction(full, lora, strategy: str = "me") -> dict:
     }
 
 
-def oracle(runs, name: str = "star-me+oracle-reference") -> dict:
-    """D: the oracle against random and against star-me, Holm-adjusted as one family of two."""
+def oracle(runs, strategy: str = "star-me") -> dict:
+    """D (strategy star-me) and D′ (star-pe, amendment 1): the oracle `STRATEGY+oracle-reference` against random and
+    against its label-free twin, Holm-adjusted as one family of two."""
+    name = f"{strategy}+oracle-reference"
     tests = {
         "vs random": paired(by_seed(runs, name), by_seed(runs, "random")),
-        "vs star-me": paired(by_seed(runs, name), by_seed(runs, "star-me")),
+        f"vs {strategy}": paired(by_seed(runs, name), by_seed(runs, strategy)),
     }
     for test, p in zip(tests.values(), metrics.holm([t["p_t"] for t in tests.values()])):
         test["p_holm"] = p
     return tests
+
+
+def same_picks(runs, strategy: str = "star-me") -> tuple[int, int]:
+    """(seeds whose oracle run labeled exactly what the label-free run labeled, round for round; seeds of both)."""
+    picks = {
+        (r["strategy"], r["seed"]): [rnd.get("selected") for rnd in r["rounds"]]
+        for r in runs
+        if r["strategy"] in (strategy, f"{strategy}+oracle-reference")
+    }
+    seeds = {s for name, s in picks if name == strategy} & {s for name, s in picks if name != strategy}
+    same = sum(picks[(strategy, s)] == picks[(f"{strategy}+oracle-reference", s)] for s in seeds)
+    return same, len(seeds)
 
 
 def rare_class(runs, rare: str = RARE) -> list[dict]:
@@ -92,6 +107,11 @@ def rare_class(runs, rare: str = RARE) -> list[dict]:
             }
         )
     return out
+
+
+def lora_random(runs) -> list[dict]:
+    """A's random runs: D′ pairs with them by seed (the same protocol, seed and initial set)."""
+    return [r for r in runs if r["strategy"] == "random"]
 
 
 def _p(p: float) -> str:
@@ -139,14 +159,24 @@ def markdown(results: Path = RESULTS) -> str:
     else:
         lines += ["No full fine-tuning run of the 10-seed grid yet."]
     lines += ["", "## D: the official code's gold-reading uncertainty (an oracle)", ""]
-    if lora and by_seed(lora, "star-me+oracle-reference"):
-        d = oracle(lora)
+    for title, strategy, runs, secondary in [
+        ("D (registered): star-me", "star-me", lora, False),  # star-me against random is A's own comparison
+        ("D′ (amendment 1): star-pe", "star-pe", lora_random(lora) + runs_under(results / "ii-leak"), True),
+    ]:
+        lines += [f"### {title}", ""]
+        if not by_seed(runs, f"{strategy}+oracle-reference"):
+            lines += ["No oracle run yet.", ""]
+            continue
+        same, both = same_picks(runs, strategy)
         lines += [
-            "| star-me+oracle-reference | pairs | ΔAUC [95% CI] | p (t) | p (t, Holm) | p (sign) | wins |",
+            f"| {strategy}+oracle-reference | pairs | ΔAUC [95% CI] | p (t) | p (t, Holm) | p (sign) | wins |",
             "|---|---|---|---|---|---|---|",
-        ] + [_test_row(k, t) for k, t in d.items()]
-    else:
-        lines += ["No oracle run yet."]
+        ] + [_test_row(k, t) for k, t in oracle(runs, strategy).items()]
+        lines += ["", f"Seeds whose oracle labeled exactly what {strategy} labeled, round for round: {same} of {both}."]
+        if secondary and by_seed(runs, strategy) and by_seed(runs, "random"):
+            plain = paired(by_seed(runs, strategy), by_seed(runs, "random"))
+            lines += ["", f"Secondary, unadjusted: {strategy} − random {_delta(plain)} ({plain['n']} pairs)."]
+        lines += [""]
     lines += ["", f"## C: the rare class ({RARE}, 10% of the pool)", ""]
     imbalance = runs_under(results / "ii-imbalance")
     if imbalance:

@@ -1,6 +1,6 @@
 """Acquisition never reads labels: flipping every candidate's answer leaves mu_b, mu_f and mu unchanged, on a
 closed and an open task, for STAR and the PE/ME baselines; only --target reference (the official code's way) reads
-them."""
+them, and on one-token answers only through PE: ME's entropy there is the same whichever answer is scored."""
 
 import dataclasses
 
@@ -12,7 +12,8 @@ from starlora.acquisition import BaseScoreCache, acquisition_scores
 from starlora.data import Example
 from starlora.scoring import ScoringSettings
 from starlora.strategies import get_strategy
-from starlora.tasks import get_task
+from starlora.tasks import Task, get_task
+from starlora.tokens import answer_prefix, encode_answer
 
 SMALL = ScoringSettings(batch_size=3, max_new_tokens=4)
 BOOLQ = get_task("boolq", template="{question}")
@@ -82,3 +83,46 @@ def test_acquisition_scores_do_not_depend_on_the_labels(model, strategy, task, e
     used = ("mu_b", "mu_f", "mu") if strategy.startswith("star") else ("mu_f", "mu")
     for k in used:  # --target reference scores the gold answers, so flipping them changes every term
         assert not np.array_equal(ref[k], ref_other[k]), k
+
+
+# Candidates of one token each (the tiny tokenizer spells "A" as one token when nothing joins it to the prompt, as
+# after a line break): SST-2, BoolQ and OpenBookQA answers are one token under the embedded SmolLM2.
+ONE_TOKEN = Task("letters", "{question}", ("A", "B"))
+LETTERS = [
+    Example(f"l{i}", f"Question: is {i} odd?" + " really" * (i % 3) + "\nAnswer:\n", t, t)
+    for i, t in enumerate(["A", "B"] * 3)
+]
+
+
+def flipped_letters(examples):
+    return [dataclasses.replace(ex, target=other, gold=other) for ex, other in zip(examples, ["B", "A"] * 3)]
+
+
+def test_the_candidates_are_one_token_each(model):
+    _, tok = model
+    assert [len(encode_answer(tok, c, 8, prefix=answer_prefix(LETTERS[0].prompt))) for c in "AB"] == [1, 1]
+
+
+@pytest.mark.parametrize("strategy", ["me", "star-me"])
+def test_me_reads_no_label_on_one_token_answers_even_with_target_reference(model, strategy):
+    """ME is the entropy of the next-token distribution at the answer's positions; for a one-token answer that is the
+    one distribution after the prompt, whichever answer is scored. So the official code's gold-reading ME equals the
+    label-free ME exactly (study II's amendment 1: its star-me oracle picked what star-me picked)."""
+    own = scores(model, ONE_TOKEN, LETTERS, strategy)
+    assert np.ptp(own["mu"]) > 0  # the examples' scores differ: equal arrays below are not a constant
+    for examples in (LETTERS, flipped_letters(LETTERS)):
+        ref = scores(model, ONE_TOKEN, examples, strategy, reference=True)
+        for k in ("mu_b", "mu_f", "mu"):
+            assert np.array_equal(own[k], ref[k], equal_nan=True), k
+
+
+@pytest.mark.parametrize("strategy", ["pe", "star-pe"])
+def test_pe_reads_the_label_on_one_token_answers_with_target_reference(model, strategy):
+    """PE is -log p of the scored answer: scoring the gold answer makes it -log p(gold), so flipping the golds changes
+    every example's score, while the label-free PE stays as it was."""
+    ref, ref_flipped = (
+        scores(model, ONE_TOKEN, ex, strategy, reference=True) for ex in (LETTERS, flipped_letters(LETTERS))
+    )
+    assert not np.isclose(ref["mu_f"], ref_flipped["mu_f"]).any()
+    own = scores(model, ONE_TOKEN, LETTERS, strategy)
+    assert np.array_equal(own["mu_f"], scores(model, ONE_TOKEN, flipped_letters(LETTERS), strategy)["mu_f"])

@@ -152,3 +152,23 @@ def test_a_run_records_its_revision_and_an_oracle_run_says_what_it_is(tmp_path):
 def test_random_with_target_reference_is_refused_not_renamed():
     with pytest.raises(StarloraError, match="--target reference .* --strategy random reads none"):
         resolve("quick", strategy="random", target="reference")
+
+
+def test_study_ii_the_me_oracle_picks_exactly_what_star_me_picks():
+    """Study II, amendment 1 (results/PLAN.md): on SST-2's one-token answers the gold-reading ME is the label-free ME
+    (tests/test_label_free.py), so every committed seed of D's registered row labeled the same examples, round for
+    round, as star-me of that seed, and reached the same AUC."""
+    from pathlib import Path
+
+    runs = Path(__file__).resolve().parent.parent / "results" / "ii-sst2" / "sst2"
+    pairs = [
+        (runs / "star-me" / seed.name, seed)
+        for seed in sorted((runs / "star-me+oracle-reference").glob("seed*"))
+        if (seed / "summary.json").exists() and (runs / "star-me" / seed.name / "summary.json").exists()
+    ]
+    assert pairs
+    for own, oracle in pairs:
+        rounds = [[json.loads(line)["selected"] for line in (f / "rounds.jsonl").open()] for f in (own, oracle)]
+        assert rounds[0] == rounds[1] and len(rounds[0]) == 6, oracle
+        summaries = [json.loads((f / "summary.json").read_text()) for f in (own, oracle)]
+        assert summaries[0]["auc"] == summaries[1]["auc"], oracle

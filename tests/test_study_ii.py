@@ -79,3 +79,31 @@ def test_c_counts_seeds_starting_without_the_rare_class_and_rare_labels_per_roun
         (folder / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
     (row,) = study.rare_class(study.runs_under(tmp_path))
     assert row == {"strategy": "random", "seeds": 2, "none_at_start": 1, "rare_per_round": [1.0, 1.5, 2.0]}
+
+
+def test_d_prime_pairs_the_star_pe_oracle_with_a_random_runs_and_counts_seeds_with_the_same_picks(tmp_path):
+    """Amendment 1: D′ (results/ii-leak, star-pe with and without --target reference) pairs with A's random runs
+    (results/ii-sst2) by seed; D's section counts the seeds whose oracle labeled exactly what star-me labeled."""
+    runs(tmp_path / "ii-sst2", [("random", "random", s, 70, {}) for s in range(3)])
+    runs(tmp_path / "ii-sst2", [("star-me", "star-me", s, 72, {}) for s in range(3)])
+    runs(tmp_path / "ii-sst2", [("oracle", "star-me", s, 72, {"target": "reference"}) for s in range(3)])
+    runs(tmp_path / "ii-leak", [("star-pe", "star-pe", s, a, {}) for s, a in enumerate([71, 70, 69])])
+    runs(
+        tmp_path / "ii-leak", [("oracle", "star-pe", s, a, {"target": "reference"}) for s, a in enumerate([74, 76, 75])]
+    )
+    for s in range(3):  # star-me's oracle labels what star-me labels except in seed 2's first round
+        for name, picks in [("star-me", ["a", "b"]), ("oracle", ["a", "c"] if s == 2 else ["a", "b"])]:
+            path = tmp_path / "ii-sst2" / name / f"seed{s}" / "rounds.jsonl"
+            rounds = [json.loads(line) for line in path.read_text().splitlines()]
+            rounds[0]["selected"] = picks
+            path.write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    lora, leak = study.runs_under(tmp_path / "ii-sst2"), study.runs_under(tmp_path / "ii-leak")
+    assert study.same_picks(lora) == (2, 3)
+    d = study.oracle(study.lora_random(lora) + leak, "star-pe")
+    assert d["vs random"]["deltas"] == pytest.approx([4, 6, 5]) and d["vs star-pe"]["deltas"] == pytest.approx(
+        [3, 6, 6]
+    )
+    md = study.markdown(tmp_path)
+    assert "labeled exactly what star-me labeled, round for round: 2 of 3." in md
+    assert "Secondary, unadjusted: star-pe − random +0.00 [-2.48, +2.48] (3 pairs)." in md
+    assert "Secondary, unadjusted: star-me" not in md  # A's own comparison is not D's
