@@ -5,19 +5,24 @@ their label-free twin (one Holm family of two each), and C's rare class (seeds
 that start without one, rare examples labeled per round). The same functions as the report: metrics.paired_delta,
 paired_t_p, sign_test_p, holm. Written before B, C and D had runs; a question without runs yet says so.
 
-    .venv/bin/python results/study_ii.py      # writes results/study-ii-analysis.md
+    .venv/bin/python results/study_ii.py              # writes results/study-ii-analysis.md
+    .venv/bin/python results/study_ii.py --full-grid  # writes results/ii-full/grid.yaml once B's lr is chosen
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
+
+import yaml
 
 from starlora import metrics
 from starlora.reporting import load_runs
 
 RESULTS = Path(__file__).resolve().parent
 RARE = "positive"  # question C makes positives 10% of the pool
+LRS, LR_SEEDS = (1e-5, 3e-5, 1e-4), (0, 1, 2)  # B's learning-rate choice (results/ii-full-lr/grid.yaml)
 
 
 def runs_under(folder: Path) -> list[dict]:
@@ -43,13 +48,29 @@ def paired(a: dict[int, float], b: dict[int, float]) -> dict:
     return {**d, "seeds": seeds, "p_t": metrics.paired_t_p(d["deltas"]), "p_sign": metrics.sign_test_p(d["deltas"])}
 
 
-def lr_choice(runs) -> tuple[list[dict], float | None]:
-    """B's learning rate: mean AUC of the random full fine-tuning runs per lr; the highest mean wins (None before
-    every lr has its seeds)."""
-    lrs = sorted({r["config"]["lr"] for r in runs if r["strategy"] == "random"})
+def lr_choice(runs, lrs=LRS, seeds=LR_SEEDS) -> tuple[list[dict], float | None]:
+    """B's learning rate: mean AUC of the random full fine-tuning runs per lr; the highest mean wins (None until
+    every planned lr has every planned seed)."""
     rows = [{"lr": lr, **metrics.mean_std_ci(list(by_seed(runs, "random", lr=lr).values()))} for lr in lrs]
-    complete = rows and len({row["n"] for row in rows}) == 1
-    return rows, (max(rows, key=lambda row: row["mean"])["lr"] if complete else None)
+    complete = all(set(by_seed(runs, "random", lr=lr)) >= set(seeds) for lr in lrs)
+    return [r for r in rows if r["n"]], (max(rows, key=lambda row: row["mean"])["lr"] if complete else None)
+
+
+def full_grid(rows: list[dict], chosen: float) -> str:
+    """results/ii-full/grid.yaml: random and me with full fine-tuning at the chosen lr, seeds 0-9, one block per seed
+    (the frozen commit's sweep runs blocks in file order), the choice and its AUCs in the header."""
+    header = [
+        "# Question B (results/PLAN.md): random and me with full fine-tuning, seeds 0-9, against results/ii-sst2's",
+        f"# LoRA runs. lr {chosen:g}, chosen on random runs only (results/ii-full-lr, seeds "
+        f"{', '.join(map(str, LR_SEEDS))}; highest mean AUC),",
+        "# written by results/study_ii.py --full-grid when the choice was complete:",
+        *[f"#   lr {r['lr']:g}: AUC {r['mean']:.2f} ± {r['std']:.2f} over {r['n']} seeds" for r in rows],
+        "# Study II, run from one frozen commit by results/run-study-ii; bf16 autocast as in every study II grid.",
+    ]
+    lr = yaml.safe_dump(chosen).split("\n")[0]  # YAML's float spelling (3.0e-05; PyYAML reads 3e-05 as a string)
+    block = "- tasks: [sst2]\n  protocol: sst2\n  config: {{precision: bf16, mode: full, lr: {lr}}}\n"
+    block += "  strategies: [random, me]\n  seeds: [{seed}]\n"
+    return "\n".join(header) + "\n" + "".join(block.format(lr=lr, seed=s) for s in range(10))
 
 
 def interaction(full, lora, strategy: str = "me") -> dict:
@@ -194,7 +215,23 @@ def markdown(results: Path = RESULTS) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_full_grid(results: Path = RESULTS) -> Path | None:
+    """Write B's 10-seed grid once the lr choice is complete (the driver calls this after results/ii-full-lr); an
+    existing grid is kept, so the choice is made once."""
+    out = results / "ii-full" / "grid.yaml"
+    rows, chosen = lr_choice(runs_under(results / "ii-full-lr"))
+    if out.exists() or chosen is None:
+        return None
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(full_grid(rows, chosen))
+    return out
+
+
 if __name__ == "__main__":
-    out = RESULTS / "study-ii-analysis.md"
-    out.write_text(markdown())
-    print(f"written {out}")
+    if sys.argv[1:] == ["--full-grid"]:
+        written = write_full_grid()
+        print(f"written {written}" if written else "results/ii-full/grid.yaml: kept, or the lr choice is not complete")
+    else:
+        out = RESULTS / "study-ii-analysis.md"
+        out.write_text(markdown())
+        print(f"written {out}")

@@ -31,6 +31,32 @@ def test_b_chooses_the_lr_with_the_highest_mean_auc_once_every_lr_has_its_seeds(
     assert chosen == 3e-5
     assert [(r["lr"], r["n"], r["mean"]) for r in table] == [(1e-5, 3, 62.0), (3e-5, 3, 71.0), (1e-4, 3, 51.0)]
     assert study.lr_choice(runs(tmp_path / "part", rows[:-1]))[1] is None  # lr 1e-4 lacks seed 2
+    first = [r for r in rows if r[2] == 0]  # every lr at seed 0 only: not yet a choice
+    assert study.lr_choice(runs(tmp_path / "first", first))[1] is None
+
+
+def test_b_writes_its_ten_seed_grid_once_the_choice_is_complete_and_keeps_it(tmp_path):
+    from starlora import sweep as S
+
+    aucs = {1e-5: [60, 62, 64], 3e-5: [70, 71, 72], 1e-4: [50, 50, 53]}
+    rows = [
+        (f"random-{lr}", "random", s, a, {"lr": lr, "mode": "full"}) for lr, v in aucs.items() for s, a in enumerate(v)
+    ]
+    runs(tmp_path / "ii-full-lr", rows[:-1])
+    assert study.write_full_grid(tmp_path) is None and not (tmp_path / "ii-full").exists()
+    runs(tmp_path / "ii-full-lr", rows[-1:])
+    grid = study.write_full_grid(tmp_path)
+    text = grid.read_text()
+    assert "lr 3e-05, chosen on random runs only" in text and "#   lr 3e-05: AUC 71.00 ± 1.00 over 3 seeds" in text
+    jobs = S.plan(S.read_grid(grid), tmp_path / "ii-full")
+    assert [(j.cfg.strategy, j.cfg.seed, j.cfg.lr, j.cfg.mode, j.cfg.precision) for j in jobs[:2]] == [
+        ("random", 0, 3e-5, "full", "bf16"),
+        ("me", 0, 3e-5, "full", "bf16"),
+    ]
+    assert len(jobs) == 20 and {j.cfg.seed for j in jobs} == set(range(10))
+    assert {j.folder.relative_to(tmp_path / "ii-full").parts[:2] for j in jobs} == {("sst2", "random"), ("sst2", "me")}
+    grid.write_text(text + "# edited\n")
+    assert study.write_full_grid(tmp_path) is None and grid.read_text().endswith("# edited\n")  # made once
 
 
 def test_b_interaction_pairs_the_two_deltas_by_seed(tmp_path):
