@@ -168,7 +168,10 @@ def test_study_ii_the_me_oracle_picks_exactly_what_star_me_picks():
     ]
     assert pairs
     for own, oracle in pairs:
-        rounds = [[json.loads(line)["selected"] for line in (f / "rounds.jsonl").open()] for f in (own, oracle)]
+        rounds = [
+            [json.loads(line)["selected"] for line in (f / "rounds.jsonl").read_text().splitlines()]
+            for f in (own, oracle)
+        ]
         assert rounds[0] == rounds[1] and len(rounds[0]) == 6, oracle
         summaries = [json.loads((f / "summary.json").read_text()) for f in (own, oracle)]
         assert summaries[0]["auc"] == summaries[1]["auc"], oracle

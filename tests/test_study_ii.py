@@ -117,14 +117,17 @@ def test_d_prime_pairs_the_star_pe_oracle_with_a_random_runs_and_counts_seeds_wi
     runs(
         tmp_path / "ii-leak", [("oracle", "star-pe", s, a, {"target": "reference"}) for s, a in enumerate([74, 76, 75])]
     )
-    for s in range(3):  # star-me's oracle labels what star-me labels except in seed 2's first round
-        for name, picks in [("star-me", ["a", "b"]), ("oracle", ["a", "c"] if s == 2 else ["a", "b"])]:
-            path = tmp_path / "ii-sst2" / name / f"seed{s}" / "rounds.jsonl"
+    for s in range(3):  # every run labels "a" then "b", except star-me's oracle at seed 2 ("a" then "c")
+        for top, name in [("ii-sst2", "star-me"), ("ii-sst2", "oracle"), ("ii-leak", "star-pe"), ("ii-leak", "oracle")]:
+            path = tmp_path / top / name / f"seed{s}" / "rounds.jsonl"
             rounds = [json.loads(line) for line in path.read_text().splitlines()]
-            rounds[0]["selected"] = picks
+            for r, pick in zip(rounds, ["a", "c" if (top, name, s) == ("ii-sst2", "oracle", 2) else "b"]):
+                r["selected"] = [pick]
             path.write_text("".join(json.dumps(r) + "\n" for r in rounds))
     lora, leak = study.runs_under(tmp_path / "ii-sst2"), study.runs_under(tmp_path / "ii-leak")
-    assert study.same_picks(lora) == (2, 3)
+    assert study.same_picks(lora) == (2, 3) and study.same_picks(study.lora_random(lora) + leak, "star-pe") == (3, 3)
+    registered = study.oracle(lora)  # the oracle's AUCs equal star-me's: p 1, kept in the family of two
+    assert registered["vs star-me"]["p_t"] == 1.0 and registered["vs star-me"]["p_holm"] == 1.0
     d = study.oracle(study.lora_random(lora) + leak, "star-pe")
     assert d["vs random"]["deltas"] == pytest.approx([4, 6, 5]) and d["vs star-pe"]["deltas"] == pytest.approx(
         [3, 6, 6]
