@@ -52,3 +52,39 @@ def test_without_a_gpu_it_asks_for_the_dry_run(tmp_path):
     )
     assert done.returncode == 2 and "no CUDA GPU here; --dry-run" in done.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+def load_script():
+    import importlib.machinery
+    import importlib.util
+
+    loader = importlib.machinery.SourceFileLoader("gpu_check", str(SCRIPT))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader("gpu_check", loader))
+    loader.exec_module(module)
+    return module
+
+
+def test_random_weights_keep_the_architecture_and_tokenizer_and_every_step_uses_the_model(tmp_path):
+    """--random-weights-from, for a GPU machine the model's weights cannot reach: the same config and tokenizer, new
+    weights; --model (and that model) goes to the bench and to every run."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from starlora.models import tiny_random
+
+    source, tok = tiny_random()  # itself random with seed 0, as random_weights draws: trained weights stand apart
+    with torch.no_grad():
+        source.lm_head.weight.mul_(30.0)
+    source.save_pretrained(tmp_path / "src")
+    tok.save_pretrained(tmp_path / "src")
+    (tmp_path / "src" / "model.safetensors").unlink()  # only the architecture and tokenizer travel
+    gpu_check = load_script()
+    made = gpu_check.random_weights(tmp_path / "src", tmp_path / "random")
+    model = AutoModelForCausalLM.from_pretrained(made)
+    ignore = {"dtype": None, "_name_or_path": None}
+    assert model.config.to_dict() | ignore == source.config.to_dict() | ignore
+    assert AutoTokenizer.from_pretrained(made)("Answer: yes")["input_ids"] == tok("Answer: yes")["input_ids"]
+    assert not torch.equal(model.lm_head.weight, source.lm_head.weight)
+    size = gpu_check.settings(False, str(made))
+    assert size["bench"][:2] == ["--model", str(made)] and size["run"][:2] == ["--model", str(made)]
+    assert "--model" not in gpu_check.settings(False)["run"]
