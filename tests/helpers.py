@@ -45,3 +45,24 @@ def separated_inputs(folder: Path, n_train: int, n_test: int) -> dict:
     return dict(
         model=str(folder / "model"), train_file=str(folder / "train.jsonl"), test_file=str(folder / "test.jsonl")
     )
+
+
+def separated_run(folder: Path, n_train: int, n_test: int, **overrides) -> dict:
+    """The small run the logic tests share, as `resolve` keys: separated_inputs' model and files, BoolQ, me, 3 rounds
+    from 6 labels in queries of 5, LoRA r 4, fp32; `overrides` change any key."""
+    return {
+        **separated_inputs(folder, n_train, n_test),
+        "task": "boolq",
+        "strategy": "me",
+        "init_size": 6,
+        "query_size": 5,
+        "rounds": 3,
+        "epochs": 1,
+        "batch_size": 4,
+        "seed": 0,
+        "probe_size": 4,
+        "lora_r": 4,
+        "score_batch_size": 16,
+        "precision": "fp32",
+        **overrides,
+    }

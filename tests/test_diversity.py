@@ -3,7 +3,7 @@ deterministic per seed), the embedding cache, and whole runs with coreset, badge
 
 import numpy as np
 import pytest
-from helpers import separated_inputs
+from helpers import separated_run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -113,30 +113,7 @@ def test_cluster_spread_takes_exactly_ceil_beta_k():
 
 
 def small_run(tmp_path, **kw):
-    paths = separated_inputs(tmp_path, 40, 8)
-    cfg = resolve(
-        "paper",
-        **{
-            **dict(
-                model=paths["model"],
-                task="boolq",
-                train_file=paths["train_file"],
-                test_file=paths["test_file"],
-                strategy="me",
-                init_size=6,
-                query_size=5,
-                rounds=3,
-                epochs=1,
-                batch_size=4,
-                seed=0,
-                probe_size=4,
-                lora_r=4,
-                score_batch_size=16,
-                precision="fp32",
-            ),
-            **kw,
-        },
-    )
+    cfg = resolve("paper", **separated_run(tmp_path, 40, 8, **kw))
     out = tmp_path / "run"
     run(cfg, out)
     return out, read_jsonl(out / "rounds.jsonl")

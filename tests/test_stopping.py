@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from helpers import separated_inputs
+from helpers import separated_inputs, separated_run
 
 from starlora.config import resolve
 from starlora.errors import StarloraError
@@ -66,25 +66,7 @@ def test_rules():
 
 
 def test_a_run_records_the_criteria_stops_early_and_stays_stopped(tmp_path):
-    paths = separated_inputs(tmp_path, 48, 8)
-    base = dict(
-        model=paths["model"],
-        task="boolq",
-        train_file=paths["train_file"],
-        test_file=paths["test_file"],
-        strategy="me",
-        init_size=4,
-        query_size=4,
-        rounds=5,
-        epochs=1,
-        batch_size=4,
-        seed=0,
-        probe_size=4,
-        lora_r=4,
-        score_batch_size=16,
-        precision="fp32",
-        stop_set_size=10,
-    )
+    base = separated_run(tmp_path, 48, 8, init_size=4, query_size=4, rounds=5, stop_set_size=10)
     out = tmp_path / "run"
     run(resolve("paper", **base, stop_when="kappa:0:1"), out)  # kappa >= 0 from round 1 on: stops after round 1
     rounds = read_jsonl(out / "rounds.jsonl")

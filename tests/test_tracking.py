@@ -6,7 +6,7 @@ import json
 import struct
 
 import pytest
-from helpers import separated_inputs
+from helpers import separated_run
 
 from starlora import tracking
 from starlora.config import resolve
@@ -27,25 +27,7 @@ def offline_trackers(tmp_path, monkeypatch):
 
 
 def tiny_run(tmp_path, names):
-    paths = separated_inputs(tmp_path, 40, 8)
-    cfg = resolve(
-        "paper",
-        model=paths["model"],
-        task="boolq",
-        train_file=paths["train_file"],
-        test_file=paths["test_file"],
-        strategy="star-me",
-        init_size=6,
-        query_size=6,
-        rounds=3,
-        epochs=2,
-        batch_size=4,
-        seed=0,
-        probe_size=4,
-        lora_r=4,
-        score_batch_size=16,
-        precision="fp32",
-    )
+    cfg = resolve("paper", **separated_run(tmp_path, 40, 8, strategy="star-me", query_size=6, epochs=2))
     out = tmp_path / "run"
     summary = run(cfg, out, report_to=tracking.parse_report_to(names))
     return out, read_jsonl(out / "rounds.jsonl"), summary
