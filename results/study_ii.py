@@ -55,8 +55,9 @@ def paired(a: dict[int, float], b: dict[int, float]) -> dict:
 def lr_choice(runs, lrs=LRS, seeds=LR_SEEDS) -> tuple[list[dict], float | None]:
     """B's learning rate: mean AUC of the random full fine-tuning runs per lr; the highest mean wins (None until
     every planned lr has every planned seed)."""
-    rows = [{"lr": lr, **metrics.mean_std_ci(list(by_seed(runs, "random", lr=lr).values()))} for lr in lrs]
-    complete = all(set(by_seed(runs, "random", lr=lr)) >= set(seeds) for lr in lrs)
+    aucs = {lr: by_seed(runs, "random", lr=lr) for lr in lrs}
+    rows = [{"lr": lr, **metrics.mean_std_ci(list(aucs[lr].values()))} for lr in lrs]
+    complete = all(set(aucs[lr]) >= set(seeds) for lr in lrs)
     return [r for r in rows if r["n"]], (max(rows, key=lambda row: row["mean"])["lr"] if complete else None)
 
 
