@@ -197,12 +197,16 @@ def seeds_needed(delta: float, sd: float, power: float = 0.8, alpha: float = 0.0
 
 def paired_t_p(d) -> float:
     """Two-sided p-value of the paired t-test of mean(d) = 0 (scipy.stats.ttest_1samp); NaN with fewer than two
-    pairs, and for differences that do not vary (the t statistic is undefined: the sign test beside it speaks)."""
+    pairs. Differences that are all exactly 0 (two strategies that picked alike) give p 1: nothing speaks against
+    equality, and the comparison stays in its Holm family. Other differences that do not vary leave the t statistic
+    undefined: NaN, and the sign test beside it speaks."""
     from scipy.stats import ttest_1samp
 
     d = np.asarray(d, dtype=np.float64)
     if d.size < 2:
         return float("nan")
+    if np.all(d == 0):
+        return 1.0
     if np.all(d == d[0]):
         return float("nan")
     return float(ttest_1samp(d, 0.0).pvalue)
@@ -210,13 +214,13 @@ def paired_t_p(d) -> float:
 
 def sign_test_p(d) -> float:
     """Two-sided exact sign test (scipy.stats.binomtest, p = 1/2) of the differences' signs; ties (d = 0) are
-    dropped. NaN when no difference is non-zero."""
+    dropped. When every pair ties, p 1 (as paired_t_p); NaN with no pairs."""
     from scipy.stats import binomtest
 
     d = np.asarray(d, dtype=np.float64)
     wins, losses = int((d > 0).sum()), int((d < 0).sum())
     if wins + losses == 0:
-        return float("nan")
+        return 1.0 if d.size else float("nan")
     return float(binomtest(wins, wins + losses, 0.5).pvalue)
 
 

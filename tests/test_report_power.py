@@ -99,7 +99,7 @@ def test_per_round_paired_differences_table_csv_and_plot(tmp_path):
     assert pe[1]["p_t"] == pytest.approx(metrics.paired_t_p([2, 4, 6]))
     me1 = row(rows, "me")["per_round"][1]
     assert [pe[1]["p_holm"], me1["p_holm"]] == pytest.approx(metrics.holm([pe[1]["p_t"], me1["p_t"]]))
-    assert math.isnan(pe[0]["p_t"]) and pe[0]["wins"] == 0  # no difference at all in round 0: nothing to test
+    assert pe[0]["p_t"] == 1.0 and pe[0]["wins"] == 0  # no difference at all in round 0: nothing against equality
     md = (tmp_path / "r" / "report.md").read_text()
     assert "## Per-round paired differences" in md
     assert (

@@ -26,12 +26,14 @@ def test_paired_t_and_sign_test_by_hand():
     t = math.sqrt(12)
     assert metrics.paired_t_p([1, 2, 3]) == pytest.approx(2 * (0.5 - t / (2 * math.sqrt(t * t + 2))))
     assert math.isnan(metrics.paired_t_p([1.0]))
-    # differences that do not vary: the t statistic is undefined, not a certainty (the sign test speaks)
-    assert np.isnan(metrics.paired_t_p([0, 0, 0])) and np.isnan(metrics.paired_t_p([2, 2, 2]))
+    # all exactly 0 (two strategies that picked alike): p 1, so Holm keeps the comparison in its family
+    assert metrics.paired_t_p([0, 0, 0]) == 1.0 and metrics.holm([0.01, metrics.paired_t_p([0, 0])]) == [0.02, 1.0]
+    # constant but not 0: the t statistic is undefined, not a certainty (the sign test speaks)
+    assert np.isnan(metrics.paired_t_p([2, 2, 2]))
     # 3 wins, 1 loss, 1 tie (dropped): P(X >= 3) for Bin(4, 1/2) is 5/16, two-sided 10/16
     assert metrics.sign_test_p([1, 2, -1, 0, 3]) == pytest.approx(10 / 16)
     assert metrics.sign_test_p([1, 1, 1, 1, 1]) == pytest.approx(2 / 32)
-    assert math.isnan(metrics.sign_test_p([0, 0]))
+    assert metrics.sign_test_p([0, 0]) == 1.0 and math.isnan(metrics.sign_test_p([]))
 
 
 def power_by_integration(delta, sd, n, alpha=0.05):
