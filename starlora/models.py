@@ -62,6 +62,11 @@ def load_model(
             )
     if name == TINY:
         model.config.name_or_path = TINY
+    if name in EMBEDDED_ALIASES and (wrong := special_token_mismatches(tokenizer, EMBEDDED_SPECIAL_TOKENS)):
+        raise StarloraError(  # a cache converted by a transformers that misread the GGUF file
+            f"the converted model in {path} has special tokens that differ from {GGUF_FILE}'s ({'; '.join(wrong)}): "
+            "delete that folder so the pinned transformers converts it again"
+        )
     return _prepare(model, tokenizer)
 
 
@@ -164,11 +169,17 @@ def embedded_gguf_folder() -> Path:
 
 
 def _convert_embedded(out: Path) -> None:
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     src = embedded_gguf_folder()
     logger.info(f"converting the embedded GGUF model once to {out.with_name(out.name.split('.tmp')[0])}")
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
+    if wrong := special_token_mismatches(tokenizer, gguf_special_tokens(src / GGUF_FILE)):
+        raise StarloraError(
+            f"transformers {transformers.__version__} misread the special tokens of {GGUF_FILE} ({'; '.join(wrong)}): "
+            "install the pinned version (pip install -c constraints.txt transformers)"
+        )
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
     # Dequantised weights are plain fp32: drop the GGUF quantiser so save_pretrained writes ordinary safetensors.
     model.hf_quantizer = None
@@ -176,6 +187,42 @@ def _convert_embedded(out: Path) -> None:
         del model.config.quantization_config
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+
+
+# The GGUF file's own special-token ids, checked at every load without reading the file again (3.5 s); the
+# conversion checks against the file itself, and a slow test that these are the file's.
+EMBEDDED_SPECIAL_TOKENS = {"bos": 1, "eos": 2, "pad": 2}
+GGUF_SPECIAL_TOKENS = {
+    "bos": "tokenizer.ggml.bos_token_id",
+    "eos": "tokenizer.ggml.eos_token_id",
+    "pad": "tokenizer.ggml.padding_token_id",
+}
+
+
+def gguf_special_tokens(path: Path) -> dict[str, int]:
+    """The bos, eos and pad token ids a GGUF file's metadata names (those it names)."""
+    from gguf import GGUFReader
+
+    fields = GGUFReader(path).fields
+    return {
+        role: int(fields[key].parts[fields[key].data[0]][0])
+        for role, key in GGUF_SPECIAL_TOKENS.items()
+        if key in fields
+    }
+
+
+def special_token_mismatches(tokenizer, expected: dict[str, int]) -> list[str]:
+    """Where the tokenizer's bos/eos/pad ids differ from `expected` (its GGUF file's). transformers 5.17.0 read the
+    embedded model's end of sequence as <|im_start|> (id 1; the file says <|im_end|>, 2), so every training answer
+    ended in the wrong token and sst2 runs learned 6-7 AUC points less (results/gpu_real_weights.json)."""
+    read = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id}
+    name = tokenizer.convert_ids_to_tokens
+    return [
+        f"{role} {f'id {read[role]} {name(read[role])}' if read[role] is not None else 'unset'} where the file says "
+        f"{want} {name(want)}"
+        for role, want in expected.items()
+        if read[role] != want
+    ]
 
 
 def tiny_tokenizer():

@@ -67,6 +67,11 @@ def test_embedded_model_converts_once_then_loads_from_cache(tmp_path, monkeypatc
     again, _ = models.load_model("smollm2", tmp_path)
     assert len(calls) == 1
     assert model.config.num_hidden_layers == 30 and sum(p.numel() for p in again.parameters()) == 134_515_008
+    # the GGUF's own special tokens (transformers 5.17.0 read eos as <|im_start|>; load_model refuses that)
+    assert (
+        models.gguf_special_tokens(models.embedded_gguf_folder() / models.GGUF_FILE) == models.EMBEDDED_SPECIAL_TOKENS
+    )
+    assert (tok.eos_token, tok.eos_token_id, tok.pad_token_id, tok.bos_token) == ("<|im_end|>", 2, 2, "<|im_start|>")
     assert torch.equal(model.lm_head.weight, again.lm_head.weight)
 
     # BoolQ's " true"/" false" are one token each: scoring takes the one-forward path; it matches the official way
@@ -90,3 +95,57 @@ def test_embedded_model_converts_once_then_loads_from_cache(tmp_path, monkeypatc
     y_hat = naive[:, :, 0].argmax(1)
     assert fast.predictions == [task.candidates[j] for j in y_hat]
     np.testing.assert_allclose(fast.measures["me"], naive[range(3), y_hat, 1], rtol=1e-4)
+
+
+def gguf_with_special_tokens(path, bos, eos, pad):
+    """A GGUF file with no tensors and only the special-token metadata, written by the gguf library itself."""
+    import gguf
+
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_bos_token_id(bos)
+    writer.add_eos_token_id(eos)
+    writer.add_pad_token_id(pad)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def test_special_tokens_that_differ_from_the_gguf_file_are_found(tmp_path):
+    tok = models.tiny_tokenizer()  # <pad> 0, <s> 1, </s> 2
+    agrees = gguf_with_special_tokens(tmp_path / "agrees.gguf", bos=1, eos=2, pad=0)
+    assert models.gguf_special_tokens(agrees) == {"bos": 1, "eos": 2, "pad": 0}
+    assert models.special_token_mismatches(tok, models.gguf_special_tokens(agrees)) == []
+    # transformers 5.17.0 read SmolLM2's GGUF this way round: its eos as the file's bos, and no pad
+    assert models.special_token_mismatches(tok, {"bos": 1, "eos": 1, "pad": 0}) == [
+        "eos id 2 </s> where the file says 1 <s>"
+    ]
+    tok.pad_token = None
+    assert models.special_token_mismatches(tok, {"pad": 0}) == ["pad unset where the file says 0 <pad>"]
+
+
+def test_a_cache_converted_by_a_misreading_transformers_is_refused_naming_the_folder(tmp_path, monkeypatch):
+    model, tok = models.tiny_random()
+    folder = tmp_path / "cache" / "models" / "smollm2-135m-instruct"  # where the embedded model's conversion lives
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    monkeypatch.setattr(models, "EMBEDDED_SPECIAL_TOKENS", {"bos": 1, "eos": 1, "pad": 0})  # as 5.17.0 reads them
+    with pytest.raises(StarloraError) as raised:
+        models.load_model("smollm2", tmp_path / "cache")
+    assert str(raised.value) == (
+        f"the converted model in {folder} has special tokens that differ from {models.GGUF_FILE}'s "
+        "(eos id 2 </s> where the file says 1 <s>): delete that folder so the pinned transformers converts it again"
+    )
+
+
+def test_a_transformers_that_misreads_the_gguf_file_converts_nothing(tmp_path, monkeypatch):
+    import transformers
+
+    (tmp_path / "pkg").mkdir()
+    gguf_with_special_tokens(tmp_path / "pkg" / models.GGUF_FILE, bos=1, eos=1, pad=0)
+    monkeypatch.setattr(models, "embedded_gguf_folder", lambda: tmp_path / "pkg")
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: models.tiny_tokenizer())
+    with pytest.raises(StarloraError, match=rf"^transformers {transformers.__version__} misread the special tokens"):
+        models.load_model("smollm2", tmp_path / "cache")
+    assert list((tmp_path / "cache" / "models").iterdir()) == []  # no half-converted cache left behind
