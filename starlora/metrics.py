@@ -214,13 +214,13 @@ def paired_t_p(d) -> float:
 
 def sign_test_p(d) -> float:
     """Two-sided exact sign test (scipy.stats.binomtest, p = 1/2) of the differences' signs; ties (d = 0) are
-    dropped. When every pair ties, p 1 (as paired_t_p); NaN with no pairs."""
+    dropped. When every difference is exactly 0, p 1 (nothing against equality); NaN with no pairs or only NaN."""
     from scipy.stats import binomtest
 
     d = np.asarray(d, dtype=np.float64)
     wins, losses = int((d > 0).sum()), int((d < 0).sum())
     if wins + losses == 0:
-        return 1.0 if d.size else float("nan")
+        return 1.0 if d.size and np.all(d == 0) else float("nan")
     return float(binomtest(wins, wins + losses, 0.5).pvalue)
 
 

@@ -65,7 +65,7 @@ def load_model(
     if name in EMBEDDED_ALIASES and (wrong := special_token_mismatches(tokenizer, EMBEDDED_SPECIAL_TOKENS)):
         raise StarloraError(  # a cache converted by a transformers that misread the GGUF file
             f"the converted model in {path} has special tokens that differ from {GGUF_FILE}'s ({'; '.join(wrong)}): "
-            "delete that folder so the pinned transformers converts it again"
+            "delete that folder, and it is converted again by a transformers other than 5.17.0"
         )
     return _prepare(model, tokenizer)
 
@@ -178,7 +178,8 @@ def _convert_embedded(out: Path) -> None:
     if wrong := special_token_mismatches(tokenizer, gguf_special_tokens(src / GGUF_FILE)):
         raise StarloraError(
             f"transformers {transformers.__version__} misread the special tokens of {GGUF_FILE} ({'; '.join(wrong)}): "
-            "install the pinned version (pip install -c constraints.txt transformers)"
+            "install another version: pip install 'transformers>=5,!=5.17.0' (in a checkout: pip install -c "
+            "constraints.txt transformers)"
         )
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE, dtype=torch.float32)
     # Dequantised weights are plain fp32: drop the GGUF quantiser so save_pretrained writes ordinary safetensors.
@@ -214,7 +215,7 @@ def gguf_special_tokens(path: Path) -> dict[str, int]:
 def special_token_mismatches(tokenizer, expected: dict[str, int]) -> list[str]:
     """Where the tokenizer's bos/eos/pad ids differ from `expected` (its GGUF file's). transformers 5.17.0 read the
     embedded model's end of sequence as <|im_start|> (id 1; the file says <|im_end|>, 2), so every training answer
-    ended in the wrong token and sst2 runs learned 6-7 AUC points less (results/gpu_real_weights.json)."""
+    ended in the wrong token and sst2 runs learned 6-7.5 AUC points less (results/gpu_real_weights.json)."""
     read = {"bos": tokenizer.bos_token_id, "eos": tokenizer.eos_token_id, "pad": tokenizer.pad_token_id}
     name = tokenizer.convert_ids_to_tokens
     return [

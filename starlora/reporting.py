@@ -390,7 +390,7 @@ def _p(p) -> str:
 
 
 def _seeds(n, sd) -> str:
-    return "n/a" if not np.isfinite(sd) else f"> {10_000:,}" if n is None else str(n)
+    return "n/a" if not np.isfinite(sd) or sd == 0 else f"> {10_000:,}" if n is None else str(n)
 
 
 def _cells(row, grouped) -> list[str]:

@@ -28,6 +28,9 @@ def test_the_dry_run_runs_every_step_and_writes_its_figures(tmp_path):
     assert list(checks) == ["bench", "sst2", "4bit", "one", "ddp", "fsdp", "sweep"]
     assert all(c["status"] == "pass" for c in checks.values()), checks
     assert result["mode"].startswith("dry-run") and result["passed"] is True
+    import transformers
+
+    assert result["machine"]["transformers"] == transformers.__version__  # the stack the steps ran on
     assert done.stdout.count("PASS") == 7 and "all steps passed" in done.stdout
     bench = checks["bench"]["figures"]
     assert bench["precision"] == "bf16" and bench["device"] == "cpu" and bench["scoring_examples_per_s"] > 0

@@ -165,3 +165,17 @@ def test_report_shows_revisions_and_warns_when_a_group_mixes_them(tmp_path):
         rows = report([tmp_path / "plain"], tmp_path / "r2")
     assert rows[0]["revisions"] == {"unrecorded": 1}
     assert "| boolq | random | unrecorded (1) |" in (tmp_path / "r2" / "report.md").read_text()
+
+
+def test_a_strategy_that_equals_random_at_every_seed_stays_in_its_family_with_p_1(tmp_path):
+    for seed in (0, 1):
+        fake_run(tmp_path / f"r{seed}", "random", seed, [60.0, 70.0])
+        fake_run(tmp_path / f"m{seed}", "me", seed, [60.0, 70.0])  # what random labeled, to the last digit
+        fake_run(tmp_path / f"p{seed}", "pe", seed, [60.0 + 2 * seed, 72.0])
+    rows = report([tmp_path], tmp_path / "r")
+    me, pe = row(rows, "me")["tests"], row(rows, "pe")["tests"]
+    assert (me["p_t"], me["p_sign"]) == (1.0, 1.0)
+    assert [me["p_holm"], pe["p_holm"]] == pytest.approx(metrics.holm([1.0, pe["p_t"]]))  # a family of two
+    md = (tmp_path / "r" / "report.md").read_text()
+    tests = md[md.index("## Paired tests") :]
+    assert "| boolq | me | 2 | +0.00 [+0.00, +0.00] | 1.000 | 1.000 | 1.000 | 0.00 | n/a | n/a | n/a |" in tests

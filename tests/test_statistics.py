@@ -34,6 +34,7 @@ def test_paired_t_and_sign_test_by_hand():
     assert metrics.sign_test_p([1, 2, -1, 0, 3]) == pytest.approx(10 / 16)
     assert metrics.sign_test_p([1, 1, 1, 1, 1]) == pytest.approx(2 / 32)
     assert metrics.sign_test_p([0, 0]) == 1.0 and math.isnan(metrics.sign_test_p([]))
+    assert math.isnan(metrics.sign_test_p([float("nan")] * 2))  # no difference known, not no difference
 
 
 def power_by_integration(delta, sd, n, alpha=0.05):
