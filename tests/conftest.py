@@ -36,6 +36,7 @@ def write(tmp_path):
 
     return _write
 
+
 # test_ray_sweep.py drives Ray from the test process, and Ray ends that process (exit 1, no report) when a daemon of
 # its local instance dies: CI once lost the whole suite that way. test_ray_in_a_child.py runs it in a child pytest.
 collect_ignore = [] if os.environ.get("STARLORA_RAY_CHILD") else ["test_ray_sweep.py"]
