@@ -158,7 +158,7 @@ def check_finite(logp: np.ndarray, ent: np.ndarray, owner: list[int], names=None
         more = f" and {len(shown) - 10} more" if len(shown) > 10 else ""
         raise StarloraError(
             f"the model produced non-finite logits for example(s) {', '.join(map(str, shown[:10]))}"
-            f"{more}; check the model weights, or try --precision fp32"
+            f"{more}; check the model weights (trained ones: a lower --lr), or try --precision fp32"
         )
 
 
