@@ -22,6 +22,7 @@ from starlora.reporting import load_runs
 
 RESULTS = Path(__file__).resolve().parent
 RARE = "positive"  # question C makes positives 10% of the pool
+CHANCE = 50.0  # balanced accuracy of a two-class model that answers one class whatever the example
 LRS, LR_SEEDS = (1e-5, 3e-5, 1e-4), (0, 1, 2)  # B's learning-rate choice (results/ii-full-lr/grid.yaml)
 
 
@@ -114,8 +115,9 @@ def same_picks(runs, strategy: str = "star-me") -> tuple[int, int]:
 
 
 def rare_class(runs, rare: str = RARE) -> list[dict]:
-    """C, per strategy: seeds whose initial labeled set holds no rare example, and the mean rare examples labeled
-    after each round (rounds.jsonl's labeled_classes)."""
+    """C, per strategy: seeds whose initial labeled set holds no rare example, the mean rare examples labeled after
+    each round (rounds.jsonl's labeled_classes), and the seeds whose model is at chance after each round: balanced
+    accuracy within a point of 50, what a model answering one class for every test example gets."""
     out = []
     for strategy in sorted({r["strategy"] for r in runs}):
         mine = sorted((r for r in runs if r["strategy"] == strategy), key=lambda r: r["seed"])
@@ -127,6 +129,9 @@ def rare_class(runs, rare: str = RARE) -> list[dict]:
                 "seeds": len(mine),
                 "none_at_start": sum(c[0] == 0 for c in counts),
                 "rare_per_round": [sum(c[t] for c in counts) / len(counts) for t in range(rounds)],
+                "at_chance_per_round": [
+                    sum(r["rounds"][t]["balanced_accuracy"] <= CHANCE + 1 for r in mine) for t in range(rounds)
+                ],
             }
         )
     return out
@@ -204,13 +209,20 @@ def markdown(results: Path = RESULTS) -> str:
     imbalance = runs_under(results / "ii-imbalance")
     if imbalance:
         lines += [
-            "| strategy | seeds | seeds starting without one | mean labeled after each round |",
-            "|---|---|---|---|",
+            "| strategy | seeds | seeds starting without one | mean labeled after each round "
+            "| seeds at chance after each round |",
+            "|---|---|---|---|---|",
         ]
         lines += [
             f"| {r['strategy']} | {r['seeds']} | {r['none_at_start']} | "
-            f"{', '.join(f'{x:.1f}' for x in r['rare_per_round'])} |"
+            f"{', '.join(f'{x:.1f}' for x in r['rare_per_round'])} | "
+            f"{', '.join(map(str, r['at_chance_per_round']))} |"
             for r in rare_class(imbalance)
+        ]
+        lines += [
+            "",
+            f"At chance: balanced accuracy at most {CHANCE + 1:g}, within a point of what a model answering one class "
+            "for every test example gets (macro-F1 about 34 on this test set).",
         ]
     else:
         lines += ["No run yet."]

@@ -97,14 +97,22 @@ def test_d_tests_the_oracle_against_random_and_star_me_as_one_holm_family(tmp_pa
 
 def test_c_counts_seeds_starting_without_the_rare_class_and_rare_labels_per_round(tmp_path):
     rare = {0: [0, 1, 1], 1: [2, 2, 3]}
+    balanced = {0: [50.0, 51.0, 62.5], 1: [50.0, 51.2, 49.0]}  # at chance: within a point of 50
     for seed, counts in rare.items():
         folder = fake_run(tmp_path / "random" / f"seed{seed}", "random", seed, [50.0, 55.0, 60.0])
         rounds = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
-        for r, n in zip(rounds, counts):
+        for r, n, b in zip(rounds, counts, balanced[seed]):
             r["labeled_classes"] = {"negative": r["n_labeled"] - n, "positive": n}
+            r["balanced_accuracy"] = b
         (folder / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
     (row,) = study.rare_class(study.runs_under(tmp_path))
-    assert row == {"strategy": "random", "seeds": 2, "none_at_start": 1, "rare_per_round": [1.0, 1.5, 2.0]}
+    assert row == {
+        "strategy": "random",
+        "seeds": 2,
+        "none_at_start": 1,
+        "rare_per_round": [1.0, 1.5, 2.0],
+        "at_chance_per_round": [2, 1, 1],
+    }
 
 
 def test_d_prime_pairs_the_star_pe_oracle_with_a_random_runs_and_counts_seeds_with_the_same_picks(tmp_path):
