@@ -38,5 +38,5 @@ def write(tmp_path):
 
 
 # test_ray_sweep.py drives Ray from the test process, and Ray ends that process (exit 1, no report) when a daemon of
-# its local instance dies: CI once lost the whole suite that way. test_ray_in_a_child.py runs it in a child pytest.
+# its local instance dies: most likely how CI once lost the whole suite. test_ray_in_a_child.py runs it in a child.
 collect_ignore = [] if os.environ.get("STARLORA_RAY_CHILD") else ["test_ray_sweep.py"]

@@ -1,7 +1,9 @@
-"""test_ray_sweep.py in a child pytest, so that Ray ending its driver process (when a daemon of the local instance
-dies, Ray exits the driver with code 1 and no report) fails these tests with Ray's own output instead of ending the
-whole suite unreported. A child that ended without pytest's summary line is run once more, and the first attempt's
-output is kept as a warning; a test that fails, fails."""
+"""test_ray_sweep.py in a child pytest. Once in CI the whole suite ended at that module's first test with exit code 1
+and no report, most likely Ray ending its driver process (it does so when a daemon of its local instance dies); in a
+child, such an end fails these tests with the child's output instead of ending the suite unreported. A child that
+ended without pytest's summary line is run once more and the first attempt's output kept as a warning; a test that
+fails, fails. One parent test per marker of the module (none, slow, ci), so that `-m` selects the same tests as it
+would in the module itself."""
 
 import os
 import re
@@ -13,18 +15,23 @@ from pathlib import Path
 import pytest
 
 MODULE = Path(__file__).with_name("test_ray_sweep.py")
+SUMMARY = re.compile(r"^=* ?(\d+ \w+|no tests ran)\b.* in [\d.]+s\b", re.M)  # pytest's last line
 
 
-def run_module(markexpr: str) -> None:
+def run_module(request, markexpr: str) -> None:
     pytest.importorskip("ray")
-    command = [sys.executable, "-m", "pytest", "-q", "-m", markexpr, str(MODULE)]
+    parent = request.config.getoption("markexpr")
+    selected = f"({parent}) and {markexpr}" if parent else markexpr
+    # --capture=sys: what Ray's C++ core writes to fd 2 reaches the child's stderr even when the process dies mid-test
+    command = [sys.executable, "-m", "pytest", "-q", "--color=no", "--capture=sys", "-m", selected, str(MODULE)]
     env = {**os.environ, "STARLORA_RAY_CHILD": "1"}
     tails = []
     for _ in range(2):
         child = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
         output = child.stdout + child.stderr
-        if re.search(r"^=* ?(\d+ \w+|no tests ran)\b.* in [\d.]+s\b", output, re.M):  # pytest's summary line
-            assert child.returncode in (0, 5), output[-6000:]  # 5: the marker selected no test
+        if SUMMARY.search(output):
+            earlier = f"\n\nan earlier attempt:\n{tails[0]}" if tails else ""
+            assert child.returncode in (0, 5), output[-6000:] + earlier  # 5: the marker selected no test
             if tails:
                 warnings.warn(f"the Ray child process ended unreported once; its output:\n{tails[0]}", stacklevel=1)
             return
@@ -33,10 +40,14 @@ def run_module(markexpr: str) -> None:
 
 
 def test_ray_sweeps(request):
-    parent = request.config.getoption("markexpr")
-    run_module(f"({parent}) and not ci" if parent else "not ci")
+    run_module(request, "not slow and not ci")
+
+
+@pytest.mark.slow
+def test_ray_sweeps_slow(request):
+    run_module(request, "slow and not ci")
 
 
 @pytest.mark.ci
-def test_ray_killed_sweep():
-    run_module("ci")
+def test_ray_killed_sweep(request):
+    run_module(request, "ci")

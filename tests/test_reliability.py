@@ -249,7 +249,9 @@ def test_non_finite_logits_stop_with_the_example_ids(tiny):
     try:
         with torch.no_grad():
             model.base_model.model.lm_head.weight[5] = float("nan")  # every position's logits hold one NaN
-        with pytest.raises(StarloraError, match=r"non-finite logits for example\(s\) ex0, ex1, .* and 2 more; .*a lower --lr"):
+        with pytest.raises(
+            StarloraError, match=r"non-finite logits for example\(s\) ex0, ex1, .* and 2 more; .*a lower --lr"
+        ):
             score(model, tok, BOOLQ, EXAMPLES)
     finally:
         with torch.no_grad():
