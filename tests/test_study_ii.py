@@ -79,12 +79,16 @@ def test_b_interaction_pairs_the_two_deltas_by_seed(tmp_path):
     assert inter["p_t"] == pytest.approx(0.0202, abs=1e-4)  # t = 4 / (1 / sqrt 3) = 6.93 with 2 degrees of freedom
 
 
-def test_b_with_full_random_runs_only_says_no_pair_yet(tmp_path):
-    runs(tmp_path / "ii-full", [("random", "random", 0, 60, {"mode": "full"})])
-    runs(tmp_path / "ii-sst2", [(s, s, 0, a, {"mode": "lora"}) for s, a in [("random", 70), ("me", 71)]])
-    md = study.markdown(tmp_path)
-    assert "| ΔAUC me − random, full | 0 | no pair yet | — | — | — |" in md
-    assert "| interaction: full − LoRA | 0 | no pair yet | — | — | — |" in md and "nan" not in md
+def test_b_is_tested_only_at_ten_seeds_and_a_row_without_pairs_says_so(tmp_path):
+    runs(tmp_path / "ii-full", [("random", "random", s, 60, {"mode": "full"}) for s in range(10)])
+    runs(tmp_path / "ii-full", [("me", "me", s, 61, {"mode": "full"}) for s in range(9)])
+    lora = [(name, name, s, a, {"mode": "lora"}) for s in range(10) for name, a in [("random", 70), ("me", 71)]]
+    runs(tmp_path / "ii-sst2", lora)
+    assert "9 of 10 seeds paired so far; B is tested at ten, as registered." in study.markdown(tmp_path)
+    runs(tmp_path / "ii-full", [("me", "me", 9, 61, {"mode": "full"})])
+    assert "| interaction: full − LoRA | 10 | +0.00 [+0.00, +0.00] | 1.000 |" in study.markdown(tmp_path)
+    no_pairs = study._test_row("ΔAUC me − random, full", study.paired({0: 61.0}, {}))
+    assert no_pairs == "| ΔAUC me − random, full | 0 | no pair yet | — | — | — |"
 
 
 def test_d_tests_the_oracle_against_random_and_star_me_as_one_holm_family(tmp_path):
