@@ -33,6 +33,7 @@ from .embeddings import EmbeddingCache
 from .errors import StarloraError
 from .evaluation import evaluate
 from .files import RESUMED_ROUND, check_out_folder, read_json, read_rounds, write_json, write_jsonl
+from .hardware import machine
 from .masks import adapter_disabled
 from .memory import preflight
 from .models import load_model
@@ -476,6 +477,7 @@ def summarise(x: Experiment, records: list[dict]) -> dict:
             few = evaluate(x.model, x.tokenizer, x.task, fewshot_examples(x.test, demos), wide, desc="few-shot base")
         summary["fewshot"] = {k: few[k] for k in ("accuracy", "ece", "brier", "wrong_confidence")}
     summary["revision"] = code_revision()  # the code that finished the run (config.json: the code that started it)
+    summary["machine"] = machine()  # likewise the machine that finished it
     if cfg.target == "reference":
         summary["oracle"] = ORACLE_NOTE
     write_json(x.out / "summary.json", summary)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
+from pathlib import Path
 
 import torch
 
@@ -24,6 +26,35 @@ def device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
+
+
+def machine(dev: torch.device | None = None) -> str:
+    """What computed a run, as one comparable line: the GPU's name, or the CPU's model with the instruction sets
+    torch's kernels use on it. CPUs of different kinds compute bf16 matmuls differently, so the same run from the same
+    commit gives close, not identical, numbers on them (docs/studies.md, "Two kinds of CPU")."""
+    dev = dev or device()
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    features = [torch.backends.cpu.get_cpu_capability()]
+    features += [
+        name
+        for name, present in (
+            ("AVX512-BF16", torch.cpu._is_avx512_bf16_supported()),
+            ("AMX", torch.cpu._is_amx_tile_supported()),
+        )
+        if present
+    ]
+    return f"{_cpu_model()} ({', '.join(features)})"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:  # not Linux
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def bf16_native(dev: torch.device) -> bool:

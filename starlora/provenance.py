@@ -82,14 +82,15 @@ def revision_label(revision: dict | None) -> str:
 
 
 def versions() -> dict:
-    """What made a run or project (config.json and project.json "versions"): package versions, device, processes,
-    and the code revision (git commit and dirty flag, or the version with a hash of the source; code_revision)."""
+    """What made a run or project (config.json and project.json "versions"): package versions, device, the machine
+    (hardware.machine: CPU model and kernels, or GPU name), processes, and the code revision (git commit and dirty
+    flag, or the version with a hash of the source; code_revision)."""
     import peft
     import torch
     import transformers
 
     from . import __version__, parallel
-    from .hardware import device
+    from .hardware import device, machine
 
     return {
         "starlora": __version__,
@@ -99,5 +100,6 @@ def versions() -> dict:
         "device": str(device()),
         "processes": parallel.world()[1],
         "sharded": parallel.sharded(),
+        "machine": machine(),
         "revision": code_revision(),
     }

@@ -5,8 +5,9 @@ Each strategy is measured against the random runs of its own group: RIPL against
 (a strategy's run with seed s starts from the same initial labeled set as the random run with seed s), with the paired
 t-test (Holm-adjusted over the strategies of a group), a sign test, what the seeds can detect (minimum detectable
 ΔAUC at 80% power, seeds needed for a named ΔAUC) and the same paired difference round by round. Every row names the
-code revisions its runs came from (provenance.py); a group mixing revisions is flagged. Runs of the official code's
-gold-reading uncertainty (--target reference) are marked as the oracle they are."""
+code revisions and machines its runs came from (provenance.py, hardware.machine); a group mixing revisions is
+flagged, one mixing machines noted. Runs of the official code's gold-reading uncertainty (--target reference) are
+marked as the oracle they are."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def load_runs(paths) -> list[dict]:
         config = folder / "config.json"
         stored = read_json(config, {"config": dict}) if config.exists() else {}
         cfg = stored.get("config")
-        started = stored.get("versions", {}).get("revision") if isinstance(stored.get("versions"), dict) else None
+        recorded = stored.get("versions") if isinstance(stored.get("versions"), dict) else {}
         runs.append(
             {
                 **summary,
@@ -79,7 +80,8 @@ def load_runs(paths) -> list[dict]:
                 "rounds": read_rounds(folder),
                 "config": cfg,
                 "strategy": variant(cfg) if cfg else summary["strategy"],
-                "revision": run_revision(started, summary.get("revision")),
+                "revision": run_revision(recorded.get("revision"), summary.get("revision")),
+                "machine": run_machine(recorded.get("machine"), summary.get("machine")),
                 "oracle": bool(summary.get("oracle")) or (cfg or {}).get("target") == "reference",
             }
         )
@@ -89,7 +91,16 @@ def load_runs(paths) -> list[dict]:
 def run_revision(started, finished) -> str:
     """A run's code revision as revision_label writes it (config.json: the code that started it; summary.json: the
     code that finished it); 'A→B' when a resume changed the code; 'unrecorded' for runs made before it was recorded."""
-    first, last = (revision_label(r) if r else None for r in (started, finished))
+    return _span(*(revision_label(r) if r else None for r in (started, finished)))
+
+
+def run_machine(started, finished) -> str:
+    """The machine a run was made on (hardware.machine, in config.json and summary.json), 'A→B' when a resume moved
+    it, 'unrecorded' for runs made before it was recorded."""
+    return _span(*(m if isinstance(m, str) and m else None for m in (started, finished)))
+
+
+def _span(first: str | None, last: str | None) -> str:
     if first and last and first != last:
         return f"{first}→{last}"
     return first or last or UNRECORDED
@@ -174,9 +185,10 @@ def table(runs, target_deltas=TARGET_DELTAS) -> list[dict]:
                 row["delta_auc"] = metrics.paired_delta([mine[s] for s in seeds], [theirs[s] for s in seeds])
                 row["tests"] = paired_tests(row["delta_auc"]["deltas"], target_deltas)
                 row["per_round"] = per_round(rs, baseline)
-            row["revisions"] = {
-                label: sum(r["revision"] == label for r in rs) for label in sorted({r["revision"] for r in rs})
-            }
+            row["revisions"], row["machines"] = (
+                {label: sum(r[key] == label for r in rs) for label in sorted({r[key] for r in rs})}
+                for key in ("revision", "machine")
+            )
             row["oracle"] = any(r["oracle"] for r in rs)
             rows.append(row)
         group = [r for r in rows if r["slug"] == g["slug"]]
@@ -500,22 +512,39 @@ def per_round_lines(rows) -> list[str]:
 def revision_warnings(rows) -> list[str]:
     """One line per group whose compared runs come from more than one code revision (or a run resumed on other
     code)."""
+    return _mixes(
+        rows, "revisions", "code revisions", "a difference between strategies may be a difference between code"
+    )
+
+
+def machine_notes(rows) -> list[str]:
+    """One line per group whose compared runs ran on more than one machine: not a warning, since the same code gives
+    close numbers on another CPU kind, but not the identical ones a rerun on one machine gives."""
+    return _mixes(
+        rows,
+        "machines",
+        "machines",
+        "bf16 arithmetic differs between CPU kinds, so their numbers are close, not identical",
+    )
+
+
+def _mixes(rows, key: str, what: str, meaning: str) -> list[str]:
     lines = []
     for slug in dict.fromkeys(r["slug"] for r in rows):
         group = [r for r in rows if r["slug"] == slug]
         counts = {}
         for r in group:
-            for label, n in r["revisions"].items():
+            for label, n in r[key].items():
                 counts[label] = counts.get(label, 0) + n
         if len(counts) > 1 or any("→" in label for label in counts):
             where = group[0]["task"] + (f" ({group[0]['group']})" if group[0]["group"] else "")
             lines.append(
-                f"{where}: the compared runs come from {len(counts)} code revisions ("
+                f"{where}: the compared runs come from {len(counts)} {what} ("
                 + ", ".join(
                     f"{label}: {n} run{'s' * (n != 1)}"
                     for label, n in sorted(counts.items(), key=lambda c: (-c[1], c[0]))
                 )
-                + "): a difference between strategies may be a difference between code"
+                + f"): {meaning}"
             )
     return lines
 
@@ -523,25 +552,28 @@ def revision_warnings(rows) -> list[str]:
 def revision_lines(rows) -> list[str]:
     """report.md: the code revisions of each row's runs, and a warning per group that mixes them."""
     grouped = any(r["group"] for r in rows)
-    head = ["task"] + ["group"] * grouped + ["strategy", "code revisions (runs)"]
-    lines = ["", "## Code revisions", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = ["task"] + ["group"] * grouped + ["strategy", "code revisions (runs)", "machines (runs)"]
+    lines = ["", "## Code revisions and machines", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append(
-            "| "
-            + " | ".join(_cells(r, grouped) + [", ".join(f"{label} ({n})" for label, n in r["revisions"].items())])
-            + " |"
-        )
+        counts = [", ".join(f"{label} ({n})" for label, n in r[key].items()) for key in ("revisions", "machines")]
+        lines.append("| " + " | ".join(_cells(r, grouped) + counts) + " |")
     lines += [
         "",
         "The code that made each run (config.json and summary.json): a git commit, +dirty:HASH with "
-        "uncommitted changes to the package (hash of its source), VERSION+src:HASH outside a git checkout; "
+        "uncommitted changes to the package (hash of its source), VERSION+src:HASH outside a git checkout. "
+        "The machine: the CPU's model with the instruction sets torch's kernels use, or the GPU's name. "
         f"A→B: started on A, resumed on B; {UNRECORDED}: made before starlora recorded it.",
     ]
-    return lines + [f"\n**Warning:** {w}." for w in revision_warnings(rows)]
+    return (
+        lines
+        + [f"\n**Warning:** {w}." for w in revision_warnings(rows)]
+        + [f"\n**Note:** {n}." for n in machine_notes(rows)]
+    )
 
 
 def write_test_csvs(rows, out: Path, target_deltas=TARGET_DELTAS) -> None:
-    """tests.csv (one line per strategy row: the paired tests, what the seeds detect, revisions) and per_round.csv."""
+    """tests.csv (one line per strategy row: the paired tests, what the seeds detect, revisions, machines) and
+    per_round.csv."""
     with open(out / "tests.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
@@ -561,6 +593,7 @@ def write_test_csvs(rows, out: Path, target_deltas=TARGET_DELTAS) -> None:
                 "mde_80",
                 *(f"seeds_for_{x:g}" for x in target_deltas),
                 "revisions",
+                "machines",
             ]
         )
         for r in rows:
@@ -575,7 +608,7 @@ def write_test_csvs(rows, out: Path, target_deltas=TARGET_DELTAS) -> None:
                     *(d.get(k, "") for k in ("mean", "low", "high")),
                     *(t.get(k, "") for k in ("p_t", "p_holm", "p_sign", "sd", "mde")),
                     *((t["seeds_needed"][float(x)] or "") if t else "" for x in target_deltas),
-                    "; ".join(f"{label}: {n}" for label, n in r["revisions"].items()),
+                    *("; ".join(f"{label}: {n}" for label, n in r[key].items()) for key in ("revisions", "machines")),
                 ]
             )
     with open(out / "per_round.csv", "w", newline="") as f:
@@ -740,7 +773,9 @@ def _per_round(plt, rows, title, path) -> list[Path]:
         ax.set_xlabel("labeled examples", fontsize=8)
     for ax in axes[:, 0]:
         ax.set_ylabel("Δ vs random (points)", fontsize=8)
-    fig.suptitle(f"{title}: per-round difference vs random, same seed (mean, 95% CI)", fontsize=9)
+    # on two lines where the panels are too narrow for one (a single strategy's panel cut it off)
+    sep = " " if cols >= 3 else "\n"
+    fig.suptitle(f"{title}: per-round difference vs random,{sep}same seed (mean, 95% CI)", fontsize=9)
     return [_save(fig, path)]
 
 

@@ -14,6 +14,7 @@ from starlora.cli import main
 from starlora.config import MethodConfig, resolve, variant
 from starlora.errors import StarloraError
 from starlora.experiment import folder_resumes, run
+from starlora.hardware import machine
 from starlora.project import init
 from starlora.provenance import ORACLE_NOTE, code_revision
 from starlora.reporting import report
@@ -142,6 +143,7 @@ def test_a_run_records_its_revision_and_an_oracle_run_says_what_it_is(tmp_path):
         config = json.loads((tmp_path / name / "config.json").read_text())
         summary = json.loads((tmp_path / name / "summary.json").read_text())
         assert config["versions"]["revision"] == summary["revision"] == code_revision()
+        assert config["versions"]["machine"] == summary["machine"] == machine()  # and the machine that made it
     assert "oracle" not in json.loads((tmp_path / "own" / "summary.json").read_text())
     oracle = json.loads((tmp_path / "oracle" / "summary.json").read_text())
     assert oracle["oracle"] == ("reads gold labels of the unlabeled pool (official STAR code); not a label-free method")

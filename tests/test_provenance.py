@@ -97,6 +97,25 @@ def test_this_checkout_and_versions_record_the_revision():
     assert versions()["revision"] == revision
 
 
+def test_the_machine_names_the_cpu_and_the_kernels_torch_uses_on_it(monkeypatch):
+    import torch
+
+    from starlora import hardware
+    from starlora.provenance import versions
+
+    monkeypatch.setattr(hardware, "_cpu_model", lambda: "Test CPU")
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    for bf16, amx, label in [
+        (False, False, "Test CPU (AVX512)"),
+        (True, False, "Test CPU (AVX512, AVX512-BF16)"),
+        (True, True, "Test CPU (AVX512, AVX512-BF16, AMX)"),
+    ]:
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda bf16=bf16: bf16)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
+        assert hardware.machine(torch.device("cpu")) == label
+    assert versions()["machine"] == hardware.machine()
+
+
 def test_a_sweep_resuming_on_other_code_says_so(tmp_path, caplog, monkeypatch):
     cfg = resolve("paper", task="boolq", strategy="random", rounds=3)
     jobs = {}

@@ -149,8 +149,9 @@ def test_report_shows_revisions_and_warns_when_a_group_mixes_them(tmp_path):
     assert row(rows, "me")["revisions"] == {"aaaaaaa": 2, "bbbbbbb+dirty:22222222": 1, "unrecorded": 1}
     assert row(rows, "pe")["revisions"] == {"aaaaaaa": 2, "aaaaaaa→bbbbbbb+dirty:22222222": 1}
     md = (tmp_path / "r" / "report.md").read_text()
-    assert "| boolq | me | aaaaaaa (2), bbbbbbb+dirty:22222222 (1), unrecorded (1) |" in md
-    assert "| boolq | random | aaaaaaa (3), unrecorded (1) |" in md
+    assert "| boolq | me | aaaaaaa (2), bbbbbbb+dirty:22222222 (1), unrecorded (1) | unrecorded (4) |" in md
+    assert "| boolq | random | aaaaaaa (3), unrecorded (1) | unrecorded (4) |" in md
+    assert "**Note:**" not in md  # no run recorded a machine: nothing to compare
     assert "**Warning:** boolq: the compared runs come from 4 code revisions" in md
     # a resumed run alone is enough to warn; runs that all predate revisions are unrecorded, without a warning
     for folder in ("me", "pe", "old"):
@@ -164,7 +165,38 @@ def test_report_shows_revisions_and_warns_when_a_group_mixes_them(tmp_path):
         warnings.simplefilter("error", StarloraWarning)
         rows = report([tmp_path / "plain"], tmp_path / "r2")
     assert rows[0]["revisions"] == {"unrecorded": 1}
-    assert "| boolq | random | unrecorded (1) |" in (tmp_path / "r2" / "report.md").read_text()
+    assert "| boolq | random | unrecorded (1) | unrecorded (1) |" in (tmp_path / "r2" / "report.md").read_text()
+
+
+def machine_stamp(folder, started, finished):
+    """Record machines as a run does: config.json's versions (started), summary.json (finished)."""
+    for name, key, value in (("config.json", "versions", started), ("summary.json", None, finished)):
+        data = json.loads((folder / name).read_text())
+        (data[key] if key else data)["machine"] = value
+        (folder / name).write_text(json.dumps(data))
+
+
+def test_report_shows_machines_and_notes_a_group_that_ran_on_several(tmp_path):
+    x, y = "Xeon (AVX512, AVX512-BF16)", "Xeon (AVX512, AVX512-BF16, AMX)"
+    study(tmp_path)
+    for run in (tmp_path / "random").iterdir():
+        machine_stamp(run, x, x)
+    machine_stamp(tmp_path / "me" / "seed0", y, y)
+    machine_stamp(tmp_path / "me" / "seed1", x, y)  # resumed on another machine
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", StarloraWarning)  # machines are noted, not warned about
+        rows = report([tmp_path], tmp_path / "r")
+    assert row(rows, "me")["machines"] == {x + "→" + y: 1, y: 1, "unrecorded": 1}
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert f"| boolq | random | aaaaaaa (3) | {x} (3) |" in md
+    assert f"| boolq | me | aaaaaaa (3) | {x}→{y} (1), {y} (1), unrecorded (1) |" in md
+    assert (
+        f"**Note:** boolq: the compared runs come from 4 machines (unrecorded: 4 runs, {x}: 3 runs, {x}→{y}: 1 run, "
+        f"{y}: 1 run): bf16 arithmetic differs between CPU kinds, so their numbers are close, not identical."
+    ) in md
+    with open(tmp_path / "r" / "tests.csv") as f:
+        lines = {r["strategy"]: r for r in csv.DictReader(f)}
+    assert lines["random"]["machines"] == f"{x}: 3"
 
 
 def test_a_strategy_that_equals_random_at_every_seed_stays_in_its_family_with_p_1(tmp_path):
