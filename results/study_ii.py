@@ -12,6 +12,7 @@ paired_t_p, sign_test_p, holm. Written before B, C and D had runs; a question wi
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -87,6 +88,7 @@ def interaction(full, lora, strategy: str = "me") -> dict:
     return {
         **{mode: paired(mine[mode], random[mode]) for mode in mine},
         "interaction": paired(delta["full"], delta["lora"]),
+        "random_full_vs_lora": paired(random["full"], random["lora"]),  # what full fine-tuning itself buys
     }
 
 
@@ -153,6 +155,13 @@ def _delta(t: dict) -> str:
     return f"{t['mean']:+.2f}{interval}"
 
 
+def _spread(t: dict) -> str:
+    """sd of the paired differences, the smallest true Δ they detect and the seeds a Δ of 1 needs (report's plan)."""
+    sd = statistics.stdev(t["deltas"])
+    need = metrics.seeds_needed(1.0, sd)
+    return f"{sd:.2f}, detects {metrics.min_detectable_delta(sd, t['n']):.2f}, Δ 1 needs {need or 'over 10000'} seeds"
+
+
 def _test_row(name: str, t: dict) -> str:
     holm = f" | {_p(t['p_holm'])}" if "p_holm" in t else ""
     if not t["n"]:  # runs of one side only so far
@@ -183,12 +192,23 @@ def markdown(results: Path = RESULTS) -> str:
     if b and b["interaction"]["n"] < SEEDS:  # the plan tests B at ten seeds: no interim test
         lines += [f"{b['interaction']['n']} of {SEEDS} seeds paired so far; B is tested at ten, as registered."]
     elif b:
+        gain = b["random_full_vs_lora"]
         lines += [
             "| comparison | pairs | Δ [95% CI] | p (t) | p (sign) | wins |",
             "|---|---|---|---|---|---|",
             _test_row("ΔAUC me − random, full", b["full"]),
             _test_row("ΔAUC me − random, LoRA", b["lora"]),
             _test_row("interaction: full − LoRA", b["interaction"]),
+            "",
+            "Spread (paired t, α 0.05, 80% power, from the observed sd): "
+            + "; ".join(
+                f"{name} sd {_spread(b[key])}"
+                for name, key in (("full", "full"), ("LoRA", "lora"), ("interaction", "interaction"))
+            )
+            + ".",
+            "",
+            "Not registered, descriptive: random's AUC, full − LoRA by seed: "
+            f"{_delta(gain)}, higher in {gain['wins']} of {gain['n']} seeds.",
         ]
     else:
         lines += ["No full fine-tuning run of the 10-seed grid yet."]

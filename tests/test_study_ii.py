@@ -77,6 +77,11 @@ def test_b_interaction_pairs_the_two_deltas_by_seed(tmp_path):
     assert (inter["low"], inter["high"]) == pytest.approx((4 - 2.4841, 4 + 2.4841), abs=1e-4)
     assert inter["wins"] == 3 and inter["p_sign"] == pytest.approx(0.25)
     assert inter["p_t"] == pytest.approx(0.0202, abs=1e-4)  # t = 4 / (1 / sqrt 3) = 6.93 with 2 degrees of freedom
+    gain = b["random_full_vs_lora"]  # what full fine-tuning itself buys random: 60 − 70 at every seed
+    assert gain["deltas"] == pytest.approx([-10, -10, -10]) and gain["wins"] == 0
+    spread = study._spread(inter)  # sd 1 over 3 pairs; the power figures are the report's own functions
+    mde, need = study.metrics.min_detectable_delta(1.0, 3), study.metrics.seeds_needed(1.0, 1.0)
+    assert spread == f"1.00, detects {mde:.2f}, Δ 1 needs {need} seeds"
 
 
 def test_b_is_tested_only_at_ten_seeds_and_a_row_without_pairs_says_so(tmp_path):
