@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import identity_run  # noqa: E402  (tests/ is on the path for helpers too)
 
 # keys a record gained after the recording (new information, no changed value)
-ADDED_SINCE = {"train_steps", "macro_f1", "balanced_accuracy", "labeled_classes", "metric", "revision"}
+ADDED_SINCE = {"train_steps", "macro_f1", "balanced_accuracy", "labeled_classes", "metric", "revision", "machine"}
 
 
 def close(a, b, where):
