@@ -28,33 +28,42 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
-def machine(dev: torch.device | None = None) -> str:
-    """What computed a run, as one comparable line: the GPU's name, or the CPU's model with the instruction sets
-    torch's kernels use on it. CPUs of different kinds compute bf16 matmuls differently, so the same run from the same
-    commit gives close, not identical, numbers on them (docs/studies.md, "Two kinds of CPU")."""
+def machine(dev: torch.device | None = None, cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """What computed a run, as one comparable line: the GPU's name, or the CPU's model (with family, model and
+    stepping, which tell apart CPUs sold under one generic name) and the instruction sets torch's kernels use on it.
+    CPUs of different kinds compute bf16 matmuls differently, so the same run from the same commit gives close, not
+    identical, numbers on them (docs/studies.md, "Two kinds of CPU")."""
     dev = dev or device()
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
     features = [torch.backends.cpu.get_cpu_capability()]
-    features += [
-        name
-        for name, present in (
-            ("AVX512-BF16", torch.cpu._is_avx512_bf16_supported()),
-            ("AMX", torch.cpu._is_amx_tile_supported()),
-        )
-        if present
-    ]
-    return f"{_cpu_model()} ({', '.join(features)})"
+    for name, check in (("AVX512-BF16", "_is_avx512_bf16_supported"), ("AMX", "_is_amx_tile_supported")):
+        if getattr(torch.cpu, check, lambda: False)():  # private in torch: a missing check is not a failed run
+            features.append(name)
+    return f"{_cpu_model(cpuinfo)} ({', '.join(features)})"
 
 
-def _cpu_model() -> str:
+def _cpu_model(cpuinfo: Path) -> str:
+    """Linux's first processor entry: 'NAME, family F model M stepping S'; elsewhere what platform knows."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        text = cpuinfo.read_text()
     except OSError:  # not Linux
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+        text = ""
+    first = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if first:
+                break
+            continue
+        key, _, value = line.partition(":")
+        first.setdefault(key.strip(), value.strip())
+    name = first.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    ids = [
+        f"{label} {first[key]}"
+        for key, label in (("cpu family", "family"), ("model", "model"), ("stepping", "stepping"))
+        if first.get(key)
+    ]
+    return ", ".join([name, " ".join(ids)]) if ids else name
 
 
 def bf16_native(dev: torch.device) -> bool:

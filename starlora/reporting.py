@@ -511,42 +511,45 @@ def per_round_lines(rows) -> list[str]:
 
 def revision_warnings(rows) -> list[str]:
     """One line per group whose compared runs come from more than one code revision (or a run resumed on other
-    code)."""
-    return _mixes(
-        rows, "revisions", "code revisions", "a difference between strategies may be a difference between code"
-    )
+    code); 'unrecorded' counts as one revision of its own."""
+    return [
+        f"{where}: the compared runs come from {len(counts)} code revisions ({_counted(counts)}): a difference "
+        "between strategies may be a difference between code"
+        for where, counts in _group_counts(rows, "revisions")
+        if len(counts) > 1 or any("→" in label for label in counts)
+    ]
 
 
 def machine_notes(rows) -> list[str]:
-    """One line per group whose compared runs ran on more than one machine: not a warning, since the same code gives
-    close numbers on another CPU kind, but not the identical ones a rerun on one machine gives."""
-    return _mixes(
-        rows,
-        "machines",
-        "machines",
-        "bf16 arithmetic differs between CPU kinds, so their numbers are close, not identical",
-    )
-
-
-def _mixes(rows, key: str, what: str, meaning: str) -> list[str]:
+    """One line per group whose compared runs ran on more than one recorded machine (a resumed run counts both of
+    its machines; unrecorded runs none): not a warning, since the same code gives close numbers on another CPU kind,
+    but not the identical ones a rerun on one machine gives."""
     lines = []
+    for where, counts in _group_counts(rows, "machines"):
+        machines = {m for label in counts if label != UNRECORDED for m in label.split("→")}
+        if len(machines) > 1:
+            lines.append(
+                f"{where}: the compared runs ran on {len(machines)} machines ({_counted(counts)}): bf16 arithmetic "
+                "differs between CPU kinds, so their numbers are close, not identical"
+            )
+    return lines
+
+
+def _group_counts(rows, key: str):
+    """(where, {label: runs}) per group, summed over its rows' `key` counts."""
     for slug in dict.fromkeys(r["slug"] for r in rows):
         group = [r for r in rows if r["slug"] == slug]
         counts = {}
         for r in group:
             for label, n in r[key].items():
                 counts[label] = counts.get(label, 0) + n
-        if len(counts) > 1 or any("→" in label for label in counts):
-            where = group[0]["task"] + (f" ({group[0]['group']})" if group[0]["group"] else "")
-            lines.append(
-                f"{where}: the compared runs come from {len(counts)} {what} ("
-                + ", ".join(
-                    f"{label}: {n} run{'s' * (n != 1)}"
-                    for label, n in sorted(counts.items(), key=lambda c: (-c[1], c[0]))
-                )
-                + f"): {meaning}"
-            )
-    return lines
+        yield group[0]["task"] + (f" ({group[0]['group']})" if group[0]["group"] else ""), counts
+
+
+def _counted(counts: dict) -> str:
+    return ", ".join(
+        f"{label}: {n} run{'s' * (n != 1)}" for label, n in sorted(counts.items(), key=lambda c: (-c[1], c[0]))
+    )
 
 
 def revision_lines(rows) -> list[str]:

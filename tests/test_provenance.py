@@ -97,23 +97,37 @@ def test_this_checkout_and_versions_record_the_revision():
     assert versions()["revision"] == revision
 
 
-def test_the_machine_names_the_cpu_and_the_kernels_torch_uses_on_it(monkeypatch):
+def test_the_machine_names_the_cpu_and_the_kernels_torch_uses_on_it(monkeypatch, tmp_path):
     import torch
 
     from starlora import hardware
-    from starlora.provenance import versions
 
-    monkeypatch.setattr(hardware, "_cpu_model", lambda: "Test CPU")
+    cpuinfo = tmp_path / "cpuinfo"
+    one = "processor\t: {n}\ncpu family\t: 6\nmodel\t\t: 207\nmodel name\t: Test CPU\nstepping\t: {s}\n"
+    cpuinfo.write_text(one.format(n=0, s=2) + "\n" + one.format(n=1, s=9))  # the first processor's entry counts
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
-    for bf16, amx, label in [
-        (False, False, "Test CPU (AVX512)"),
-        (True, False, "Test CPU (AVX512, AVX512-BF16)"),
-        (True, True, "Test CPU (AVX512, AVX512-BF16, AMX)"),
+    for bf16, amx, kernels in [
+        (False, False, "AVX512"),
+        (True, False, "AVX512, AVX512-BF16"),
+        (True, True, "AVX512, AVX512-BF16, AMX"),
     ]:
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda bf16=bf16: bf16)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda amx=amx: amx)
-        assert hardware.machine(torch.device("cpu")) == label
-    assert versions()["machine"] == hardware.machine()
+        label = hardware.machine(torch.device("cpu"), cpuinfo)
+        assert label == f"Test CPU, family 6 model 207 stepping 2 ({kernels})"
+    monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")  # a private check gone from torch: no AMX, no crash
+    assert hardware.machine(torch.device("cpu"), cpuinfo).endswith("(AVX512, AVX512-BF16)")
+    monkeypatch.setattr(hardware.platform, "processor", lambda: "arm")
+    assert hardware.machine(torch.device("cpu"), tmp_path / "missing") == "arm (AVX512, AVX512-BF16)"  # not Linux
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda dev: f"GPU {dev.index}")
+    assert hardware.machine(torch.device("cuda", 1)) == "GPU 1"
+
+
+def test_versions_record_this_machine():
+    from starlora import hardware
+    from starlora.provenance import versions
+
+    assert versions()["machine"] == hardware.machine() and hardware.machine().endswith(")")
 
 
 def test_a_sweep_resuming_on_other_code_says_so(tmp_path, caplog, monkeypatch):

@@ -191,12 +191,20 @@ def test_report_shows_machines_and_notes_a_group_that_ran_on_several(tmp_path):
     assert f"| boolq | random | aaaaaaa (3) | {x} (3) |" in md
     assert f"| boolq | me | aaaaaaa (3) | {x}→{y} (1), {y} (1), unrecorded (1) |" in md
     assert (
-        f"**Note:** boolq: the compared runs come from 4 machines (unrecorded: 4 runs, {x}: 3 runs, {x}→{y}: 1 run, "
+        f"**Note:** boolq: the compared runs ran on 2 machines (unrecorded: 4 runs, {x}: 3 runs, {x}→{y}: 1 run, "
         f"{y}: 1 run): bf16 arithmetic differs between CPU kinds, so their numbers are close, not identical."
     ) in md
     with open(tmp_path / "r" / "tests.csv") as f:
         lines = {r["strategy"]: r for r in csv.DictReader(f)}
     assert lines["random"]["machines"] == f"{x}: 3"
+    # one recorded machine beside unrecorded runs is no mix; a run resumed on another machine alone is
+    machine_stamp(tmp_path / "me" / "seed0", x, x)
+    machine_stamp(tmp_path / "me" / "seed1", x, x)
+    report([tmp_path], tmp_path / "r")
+    assert "**Note:**" not in (tmp_path / "r" / "report.md").read_text()
+    machine_stamp(tmp_path / "me" / "seed1", x, y)
+    report([tmp_path], tmp_path / "r")
+    assert "**Note:** boolq: the compared runs ran on 2 machines (" in (tmp_path / "r" / "report.md").read_text()
 
 
 def test_a_strategy_that_equals_random_at_every_seed_stays_in_its_family_with_p_1(tmp_path):
