@@ -553,7 +553,8 @@ def _counted(counts: dict) -> str:
 
 
 def revision_lines(rows) -> list[str]:
-    """report.md: the code revisions of each row's runs, and a warning per group that mixes them."""
+    """report.md: the code revisions and machines of each row's runs, a warning per group that mixes revisions and a
+    note per group that mixes machines."""
     grouped = any(r["group"] for r in rows)
     head = ["task"] + ["group"] * grouped + ["strategy", "code revisions (runs)", "machines (runs)"]
     lines = ["", "## Code revisions and machines", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
