@@ -12,14 +12,13 @@ paired_t_p, sign_test_p, holm. Written before B, C and D had runs; a question wi
 from __future__ import annotations
 
 import math
-import statistics
 import sys
 from pathlib import Path
 
 import yaml
 
 from starlora import metrics
-from starlora.reporting import load_runs
+from starlora.reporting import load_runs, paired_tests
 
 RESULTS = Path(__file__).resolve().parent
 RARE = "positive"  # question C makes positives 10% of the pool
@@ -157,9 +156,9 @@ def _delta(t: dict) -> str:
 
 def _spread(t: dict) -> str:
     """sd of the paired differences, the smallest true Δ they detect and the seeds a Δ of 1 needs (report's plan)."""
-    sd = statistics.stdev(t["deltas"])
-    need = metrics.seeds_needed(1.0, sd)
-    return f"{sd:.2f}, detects {metrics.min_detectable_delta(sd, t['n']):.2f}, Δ 1 needs {need or 'over 10000'} seeds"
+    plan = paired_tests(t["deltas"], (1.0,))
+    need = plan["seeds_needed"][1.0]
+    return f"{plan['sd']:.2f}, detects {plan['mde']:.2f}, Δ 1 needs {need or 'over 10000'} seeds"
 
 
 def _test_row(name: str, t: dict) -> str:
