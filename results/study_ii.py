@@ -140,6 +140,22 @@ def rare_class(runs, rare: str = RARE) -> list[dict]:
     return out
 
 
+def one_class_queries(runs, strategy: str) -> tuple[int, int]:
+    """(queries whose every pick was of one class, queries) over a strategy's runs, read off the labeled set's class
+    counts before and after each query (rounds.jsonl's labeled_classes). Descriptive, added after D′'s first runs
+    showed the oracle asking for one class at a time, not in the plan."""
+    one = total = 0
+    for r in runs:
+        if r["strategy"] != strategy:
+            continue
+        counts = [rnd["labeled_classes"] for rnd in r["rounds"]]
+        for before, after in zip(counts, counts[1:]):
+            added = [after[c] - before.get(c, 0) for c in after]
+            total += 1
+            one += max(added) == sum(added) > 0
+    return one, total
+
+
 def lora_random(runs) -> list[dict]:
     """A's random runs: D′ pairs with them by seed (the same protocol, seed and initial set)."""
     return [r for r in runs if r["strategy"] == "random"]
@@ -166,6 +182,28 @@ def _test_row(name: str, t: dict) -> str:
     if not t["n"]:  # runs of one side only so far
         return f"| {name} | 0 | no pair yet | —{' | —' if holm else ''} | — | — |"
     return f"| {name} | {t['n']} | {_delta(t)} | {_p(t['p_t'])}{holm} | {_p(t['p_sign'])} | {t['wins']}/{t['n']} |"
+
+
+def _secondary_lines(runs, strategy: str) -> list[str]:
+    """D′'s lines beside its Holm family: the label-free strategy against random (secondary, unadjusted, amendment
+    1), each comparison's spread, and how often each row asked for one class only (descriptive)."""
+    tests = oracle(runs, strategy)
+    plain = tests[f"{strategy} − random"] = paired(by_seed(runs, strategy), by_seed(runs, "random"))
+    lines = []
+    if plain["n"]:
+        lines += [
+            "",
+            f"Secondary, unadjusted: {strategy} − random {_delta(plain)} ({plain['n']} pairs; p (t) "
+            f"{_p(plain['p_t'])}, p (sign) {_p(plain['p_sign'])}, wins {plain['wins']}/{plain['n']}).",
+        ]
+    spread = [f"{name} sd {_spread(t)}" for name, t in tests.items() if t["n"] > 1]
+    if spread:
+        lines += ["", "Spread (paired t, α 0.05, 80% power, from the observed sd): " + "; ".join(spread) + "."]
+    counts = []
+    for name in ("random", strategy, f"{strategy}+oracle-reference"):
+        one, total = one_class_queries(runs, name)
+        counts.append(f"{name} {one} of {total}")
+    return lines + ["", f"Not registered, descriptive: queries whose picks were all of one class: {'; '.join(counts)}."]
 
 
 def markdown(results: Path = RESULTS) -> str:
@@ -226,9 +264,8 @@ def markdown(results: Path = RESULTS) -> str:
             "|---|---|---|---|---|---|---|",
         ] + [_test_row(k, t) for k, t in oracle(runs, strategy).items()]
         lines += ["", f"Seeds whose oracle labeled exactly what {strategy} labeled, round for round: {same} of {both}."]
-        if secondary and by_seed(runs, strategy) and by_seed(runs, "random"):
-            plain = paired(by_seed(runs, strategy), by_seed(runs, "random"))
-            lines += ["", f"Secondary, unadjusted: {strategy} − random {_delta(plain)} ({plain['n']} pairs)."]
+        if secondary:
+            lines += _secondary_lines(runs, strategy)
         lines += [""]
     lines += ["", f"## C: the rare class ({RARE}, 10% of the pool)", ""]
     imbalance = runs_under(results / "ii-imbalance")

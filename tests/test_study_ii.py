@@ -144,12 +144,29 @@ def test_d_prime_pairs_the_star_pe_oracle_with_a_random_runs_and_counts_seeds_wi
     runs(
         tmp_path / "ii-leak", [("oracle", "star-pe", s, a, {"target": "reference"}) for s, a in enumerate([74, 76, 75])]
     )
-    for s in range(3):  # every run labels "a" then "b", except star-me's oracle at seed 2 ("a" then "c")
-        for top, name in [("ii-sst2", "star-me"), ("ii-sst2", "oracle"), ("ii-leak", "star-pe"), ("ii-leak", "oracle")]:
+    # every run labels "a" then "b", except star-me's oracle at seed 2 ("a" then "c"); its query of four adds two of
+    # each class, except star-pe's oracle, which asks for four negatives
+    for s in range(3):
+        for top, name in [
+            ("ii-sst2", "random"),
+            ("ii-sst2", "star-me"),
+            ("ii-sst2", "oracle"),
+            ("ii-leak", "star-pe"),
+            ("ii-leak", "oracle"),
+        ]:
             path = tmp_path / top / name / f"seed{s}" / "rounds.jsonl"
             rounds = [json.loads(line) for line in path.read_text().splitlines()]
-            for r, pick in zip(rounds, ["a", "c" if (top, name, s) == ("ii-sst2", "oracle", 2) else "b"]):
-                r["selected"] = [pick]
+            after = (
+                {"negative": 6, "positive": 2}
+                if (top, name) == ("ii-leak", "oracle")
+                else {"negative": 4, "positive": 4}
+            )
+            for r, pick, classes in zip(
+                rounds,
+                ["a", "c" if (top, name, s) == ("ii-sst2", "oracle", 2) else "b"],
+                [{"negative": 2, "positive": 2}, after],
+            ):
+                r["selected"], r["labeled_classes"] = [pick], classes
             path.write_text("".join(json.dumps(r) + "\n" for r in rounds))
     lora, leak = study.runs_under(tmp_path / "ii-sst2"), study.runs_under(tmp_path / "ii-leak")
     assert study.same_picks(lora) == (2, 3) and study.same_picks(study.lora_random(lora) + leak, "star-pe") == (3, 3)
@@ -161,5 +178,25 @@ def test_d_prime_pairs_the_star_pe_oracle_with_a_random_runs_and_counts_seeds_wi
     )
     md = study.markdown(tmp_path)
     assert "labeled exactly what star-me labeled, round for round: 2 of 3." in md
-    assert "Secondary, unadjusted: star-pe − random +0.00 [-2.48, +2.48] (3 pairs)." in md
+    # star-pe − random: 71 − 70, 70 − 70, 69 − 70
+    assert (
+        "Secondary, unadjusted: star-pe − random +0.00 [-2.48, +2.48] (3 pairs; p (t) 1.000, p (sign) 1.000, wins 1/3)."
+        in md
+    )
+    assert (
+        "vs random sd 1.00, detects" in md and "vs star-pe sd 1.73, detects" in md and "star-pe − random sd 1.00" in md
+    )
+    assert "all of one class: random 0 of 3; star-pe 0 of 3; star-pe+oracle-reference 3 of 3." in md
     assert "Secondary, unadjusted: star-me" not in md  # A's own comparison is not D's
+
+
+def test_one_class_queries_reads_the_classes_each_query_added(tmp_path):
+    """A query that adds only positives counts, even when the labeled set held none before; a mixed one does not."""
+    folder = fake_run(tmp_path / "oracle" / "seed0", "star-pe", 0, [50.0, 55.0, 60.0], target="reference")
+    rounds = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
+    for r, classes in zip(rounds, [{"negative": 4}, {"negative": 4, "positive": 4}, {"negative": 7, "positive": 5}]):
+        r["labeled_classes"] = classes
+    (folder / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    runs_ = study.runs_under(tmp_path)
+    assert study.one_class_queries(runs_, "star-pe+oracle-reference") == (1, 2)
+    assert study.one_class_queries(runs_, "random") == (0, 0)
