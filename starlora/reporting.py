@@ -460,7 +460,8 @@ def test_lines(rows, target_deltas=TARGET_DELTAS) -> list[str]:
         "",
         "Paired over seeds with the random runs of the same group: p (t) = two-sided paired t-test of "
         "mean ΔAUC = 0; p (t, Holm) = the same adjusted by Holm's step-down method over the strategies "
-        "compared with random in the group (family-wise error rate); p (sign) = two-sided exact sign "
+        "compared with random in the group (family-wise error rate; oracles † are a family of their own); "
+        "p (sign) = two-sided exact sign "
         "test of the seeds' ΔAUC signs (ties dropped). sd of Δ = standard deviation of the paired "
         "differences. MDE = the smallest true ΔAUC these pairs detect with 80% power (paired t, two-sided "
         "α 0.05, noncentral t) if the true sd is the observed one; seeds for ΔAUC x = the fewest seeds "
@@ -505,7 +506,7 @@ def per_round_lines(rows) -> list[str]:
         "The strategy's test metric after each round minus random's of the same seed after the same "
         "round (points): mean [paired 95% t-interval], where in the curve a strategy gains or loses "
         "(plot: per_round_delta_*.png). p (t, Holm): adjusted over the strategies of the group at that "
-        "round; not also over rounds, so read single rounds as exploratory.",
+        "round (oracles † apart); not also over rounds, so read single rounds as exploratory.",
     ]
 
 

@@ -79,6 +79,9 @@ def test_report_marks_every_oracle_row_and_pairs_it_with_random(tmp_path):
     oracle = row(rows, "star-me+oracle-reference")
     assert oracle["oracle"] and not row(rows, "star-me")["oracle"] and oracle["group"] == ""  # one group
     assert oracle["delta_auc"]["deltas"] == pytest.approx([2.5, 3.0])
+    # Holm: the method and the oracle are families of one each, so neither p is adjusted by the other
+    for r in (oracle, row(rows, "star-me")):
+        assert r["tests"]["p_holm"] == r["tests"]["p_t"] < 1
     md = (tmp_path / "r" / "report.md").read_text()
     marked = [line for line in md.splitlines() if "oracle-reference" in line and line.startswith("|")]
     assert len(marked) == 1 + 1 + 2 + 1  # main table, tests, two rounds, revisions: every row marked
