@@ -1,7 +1,8 @@
 """Study II's write-up numbers that `starlora report` does not give (results/PLAN.md, "Metric and tests"): B's
 learning-rate choice on random runs and its interaction (ΔAUC with full fine-tuning against ΔAUC with LoRA, paired by
 seed), D's oracles (star-me's as registered, star-pe's from the plan's amendment 1) against random and against
-their label-free twin (one Holm family of two each), and C's rare class (seeds
+their label-free twin (one Holm family of two each; for D′ also star-pe against random, and, descriptive, the queries
+that asked for one class only and whether that was the class the model recalled less), and C's rare class (seeds
 that start without one, rare examples labeled per round). The same functions as the report: metrics.paired_delta,
 paired_t_p, sign_test_p, holm. Written before B, C and D had runs; a question without runs yet says so.
 
@@ -13,12 +14,15 @@ from __future__ import annotations
 
 import math
 import sys
+from collections import Counter
 from pathlib import Path
 
 import yaml
 
 from starlora import metrics
+from starlora.data import load_data
 from starlora.reporting import load_runs, paired_tests
+from starlora.tasks import get_task
 
 RESULTS = Path(__file__).resolve().parent
 RARE = "positive"  # question C makes positives 10% of the pool
@@ -140,20 +144,44 @@ def rare_class(runs, rare: str = RARE) -> list[dict]:
     return out
 
 
-def one_class_queries(runs, strategy: str) -> tuple[int, int]:
-    """(queries whose every pick was of one class, queries) over a strategy's runs, read off the labeled set's class
-    counts before and after each query (rounds.jsonl's labeled_classes). Descriptive, added after D′'s first runs
-    showed the oracle asking for one class at a time, not in the plan."""
-    one = total = 0
+def queries(runs, strategy: str):
+    """(the round that chose the query, {class: examples the query added}) for every query of a strategy's runs, read
+    off the labeled set's class counts before and after it (rounds.jsonl's labeled_classes)."""
     for r in runs:
-        if r["strategy"] != strategy:
-            continue
-        counts = [rnd["labeled_classes"] for rnd in r["rounds"]]
-        for before, after in zip(counts, counts[1:]):
-            added = [after[c] - before.get(c, 0) for c in after]
-            total += 1
-            one += max(added) == sum(added) > 0
-    return one, total
+        if r["strategy"] == strategy:
+            for before, after in zip(r["rounds"], r["rounds"][1:]):
+                counts = before["labeled_classes"]
+                yield before, {c: n - counts.get(c, 0) for c, n in after["labeled_classes"].items()}
+
+
+def one_class_queries(runs, strategy: str) -> tuple[int, int]:
+    """(queries whose every pick was of one class, queries) over a strategy's runs. Descriptive, added after D′'s first
+    runs showed the oracle asking for one class at a time, not in the plan."""
+    asked = [max(added.values()) == sum(added.values()) > 0 for _, added in queries(runs, strategy)]
+    return sum(asked), len(asked)
+
+
+def class_recalls(accuracy: float, balanced: float, test_counts: dict[str, int]) -> dict[str, float]:
+    """Each class's test recall (%) of a two-class model, solved from its accuracy and balanced accuracy: accuracy is
+    the recalls weighted by the classes' test counts, balanced accuracy their plain mean, so two equations fix the two
+    recalls when the counts differ."""
+    (a, n_a), (b, n_b) = test_counts.items()
+    if n_a == n_b:
+        raise ValueError("a test set with equal class counts does not tell the recalls apart")
+    recall_a = (accuracy * (n_a + n_b) - 2 * balanced * n_b) / (n_a - n_b)
+    return {a: recall_a, b: 2 * balanced - recall_a}
+
+
+def weaker_class_asked(runs, strategy: str, test_counts: dict[str, int]) -> tuple[int, int]:
+    """(one-class queries asking for the class the choosing round's model recalled less on the test set, one-class
+    queries): whether a one-class query chases the model's lean. Descriptive, not in the plan."""
+    weaker = one = 0
+    for chooser, added in queries(runs, strategy):
+        if max(added.values()) == sum(added.values()) > 0:
+            recalls = class_recalls(chooser["accuracy"], chooser["balanced_accuracy"], test_counts)
+            one += 1
+            weaker += max(added, key=added.get) == min(recalls, key=recalls.get)
+    return weaker, one
 
 
 def lora_random(runs) -> list[dict]:
@@ -184,7 +212,7 @@ def _test_row(name: str, t: dict) -> str:
     return f"| {name} | {t['n']} | {_delta(t)} | {_p(t['p_t'])}{holm} | {_p(t['p_sign'])} | {t['wins']}/{t['n']} |"
 
 
-def _secondary_lines(runs, strategy: str) -> list[str]:
+def _secondary_lines(runs, strategy: str, test_counts: dict[str, int]) -> list[str]:
     """D′'s lines beside its Holm family: the label-free strategy against random (secondary, unadjusted, amendment
     1), each comparison's spread, and how often each row asked for one class only (descriptive)."""
     tests = oracle(runs, strategy)
@@ -199,11 +227,20 @@ def _secondary_lines(runs, strategy: str) -> list[str]:
     spread = [f"{name} sd {_spread(t)}" for name, t in tests.items() if t["n"] > 1]
     if spread:
         lines += ["", "Spread (paired t, α 0.05, 80% power, from the observed sd): " + "; ".join(spread) + "."]
-    counts = []
-    for name in ("random", strategy, f"{strategy}+oracle-reference"):
-        one, total = one_class_queries(runs, name)
-        counts.append(f"{name} {one} of {total}")
-    return lines + ["", f"Not registered, descriptive: queries whose picks were all of one class: {'; '.join(counts)}."]
+    rows = ("random", strategy, f"{strategy}+oracle-reference")
+    one = "; ".join("{} {} of {}".format(name, *one_class_queries(runs, name)) for name in rows)
+    weaker = "; ".join("{} {} of {}".format(name, *weaker_class_asked(runs, name, test_counts)) for name in rows)
+    return lines + [
+        "",
+        f"Not registered, descriptive: queries whose picks were all of one class: {one}. Of those, the ones asking "
+        "for the class the choosing round's model recalled less on the test set (recalls solved from its accuracy "
+        f"and balanced accuracy): {weaker}.",
+    ]
+
+
+def classes_of_test_set(task: str = "sst2") -> dict[str, int]:
+    """Test examples per class of a built-in task's embedded test set (the study's)."""
+    return dict(Counter(example.target for example in load_data(get_task(task)).test))
 
 
 def markdown(results: Path = RESULTS) -> str:
@@ -265,7 +302,7 @@ def markdown(results: Path = RESULTS) -> str:
         ] + [_test_row(k, t) for k, t in oracle(runs, strategy).items()]
         lines += ["", f"Seeds whose oracle labeled exactly what {strategy} labeled, round for round: {same} of {both}."]
         if secondary:
-            lines += _secondary_lines(runs, strategy)
+            lines += _secondary_lines(runs, strategy, classes_of_test_set())
         lines += [""]
     lines += ["", f"## C: the rare class ({RARE}, 10% of the pool)", ""]
     imbalance = runs_under(results / "ii-imbalance")

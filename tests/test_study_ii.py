@@ -145,7 +145,9 @@ def test_d_prime_pairs_the_star_pe_oracle_with_a_random_runs_and_counts_seeds_wi
         tmp_path / "ii-leak", [("oracle", "star-pe", s, a, {"target": "reference"}) for s, a in enumerate([74, 76, 75])]
     )
     # every run labels "a" then "b", except star-me's oracle at seed 2 ("a" then "c"); its query of four adds two of
-    # each class, except star-pe's oracle, which asks for four negatives
+    # each class, except star-pe's oracle, which asks for four negatives (four positives at seed 2). Every round-0
+    # model recalls 90% of the embedded SST-2 test set's 140 negatives and 50% of its 132 positives: accuracy
+    # (126 + 66) / 272, balanced accuracy 70.
     for s in range(3):
         for top, name in [
             ("ii-sst2", "random"),
@@ -156,17 +158,16 @@ def test_d_prime_pairs_the_star_pe_oracle_with_a_random_runs_and_counts_seeds_wi
         ]:
             path = tmp_path / top / name / f"seed{s}" / "rounds.jsonl"
             rounds = [json.loads(line) for line in path.read_text().splitlines()]
-            after = (
-                {"negative": 6, "positive": 2}
-                if (top, name) == ("ii-leak", "oracle")
-                else {"negative": 4, "positive": 4}
-            )
+            after = {"negative": 4, "positive": 4}
+            if (top, name) == ("ii-leak", "oracle"):
+                after = {"negative": 2, "positive": 6} if s == 2 else {"negative": 6, "positive": 2}
             for r, pick, classes in zip(
                 rounds,
                 ["a", "c" if (top, name, s) == ("ii-sst2", "oracle", 2) else "b"],
                 [{"negative": 2, "positive": 2}, after],
             ):
                 r["selected"], r["labeled_classes"] = [pick], classes
+            rounds[0]["accuracy"], rounds[0]["balanced_accuracy"] = 192 / 272 * 100, 70.0
             path.write_text("".join(json.dumps(r) + "\n" for r in rounds))
     lora, leak = study.runs_under(tmp_path / "ii-sst2"), study.runs_under(tmp_path / "ii-leak")
     assert study.same_picks(lora) == (2, 3) and study.same_picks(study.lora_random(lora) + leak, "star-pe") == (3, 3)
@@ -187,6 +188,7 @@ def test_d_prime_pairs_the_star_pe_oracle_with_a_random_runs_and_counts_seeds_wi
         "vs random sd 1.00, detects" in md and "vs star-pe sd 1.73, detects" in md and "star-pe − random sd 1.00" in md
     )
     assert "all of one class: random 0 of 3; star-pe 0 of 3; star-pe+oracle-reference 3 of 3." in md
+    assert "balanced accuracy): random 0 of 0; star-pe 0 of 0; star-pe+oracle-reference 1 of 3." in md
     assert "Secondary, unadjusted: star-me" not in md  # A's own comparison is not D's
 
 
@@ -200,3 +202,25 @@ def test_one_class_queries_reads_the_classes_each_query_added(tmp_path):
     runs_ = study.runs_under(tmp_path)
     assert study.one_class_queries(runs_, "star-pe+oracle-reference") == (1, 2)
     assert study.one_class_queries(runs_, "random") == (0, 0)
+
+
+def test_class_recalls_are_solved_from_accuracy_and_balanced_accuracy():
+    """Recalls 90% of 140 negatives and 50% of 132 positives: accuracy (126 + 66) / 272, balanced accuracy 70."""
+    recalls = study.class_recalls(192 / 272 * 100, 70.0, {"negative": 140, "positive": 132})
+    assert recalls == pytest.approx({"negative": 90.0, "positive": 50.0})
+    with pytest.raises(ValueError, match="equal class counts"):
+        study.class_recalls(70.0, 70.0, {"negative": 100, "positive": 100})
+
+
+def test_a_one_class_query_counts_as_chasing_the_lean_when_it_asks_for_the_less_recalled_class(tmp_path):
+    folder = fake_run(tmp_path / "oracle" / "seed0", "star-pe", 0, [50.0, 55.0, 60.0], target="reference")
+    rounds = [json.loads(line) for line in (folder / "rounds.jsonl").read_text().splitlines()]
+    counts = [{"negative": 2, "positive": 2}, {"negative": 2, "positive": 6}, {"negative": 6, "positive": 6}]
+    # round 0's model recalls positives less (50 against 90) and round 1's negatives (50 against 90.9...); both
+    # queries ask for the class the model recalls less
+    recalls = [(192 / 272 * 100, 70.0), ((70 + 120) / 272 * 100, (50 + 120 / 132 * 100) / 2), (60.0, 60.0)]
+    for r, classes, (accuracy, balanced) in zip(rounds, counts, recalls):
+        r["labeled_classes"], r["accuracy"], r["balanced_accuracy"] = classes, accuracy, balanced
+    (folder / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    classes = {"negative": 140, "positive": 132}
+    assert study.weaker_class_asked(study.runs_under(tmp_path), "star-pe+oracle-reference", classes) == (2, 2)
