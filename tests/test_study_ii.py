@@ -188,7 +188,7 @@ def test_d_prime_pairs_the_star_pe_oracle_with_a_random_runs_and_counts_seeds_wi
         "vs random sd 1.00, detects" in md and "vs star-pe sd 1.73, detects" in md and "star-pe − random sd 1.00" in md
     )
     assert "all of one class: random 0 of 3; star-pe 0 of 3; star-pe+oracle-reference 3 of 3." in md
-    assert "balanced accuracy): random 0 of 0; star-pe 0 of 0; star-pe+oracle-reference 1 of 3." in md
+    assert "ties left out): random 0 of 0; star-pe 0 of 0; star-pe+oracle-reference 1 of 3." in md
     assert "Secondary, unadjusted: star-me" not in md  # A's own comparison is not D's
 
 
@@ -201,6 +201,9 @@ def test_one_class_queries_reads_the_classes_each_query_added(tmp_path):
     (folder / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
     runs_ = study.runs_under(tmp_path)
     assert study.one_class_queries(runs_, "star-pe+oracle-reference") == (1, 2)
+    rounds[2]["labeled_classes"] = rounds[1]["labeled_classes"]  # a query that added nothing is not a query
+    (folder / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    assert study.one_class_queries(study.runs_under(tmp_path), "star-pe+oracle-reference") == (1, 1)
     assert study.one_class_queries(runs_, "random") == (0, 0)
 
 
@@ -210,6 +213,9 @@ def test_class_recalls_are_solved_from_accuracy_and_balanced_accuracy():
     assert recalls == pytest.approx({"negative": 90.0, "positive": 50.0})
     with pytest.raises(ValueError, match="equal class counts"):
         study.class_recalls(70.0, 70.0, {"negative": 100, "positive": 100})
+    # accuracy 70 and balanced accuracy 69 would need 103% of the negatives: not this test set
+    with pytest.raises(ValueError, match="recall 103.0000 of negative is not a whole number of its 140"):
+        study.class_recalls(70.0, 69.0, {"negative": 140, "positive": 132})
 
 
 def test_a_one_class_query_counts_as_chasing_the_lean_when_it_asks_for_the_less_recalled_class(tmp_path):
@@ -224,3 +230,7 @@ def test_a_one_class_query_counts_as_chasing_the_lean_when_it_asks_for_the_less_
     (folder / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
     classes = {"negative": 140, "positive": 132}
     assert study.weaker_class_asked(study.runs_under(tmp_path), "star-pe+oracle-reference", classes) == (2, 2)
+    # round 0's model recalling half of each class (70 of 140, 66 of 132) has no weaker class: its query is left out
+    rounds[0]["accuracy"], rounds[0]["balanced_accuracy"] = 50.0, 50.0
+    (folder / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rounds))
+    assert study.weaker_class_asked(study.runs_under(tmp_path), "star-pe+oracle-reference", classes) == (1, 1)
