@@ -229,10 +229,11 @@ def _test_row(name: str, t: dict) -> str:
     return f"| {name} | {t['n']} | {_delta(t)} | {_p(t['p_t'])}{holm} | {_p(t['p_sign'])} | {t['wins']}/{t['n']} |"
 
 
-def _secondary_lines(runs, strategy: str, test_counts: dict[str, int]) -> list[str]:
-    """D′'s lines beside its Holm family: the label-free strategy against random (secondary, unadjusted, amendment
-    1), each comparison's spread, and how often each row asked for one class only (descriptive)."""
-    tests = oracle(runs, strategy)
+def _secondary_lines(runs, strategy: str, family: dict, test_counts: dict[str, int]) -> list[str]:
+    """D′'s lines beside its Holm family (`family`, from oracle()): the label-free strategy against random (secondary,
+    unadjusted, amendment 1), each comparison's spread, and how often each row asked for one class only
+    (descriptive)."""
+    tests = dict(family)
     plain = tests[f"{strategy} − random"] = paired(by_seed(runs, strategy), by_seed(runs, "random"))
     lines = []
     if plain["n"]:
@@ -315,13 +316,14 @@ def markdown(results: Path = RESULTS) -> str:
             lines += ["No oracle run yet.", ""]
             continue
         same, both = same_picks(runs, strategy)
+        family = oracle(runs, strategy)
         lines += [
             f"| {strategy}+oracle-reference | pairs | ΔAUC [95% CI] | p (t) | p (t, Holm) | p (sign) | wins |",
             "|---|---|---|---|---|---|---|",
-        ] + [_test_row(k, t) for k, t in oracle(runs, strategy).items()]
+        ] + [_test_row(k, t) for k, t in family.items()]
         lines += ["", f"Seeds whose oracle labeled exactly what {strategy} labeled, round for round: {same} of {both}."]
         if secondary:
-            lines += _secondary_lines(runs, strategy, classes_of_test_set())
+            lines += _secondary_lines(runs, strategy, family, classes_of_test_set())
         lines += [""]
     lines += ["", f"## C: the rare class ({RARE}, 10% of the pool)", ""]
     imbalance = runs_under(results / "ii-imbalance")
